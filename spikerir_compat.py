@@ -1,0 +1,249 @@
+"""The plugin's one compatibility module: basicsr 1.4.2 on torch 2.14 / torchvision 0.29 / numpy 2 / Python 3.11+.
+
+It is a top-level, stdlib-only module so that the startup hook (``spikerir-autoload.pth``) can import it at
+interpreter start for free: nothing heavy is imported until basicsr itself is.
+
+Two layers:
+- import-time shims (``install_import_shims``): module aliases that must exist *before* ``import basicsr``;
+- runtime patches (``patch_runtime``): replacements of basicsr functions that break on CPU or current torch,
+  applied once basicsr is importable.
+"""
+import importlib
+import importlib.machinery
+import os
+import sys
+
+AUTOLOAD_OPT_OUT_ENV = 'SPIKERIR_NO_AUTOLOAD'
+
+# Modules basicsr imports under names that no longer exist.  Values: the module that now holds the same API.
+# torchvision>=0.17 made functional_tensor private; SciPy 2 removes ndimage.filters (basicsr/metrics/niqe.py).
+_MODULE_ALIASES = {
+    'torchvision.transforms.functional_tensor': 'torchvision.transforms._functional_tensor',
+    'scipy.ndimage.filters': 'scipy.ndimage',
+}
+
+
+class _LooseVersion:
+    """Minimal stand-in for distutils.version.LooseVersion (Python 3.12 without setuptools).
+
+    basicsr only compares torchvision's version with it (archs/arch_util.py, DCNv2Pack)."""
+
+    def __init__(self, vstring):
+        self.vstring = str(vstring)
+        parts = []
+        for token in self.vstring.replace('-', '.').replace('+', '.').split('.'):
+            parts.append((0, int(token), '') if token.isdigit() else (1, 0, token))
+        self.version = parts
+
+    def _cmp_key(self, other):
+        return self.version, (other if isinstance(other, _LooseVersion) else _LooseVersion(other)).version
+
+    def __lt__(self, other):
+        a, b = self._cmp_key(other)
+        return a < b
+
+    def __le__(self, other):
+        a, b = self._cmp_key(other)
+        return a <= b
+
+    def __gt__(self, other):
+        a, b = self._cmp_key(other)
+        return a > b
+
+    def __ge__(self, other):
+        a, b = self._cmp_key(other)
+        return a >= b
+
+    def __eq__(self, other):
+        a, b = self._cmp_key(other)
+        return a == b
+
+    def __repr__(self):
+        return f"LooseVersion('{self.vstring}')"
+
+
+class _AliasFinder:
+    """Serves the aliased module names.  It sits at the *end* of sys.meta_path, so a real module of that name
+    (old torchvision, SciPy 1.x, stdlib/setuptools distutils) always wins; it is only consulted as a fallback."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name in _MODULE_ALIASES or name in ('distutils', 'distutils.version'):
+            return importlib.machinery.ModuleSpec(name, self, is_package=(name == 'distutils'))
+        return None
+
+    def create_module(self, spec):
+        return None  # default module object
+
+    def exec_module(self, module):
+        name = module.__name__
+        if name == 'distutils':
+            module.__path__ = []
+        elif name == 'distutils.version':
+            module.LooseVersion = _LooseVersion
+        else:
+            real = importlib.import_module(_MODULE_ALIASES[name])
+            module.__dict__.update({k: v for k, v in vars(real).items() if not k.startswith('__')})
+
+
+class _ImportPluginAfterBasicsr:
+    """Loader wrapper: runs basicsr's own loader, then imports the plugin so its names are registered."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        spec = module.__spec__
+        spec.loader = module.__loader__ = self.loader  # leave no trace of the wrapper on basicsr
+        self.loader.exec_module(module)
+        try:
+            importlib.import_module('spikerir_plugin')
+        except Exception as exc:  # the hook must never break an unrelated program
+            sys.stderr.write(f'spikerir-plugin: autoload failed ({type(exc).__name__}: {exc}); '
+                             f'import spikerir_plugin yourself or set {AUTOLOAD_OPT_OUT_ENV}=1\n')
+
+
+class _BasicsrWatcher:
+    """One-shot meta-path finder: the first time ``basicsr`` is imported it wraps the real loader."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != 'basicsr':
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        for finder in sys.meta_path:
+            find_spec = getattr(finder, 'find_spec', None)
+            spec = find_spec(name, path, target) if find_spec else None
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, 'exec_module'):
+                    spec.loader = _ImportPluginAfterBasicsr(spec.loader)
+                return spec
+        return None
+
+
+def install_import_shims():
+    """Make ``import basicsr`` work on the current stack.  Idempotent; must run before basicsr is imported."""
+    if not any(isinstance(f, _AliasFinder) for f in sys.meta_path):
+        sys.meta_path.append(_AliasFinder())
+
+
+def install_startup_hook():
+    """Called by ``spikerir-autoload.pth`` at interpreter start.  Never raises; costs two list appends."""
+    try:
+        if os.environ.get(AUTOLOAD_OPT_OUT_ENV, '') not in ('', '0'):
+            return
+        install_import_shims()
+        if 'basicsr' not in sys.modules and not any(isinstance(f, _BasicsrWatcher) for f in sys.meta_path):
+            sys.meta_path.insert(0, _BasicsrWatcher())
+    except Exception:  # pragma: no cover - defensive, a .pth must not print tracebacks at every start
+        pass
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Runtime patches (need torch and basicsr)
+# ----------------------------------------------------------------------------------------------------------------
+
+def _rewrite_local_rank_argv(argv):
+    """torch>=2 launchers pass --local-rank=N; basicsr's argparse only knows --local_rank."""
+    return ['--local_rank' + a[len('--local-rank'):] if a.startswith('--local-rank') else a for a in argv]
+
+
+def torch_load(path, map_location='cpu'):
+    """torch.load for basicsr-format files (.pth / .state), mapping to CPU when CUDA is absent.
+
+    weights_only stays True (safe): basicsr files hold tensors, dicts and collections.Counter, which torch allows;
+    the safe globals added in patch_runtime cover the numpy scalars / Namespaces some official checkpoints pickle."""
+    import torch
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def load_resume_state(opt):
+    """Replacement for basicsr.train.load_resume_state.
+
+    Fixes: (1) auto-resume looked in <cwd>/experiments instead of the experiment's own training_states folder;
+    (2) it called torch.cuda.current_device() even with num_gpu: 0."""
+    import torch
+    resume_state_path = None
+    if opt.get('auto_resume'):
+        state_dir = opt['path'].get('training_states')
+        if state_dir and os.path.isdir(state_dir):
+            iters = [int(f[:-len('.state')]) for f in os.listdir(state_dir)
+                     if f.endswith('.state') and f[:-len('.state')].isdigit()]
+            if iters:
+                resume_state_path = os.path.join(state_dir, f'{max(iters)}.state')
+                opt['path']['resume_state'] = resume_state_path
+    elif opt['path'].get('resume_state'):
+        resume_state_path = opt['path']['resume_state']
+
+    if resume_state_path is None:
+        return None
+    if not os.path.isfile(resume_state_path):
+        raise FileNotFoundError(f'path.resume_state: no training state at {resume_state_path!r}')
+    if torch.cuda.is_available() and opt.get('num_gpu', 0) != 0:
+        device_id = torch.cuda.current_device()
+        location = lambda storage, loc: storage.cuda(device_id)  # noqa: E731
+    else:
+        location = 'cpu'
+    resume_state = torch_load(resume_state_path, map_location=location)
+    from basicsr.utils import check_resume
+    check_resume(opt, resume_state['iter'])
+    return resume_state
+
+
+def _init_dist_pytorch(backend='nccl', **kwargs):
+    """Replacement for basicsr.utils.dist_util._init_dist_pytorch: LOCAL_RANK picks the GPU; without CUDA the
+    process group uses gloo (basicsr always asked for nccl and divided by the GPU count, 0 on CPU)."""
+    import torch
+    import torch.distributed as dist
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        local_rank = int(os.environ.get('LOCAL_RANK', os.environ['RANK']))
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    else:
+        backend = 'gloo'
+    dist.init_process_group(backend=backend, **kwargs)
+
+
+def _model_to_device(self, net):
+    """Replacement for BaseModel.model_to_device: DDP without device_ids on CPU (gloo)."""
+    import torch
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+    net = net.to(self.device)
+    if self.opt['dist']:
+        find_unused_parameters = self.opt.get('find_unused_parameters', False)
+        device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
+        net = DistributedDataParallel(net, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
+    elif self.opt['num_gpu'] > 1:
+        net = DataParallel(net)
+    return net
+
+
+_runtime_patched = False
+
+
+def patch_runtime():
+    """Apply the runtime patches once (idempotent).  Requires basicsr to be importable (shims installed)."""
+    global _runtime_patched
+    sys.argv[:] = _rewrite_local_rank_argv(sys.argv)
+    if _runtime_patched:
+        return
+    import argparse
+
+    import numpy as np
+    import torch
+    import basicsr.models.base_model as base_model
+    import basicsr.train as bsr_train
+    import basicsr.utils.dist_util as dist_util
+
+    safe = [argparse.Namespace, np.dtype, type(np.dtype(np.float64))]
+    scalar = getattr(getattr(np, '_core', None), 'multiarray', None)
+    if scalar is not None and hasattr(scalar, 'scalar'):
+        safe.append(scalar.scalar)
+    torch.serialization.add_safe_globals(safe)
+
+    bsr_train.load_resume_state = load_resume_state
+    dist_util._init_dist_pytorch = _init_dist_pytorch
+    base_model.BaseModel.model_to_device = _model_to_device
+    _runtime_patched = True
+
