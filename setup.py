@@ -67,6 +67,9 @@ setup(
     entry_points={'console_scripts': [
         'spikerir-train=spikerir_plugin.train:main',
         'spikerir-test=spikerir_plugin.test:main',
+        'spikerir-prepare=spikerir_plugin.tools.prepare_data:main',
+        'spikerir-energy=spikerir_plugin.tools.energy_report:main',
+        'spikerir-demo=spikerir_plugin.demo:main',
     ]},
     cmdclass={'build_py': BuildPyWithHook, 'editable_wheel': EditableWheelWithHook},
 )

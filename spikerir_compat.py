@@ -159,11 +159,18 @@ def torch_load(path, map_location='cpu'):
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+# A resume state travels from load_resume_state to the dataloader, sampler and model patches below, which run
+# at different points of basicsr's train_pipeline.  Only ever set during one pipeline start.
+_pending_resume = None
+
+
 def load_resume_state(opt):
     """Replacement for basicsr.train.load_resume_state.
 
     Fixes: (1) auto-resume looked in <cwd>/experiments instead of the experiment's own training_states folder;
-    (2) it called torch.cuda.current_device() even with num_gpu: 0."""
+    (2) it called torch.cuda.current_device() even with num_gpu: 0; (3) it remembers the state so that the
+    patches below can continue the data order and random streams exactly where the saved run stopped."""
+    global _pending_resume
     import torch
     resume_state_path = None
     if opt.get('auto_resume'):
@@ -177,6 +184,7 @@ def load_resume_state(opt):
     elif opt['path'].get('resume_state'):
         resume_state_path = opt['path']['resume_state']
 
+    _pending_resume = None
     if resume_state_path is None:
         return None
     if not os.path.isfile(resume_state_path):
@@ -189,7 +197,95 @@ def load_resume_state(opt):
     resume_state = torch_load(resume_state_path, map_location=location)
     from basicsr.utils import check_resume
     check_resume(opt, resume_state['iter'])
+    if opt.get('rank', 0) != 0:  # ranks > 0 keep their own seeded streams; the file holds rank 0's
+        resume_state.pop('rng', None)
+    _pending_resume = resume_state
     return resume_state
+
+
+def capture_rng_state():
+    """Python, numpy and torch random states in a form torch.load(weights_only=True) accepts."""
+    import random
+
+    import numpy as np
+    import torch
+    np_state = np.random.get_state()
+    state = {'python': random.getstate(),
+             'numpy': (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+             'torch': torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state):
+    import random
+
+    import numpy as np
+    import torch
+    random.setstate(state['python'])
+    name, keys, *rest = state['numpy']
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def _wrap_create_train_val_dataloader(create):
+    """basicsr restarts the saved epoch from its first batch on resume (its state only holds the epoch).  Derive
+    the epoch and the batches already consumed from the iteration, and let the sampler skip those."""
+
+    def create_train_val_dataloader(opt, logger):
+        result = create(opt, logger)
+        train_loader, train_sampler = result[0], result[1]
+        state = _pending_resume
+        if state is not None and train_loader is not None and len(train_loader) > 0:
+            epoch, consumed = divmod(state['iter'], len(train_loader))
+            state['epoch'] = epoch
+            if consumed:
+                train_sampler._resume_skip = consumed * train_loader.batch_size
+                # random streams continue where the saved run stood: after its loader iterator was made
+                train_sampler._resume_rng = state.pop('rng', None)
+            logger.info(f'Resume at iter {state["iter"]}: epoch {epoch}, skipping {consumed} consumed batches.')
+        return result
+
+    return create_train_val_dataloader
+
+
+def _sampler_iter(self):
+    """EnlargedSampler.__iter__ that honours a pending mid-epoch resume (skip + random state)."""
+    indices = list(_original_sampler_iter(self))
+    skip = self.__dict__.pop('_resume_skip', 0)
+    rng = self.__dict__.pop('_resume_rng', None)
+    if rng is not None:
+        restore_rng_state(rng)
+    return iter(indices[skip:])
+
+
+def _save_training_state(self, epoch, current_iter):
+    """BaseModel.save_training_state plus the random states, written atomically (a crash mid-write never leaves
+    a truncated .state that auto-resume would pick)."""
+    import torch
+    if current_iter == -1:
+        return
+    state = {'epoch': epoch, 'iter': current_iter, 'rng': capture_rng_state(),
+             'optimizers': [o.state_dict() for o in self.optimizers],
+             'schedulers': [s.state_dict() for s in self.schedulers]}
+    state.update(self.extra_training_state() if hasattr(self, 'extra_training_state') else {})
+    save_path = os.path.join(self.opt['path']['training_states'], f'{current_iter}.state')
+    torch.save(state, save_path + '.tmp')
+    os.replace(save_path + '.tmp', save_path)
+
+
+def _wrap_resume_training(resume):
+    def resume_training(self, resume_state):
+        resume(self, resume_state)
+        if hasattr(self, 'load_extra_training_state'):
+            self.load_extra_training_state(resume_state)
+        if resume_state.get('rng') is not None:  # epoch-boundary resume: restore before the next loader
+            restore_rng_state(resume_state['rng'])
+
+    return resume_training
 
 
 def _init_dist_pytorch(backend='nccl', **kwargs):
@@ -220,6 +316,7 @@ def _model_to_device(self, net):
 
 
 _runtime_patched = False
+_original_sampler_iter = None
 
 
 def patch_runtime():
@@ -235,6 +332,8 @@ def patch_runtime():
     import basicsr.models.base_model as base_model
     import basicsr.train as bsr_train
     import basicsr.utils.dist_util as dist_util
+    from basicsr.data.data_sampler import EnlargedSampler
+    from basicsr.utils.dist_util import master_only
 
     safe = [argparse.Namespace, np.dtype, type(np.dtype(np.float64))]
     scalar = getattr(getattr(np, '_core', None), 'multiarray', None)
@@ -242,8 +341,14 @@ def patch_runtime():
         safe.append(scalar.scalar)
     torch.serialization.add_safe_globals(safe)
 
+    global _original_sampler_iter
     bsr_train.load_resume_state = load_resume_state
+    bsr_train.create_train_val_dataloader = _wrap_create_train_val_dataloader(bsr_train.create_train_val_dataloader)
+    _original_sampler_iter = EnlargedSampler.__iter__
+    EnlargedSampler.__iter__ = _sampler_iter
     dist_util._init_dist_pytorch = _init_dist_pytorch
     base_model.BaseModel.model_to_device = _model_to_device
+    base_model.BaseModel.save_training_state = master_only(_save_training_state)
+    base_model.BaseModel.resume_training = _wrap_resume_training(base_model.BaseModel.resume_training)
     _runtime_patched = True
 

@@ -1,0 +1,203 @@
+"""Foundation: compat shims, registration, BasicSR's train pipeline on CPU (train, checkpoints, resume), gloo DDP
+through torchrun, and the literal `python basicsr/train.py` command from a BasicSR-style checkout."""
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from conftest import PYTHON, REPO_ROOT, subprocess_env
+
+TRAIN_SCRIPT = os.path.join(REPO_ROOT, 'spikerir_plugin', 'train.py')
+
+
+def tiny_train_options(name, pairs, total_iter=10, save_freq=5, val_freq=5, network=None, model_type='SRModel'):
+    """Options for a seconds-long CPU run: 8 training pairs, batch 2 -> 4 iterations per epoch, random 32x32 crops,
+    flips and rotations (so an exact resume must restore the random streams too)."""
+    return {
+        'name': name, 'model_type': model_type, 'scale': 1, 'num_gpu': 'auto', 'manual_seed': 7,
+        'datasets': {
+            'train': {'name': 'tiny', 'type': 'PairedImageDataset', 'dataroot_gt': pairs['train_gt'],
+                      'dataroot_lq': pairs['train_lq'], 'filename_tmpl': '{}', 'io_backend': {'type': 'disk'},
+                      'gt_size': 32, 'use_hflip': True, 'use_rot': True, 'num_worker_per_gpu': 0,
+                      'batch_size_per_gpu': 2, 'dataset_enlarge_ratio': 1, 'prefetch_mode': None},
+            'val': {'name': 'tiny_val', 'type': 'PairedImageDataset', 'dataroot_gt': pairs['val_gt'],
+                    'dataroot_lq': pairs['val_lq'], 'io_backend': {'type': 'disk'}},
+        },
+        'network_g': network or {'type': 'RRDBNet', 'num_in_ch': 3, 'num_out_ch': 3, 'scale': 1, 'num_feat': 8,
+                                 'num_block': 1, 'num_grow_ch': 4},
+        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
+        'train': {'ema_decay': 0, 'optim_g': {'type': 'Adam', 'lr': 1e-3},
+                  'scheduler': {'type': 'MultiStepLR', 'milestones': [1000], 'gamma': 0.5},
+                  'total_iter': total_iter, 'warmup_iter': -1,
+                  'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0}},
+        'val': {'val_freq': val_freq, 'save_img': False,
+                'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False}}},
+        'logger': {'print_freq': 5, 'save_checkpoint_freq': save_freq, 'use_tb_logger': False},
+        'dist_params': {'backend': 'gloo', 'port': 29500},
+    }
+
+
+def write_options(path, opt):
+    with open(path, 'w') as f:
+        yaml.safe_dump(opt, f, sort_keys=False)
+    return str(path)
+
+
+def run(cmd, cwd, env=None, timeout=300):
+    proc = subprocess.run(cmd, cwd=cwd, env=env or subprocess_env(), capture_output=True, text=True,
+                          timeout=timeout)
+    return proc
+
+
+def assert_ok(proc):
+    assert proc.returncode == 0, f'exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}'
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def load_params(path):
+    return torch.load(path, map_location='cpu', weights_only=True)['params']
+
+
+# --------------------------------------------------------------------------------------------- compat + registry
+
+def test_registries_hold_plugin_names_once():
+    import spikerir_plugin  # noqa: F401
+    from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
+    expected = {ARCH_REGISTRY: ['ESDNet', 'SpikerIR', 'SPIDEN', 'NAFNet', 'Restormer'],
+                MODEL_REGISTRY: ['SpikerIRDistillModel'],
+                LOSS_REGISTRY: ['FFTLoss', 'HintLoss', 'PSNRLoss'],
+                DATASET_REGISTRY: ['GaussianDenoiseDataset']}
+    for registry, names in expected.items():
+        for name in names:
+            assert name in registry, f'{name} missing from the {registry._name} registry'
+            assert registry.get(name).__module__.startswith('spikerir_plugin.'), name
+    # importing again (and through the startup hook in a fresh process) must not register twice
+    proc = run([PYTHON, '-c', 'import basicsr, spikerir_plugin, importlib; importlib.import_module("spikerir_plugin")'
+                '; from basicsr.utils.registry import ARCH_REGISTRY; print(sorted(ARCH_REGISTRY._obj_map))'],
+               cwd=REPO_ROOT)
+    assert_ok(proc)
+    assert 'SpikerIR' in proc.stdout
+
+
+def test_import_shims_and_argv_rewrite():
+    import spikerir_compat
+    from torchvision.transforms.functional_tensor import rgb_to_grayscale  # the name basicsr imports
+    assert callable(rgb_to_grayscale)
+    assert spikerir_compat._rewrite_local_rank_argv(['train.py', '--local-rank=1', '-opt', 'x.yml']) == \
+        ['train.py', '--local_rank=1', '-opt', 'x.yml']
+    LooseVersion = spikerir_compat._LooseVersion
+    assert LooseVersion('0.29.1') >= LooseVersion('0.9.0')
+    assert LooseVersion('0.8.2') < '0.9'
+    assert not LooseVersion('1.10') < LooseVersion('1.9')
+
+
+def test_startup_hook_is_free_optional_and_never_raises(tmp_path):
+    # interpreter start: neither torch nor basicsr is imported by the hook
+    proc = run([PYTHON, '-c', 'import sys; print("torch" in sys.modules, "basicsr" in sys.modules)'], cwd=tmp_path)
+    assert_ok(proc)
+    assert proc.stdout.split() == ['False', 'False']
+    # basicsr alone (no explicit plugin import) sees the plugin's names thanks to the hook
+    code = 'import basicsr; from basicsr.utils.registry import ARCH_REGISTRY; print("SpikerIR" in ARCH_REGISTRY)'
+    proc = run([PYTHON, '-c', code], cwd=tmp_path)
+    assert_ok(proc)
+    assert proc.stdout.strip() == 'True'
+    # opt-out: the hook does nothing, so basicsr 1.4.2's own import error comes back
+    proc = run([PYTHON, '-c', code], cwd=tmp_path, env=subprocess_env(SPIKERIR_NO_AUTOLOAD='1'))
+    assert proc.returncode != 0 and 'functional_tensor' in proc.stderr
+    # a broken plugin import is reported on stderr, and the program still runs
+    broken = tmp_path / 'shadow' / 'spikerir_plugin'
+    broken.mkdir(parents=True)
+    (broken / '__init__.py').write_text('raise RuntimeError("deliberately broken")\n')
+    env = subprocess_env()
+    env['PYTHONPATH'] = str(tmp_path / 'shadow') + os.pathsep + env['PYTHONPATH']
+    proc = run([PYTHON, '-c', 'import basicsr; print("still running")'], cwd=tmp_path, env=env)
+    assert_ok(proc)
+    assert 'still running' in proc.stdout
+    assert 'autoload failed' in proc.stderr and 'deliberately broken' in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------- pipeline on CPU
+
+@pytest.mark.parametrize('stop_at', [6, 8], ids=['mid-epoch', 'epoch-boundary'])
+def test_train_writes_checkpoints_and_resume_continues_exactly(tmp_path, tiny_pairs, stop_at):
+    # uninterrupted reference run: 12 iterations
+    ref = write_options(tmp_path / 'ref.yml', tiny_train_options('ref', tiny_pairs, total_iter=12, save_freq=2))
+    assert_ok(run([PYTHON, TRAIN_SCRIPT, '-opt', ref], cwd=tmp_path))
+    # interrupted run, then auto-resume up to 12
+    opt = tiny_train_options('resumed', tiny_pairs, total_iter=stop_at, save_freq=2)
+    first = write_options(tmp_path / 'first.yml', opt)
+    assert_ok(run([PYTHON, TRAIN_SCRIPT, '-opt', first], cwd=tmp_path))
+    exp = tmp_path / 'experiments' / 'resumed'
+    for f in (f'models/net_g_{stop_at}.pth', 'models/net_g_latest.pth', f'training_states/{stop_at}.state'):
+        assert (exp / f).is_file(), f
+    opt['train']['total_iter'] = 12
+    second = write_options(tmp_path / 'second.yml', opt)
+    proc = run([PYTHON, TRAIN_SCRIPT, '-opt', second, '--auto_resume'], cwd=tmp_path)
+    assert_ok(proc)
+    log = '\n'.join(open(p).read() for p in glob.glob(str(exp / 'train_resumed_*.log')))
+    assert f'Resuming training from epoch: {stop_at // 4}, iter: {stop_at}' in log
+    assert (exp / 'models' / 'net_g_12.pth').is_file()
+    assert not (exp / 'models' / 'net_g_14.pth').exists()
+    a = load_params(tmp_path / 'experiments' / 'ref' / 'models' / 'net_g_12.pth')
+    b = load_params(exp / 'models' / 'net_g_12.pth')
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_resume_from_missing_state_names_the_file(tmp_path, tiny_pairs):
+    opt = tiny_train_options('missing', tiny_pairs)
+    opt['path']['resume_state'] = str(tmp_path / 'nope' / '10.state')
+    proc = run([PYTHON, TRAIN_SCRIPT, '-opt', write_options(tmp_path / 'o.yml', opt)], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert 'resume_state' in proc.stderr and '10.state' in proc.stderr
+
+
+def test_torchrun_two_process_gloo_ddp_trains_and_validates(tmp_path, tiny_pairs):
+    opt = tiny_train_options('ddp', tiny_pairs, total_iter=4, save_freq=4, val_freq=2)
+    opt['datasets']['train']['batch_size_per_gpu'] = 1
+    yml = write_options(tmp_path / 'ddp.yml', opt)
+    cmd = [PYTHON, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}',
+           TRAIN_SCRIPT, '-opt', yml, '--launcher', 'pytorch']
+    proc = run(cmd, cwd=tmp_path, timeout=420)
+    assert_ok(proc)
+    exp = tmp_path / 'experiments' / 'ddp'
+    log = '\n'.join(open(p).read() for p in glob.glob(str(exp / 'train_ddp_*.log')))
+    assert 'World size (gpu number): 2' in log
+    assert log.count('# psnr:') >= 2  # validated at iterations 2 and 4 (+ the final one)
+    assert (exp / 'models' / 'net_g_4.pth').is_file() and (exp / 'training_states' / '4.state').is_file()
+
+
+def test_literal_basicsr_train_command_from_a_checkout(tmp_path, tiny_pairs):
+    """`python basicsr/train.py -opt options/X.yml` run from a BasicSR checkout: basicsr's own script, with a
+    plugin-only arch in the options, must train through the startup hook alone."""
+    import basicsr
+    checkout = tmp_path / 'BasicSR'
+    (checkout / 'basicsr').mkdir(parents=True)
+    (checkout / 'options').mkdir()
+    shutil.copy(os.path.join(os.path.dirname(basicsr.__file__), 'train.py'), checkout / 'basicsr' / 'train.py')
+    net = {'type': 'NAFNet', 'img_channel': 3, 'width': 8, 'middle_blk_num': 1, 'enc_blk_nums': [1, 1],
+           'dec_blk_nums': [1, 1]}
+    opt = tiny_train_options('literal', tiny_pairs, total_iter=2, save_freq=2, val_freq=2, network=net)
+    opt['datasets']['train']['dataroot_gt'] = os.path.relpath(tiny_pairs['train_gt'], checkout)  # cwd-relative
+    opt['datasets']['train']['dataroot_lq'] = os.path.relpath(tiny_pairs['train_lq'], checkout)
+    write_options(checkout / 'options' / 'train_tiny.yml', opt)
+    env = subprocess_env()
+    env['PYTHONPATH'] = ''  # the checkout is not importable: basicsr comes from site-packages, the plugin via .pth
+    proc = run([PYTHON, 'basicsr/train.py', '-opt', 'options/train_tiny.yml'], cwd=checkout, env=env)
+    assert_ok(proc)
+    assert (checkout / 'experiments' / 'literal' / 'models' / 'net_g_2.pth').is_file()
+    env['SPIKERIR_NO_AUTOLOAD'] = '1'
+    proc = run([PYTHON, 'basicsr/train.py', '-opt', 'options/train_tiny.yml'], cwd=checkout, env=env)
+    assert proc.returncode != 0  # without the hook basicsr 1.4.2 cannot even be imported on this stack
