@@ -196,7 +196,15 @@ def load_resume_state(opt):
         location = 'cpu'
     resume_state = torch_load(resume_state_path, map_location=location)
     from basicsr.utils import check_resume
+    # A frozen teacher (network_t) is never saved by the run: resume must keep loading it from its own checkpoint
+    # with its own param key, so it joins ignore_resume_networks and check_resume may not rewrite param_key_t.
+    frozen = [k for k in opt if k == 'network_t']
+    ignored = opt['path'].get('ignore_resume_networks') or []
+    opt['path']['ignore_resume_networks'] = list(ignored) + [k for k in frozen if k not in ignored]
+    kept_keys = {f'param_key_{k[len("network_"):]}': opt['path'].get(f'param_key_{k[len("network_"):]}')
+                 for k in opt['path']['ignore_resume_networks']}
     check_resume(opt, resume_state['iter'])
+    opt['path'].update({k: v for k, v in kept_keys.items() if v is not None})
     if opt.get('rank', 0) != 0:  # ranks > 0 keep their own seeded streams; the file holds rank 0's
         resume_state.pop('rng', None)
     _pending_resume = resume_state
