@@ -1,0 +1,47 @@
+"""SpikerIR: the spiking student of H-KD ("Bridge the Gap between SNN and ANN for Image Restoration").
+
+The paper does not define the block, so this is our disclosed choice (papers.md 1.2): ESDNet's spiking
+residual-block U-Net at a much smaller width, direct encoding (image repeated T times), mean over T, one conv head
+and a global residual. `decoder_level3/2/1` output [T, B, C, H, W] and are the distillation hook points
+(C = 4*dim, 2*dim, 2*dim).
+"""
+from basicsr.utils.registry import ARCH_REGISTRY
+from torch import nn
+
+from spikerir_plugin.archs.spiking_blocks import SpikingUNet
+
+# Parameter counts (in_channels = out_channels = 3, attention 'fast' or 'spikingjelly'; checked in the tests):
+#   'tiny' (dim 8, enc 1/1/1, dec 1/1/1): 92,935  (~0.09M, the paper's 0.07M scale; 1/281 of Restormer)
+#   'base' (dim 16, enc 2/2/2, dec 2/2/2): 686,571  (~0.70M)
+PRESETS = {
+    'tiny': dict(dim=8, enc_blocks=(1, 1, 1), dec_blocks=(1, 1, 1)),
+    'base': dict(dim=16, enc_blocks=(2, 2, 2), dec_blocks=(2, 2, 2)),
+}
+
+
+@ARCH_REGISTRY.register()
+class SpikerIR(SpikingUNet):
+    """Spiking U-Net student; `preset` sets dim/enc_blocks/dec_blocks, explicit arguments override it.
+
+    Args:
+        preset: 'tiny' (92,935 params, default) or 'base' (686,571 params).
+        dim: level-1 width (levels use dim, 2*dim, 4*dim).
+        enc_blocks, dec_blocks: spiking residual blocks per level, level 1 first.
+        T: time steps. neuron: 'lif' | 'if'. attention: 'fast' | 'spikingjelly' | 'none'.
+        reduction_t, reduction_c: squeeze ratios of the attention's temporal and channel MLPs
+            (need T >= reduction_t and dim >= reduction_c).
+    """
+
+    def __init__(self, in_channels=3, out_channels=3, preset='tiny', dim=None, enc_blocks=None, dec_blocks=None,
+                 T=4, neuron='lif', attention='fast', reduction_t=4, reduction_c=4):
+        if preset not in PRESETS:
+            raise ValueError(f'SpikerIR preset {preset!r} is unknown; valid presets: {sorted(PRESETS)}')
+        size = dict(PRESETS[preset])
+        size.update({k: v for k, v in dict(dim=dim, enc_blocks=enc_blocks, dec_blocks=dec_blocks).items()
+                     if v is not None})
+        super().__init__(in_channels, size['dim'], list(size['enc_blocks']), list(size['dec_blocks']), T, neuron,
+                         attention, reduction_t, reduction_c)
+        self.output = nn.Conv2d(size['dim'] * 2, out_channels, 3, 1, 1)
+
+    def head(self, features):
+        return self.output(features)

@@ -1,0 +1,241 @@
+"""Spiking building blocks shared by ESDNet and SpikerIR (spikingjelly 2.x, multi-step tensors [T, B, C, H, W]).
+
+Submodule names follow the official ESDNet model.py (MingTian99/ESDNet), so ESDNet checkpoints load strictly.
+Neuron and tdBN settings are ESDNet's: LIF tau=2, decay_input=False, v_th=0.15, hard reset to 0, Sigmoid(4)
+surrogate; tdBN alpha=1/sqrt(2).
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from spikingjelly.activation_based import base, layer, neuron
+
+from spikerir_plugin.archs.padding import pad_to_multiple
+from spikerir_plugin.utils.snn import time_mean
+
+V_TH = 0.15
+TDBN_ALPHA = 1 / math.sqrt(2)
+NEURONS = ('lif', 'if')
+ATTENTIONS = ('fast', 'spikingjelly', 'none')
+
+
+def check_choice(name, value, valid):
+    if value not in valid:
+        raise ValueError(f'{name}={value!r} is not supported; valid values: {list(valid)}')
+
+
+def make_neuron(kind='lif', v_threshold=V_TH):
+    check_choice('neuron', kind, NEURONS)
+    if kind == 'lif':
+        return neuron.LIFNode(tau=2.0, decay_input=False, v_threshold=v_threshold, step_mode='m')
+    return neuron.IFNode(v_threshold=v_threshold, step_mode='m')
+
+
+def conv(in_channels, out_channels, kernel_size=3, stride=1, bias=False):
+    return layer.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=bias, step_mode='m')
+
+
+def tdbn(channels, v_th=V_TH):
+    return layer.ThresholdDependentBatchNorm2d(alpha=TDBN_ALPHA, v_th=v_th, num_features=channels)
+
+
+def check_attention_sizes(T, C, reduction_t, reduction_c, kernel_size=3, use_temporal=True, use_channel=True):
+    """The temporal/channel MLPs squeeze T -> T // reduction_t and C -> C // reduction_c; both must stay >= 1."""
+    if use_temporal and (reduction_t < 1 or T < reduction_t):
+        raise ValueError(f'attention needs 1 <= reduction_t <= T, got T={T}, reduction_t={reduction_t}; '
+                         f'use reduction_t <= T or attention="none"')
+    if use_channel and (reduction_c < 1 or C < reduction_c):
+        raise ValueError(f'attention needs 1 <= reduction_c <= channels, got channels={C}, reduction_c={reduction_c}; '
+                         f'use a smaller reduction_c, a larger width or attention="none"')
+    if kernel_size not in (3, 7):
+        raise ValueError(f'attention kernel_size must be 3 or 7, got {kernel_size}')
+
+
+class _PooledGate(nn.Module):
+    """Shared MLP of one attention axis; `sharedMLP` has spikingjelly's keys and shapes (1x1x1 Conv3d weights)."""
+
+    def __init__(self, planes, ratio):
+        super().__init__()
+        self.sharedMLP = nn.Sequential(nn.Conv3d(planes, planes // ratio, 1, bias=False), nn.ReLU(),
+                                       nn.Conv3d(planes // ratio, planes, 1, bias=False))
+
+    def forward(self, avg, peak):
+        """avg, peak: [B, planes] pooled statistics -> gate [B, planes]."""
+        hidden = F.relu(F.linear(torch.stack((avg, peak)), self.sharedMLP[0].weight.flatten(1)))
+        return torch.sigmoid(F.linear(hidden, self.sharedMLP[2].weight.flatten(1)).sum(0))
+
+
+class _SpatialGate(nn.Module):
+    def __init__(self, kernel_size):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+
+
+class FastMultiDimensionalAttention(nn.Module, base.MultiStepModule):
+    """Drop-in for spikingjelly 2.0's `layer.MultiDimensionalAttention` (same arguments, parameters, state_dict keys
+    and outputs): temporal -> channel -> spatial gating, then ReLU, on [T, B, C, H, W].
+
+    The library pools with adaptive_avg/max_pool3d after transposing to [B, T, C, H, W]; that max pool took 84% of
+    an ESDNet GPU training step (anchors.md). Here the same statistics come from plain mean/amax reductions over the
+    untransposed tensor, and the MLPs run as matrix products on the pooled vectors. Only difference: on exactly tied
+    maxima amax splits the gradient evenly where max-pooling gives it to one element (ties do not occur on
+    real-valued activations in practice; the tests check gradients on random data).
+    """
+
+    def __init__(self, T, C, reduction_t=16, reduction_c=16, kernel_size=3,
+                 use_temporal=True, use_channel=True, use_spatial=True):
+        super().__init__()
+        if not (use_temporal or use_channel or use_spatial):
+            raise ValueError('at least one of use_temporal, use_channel, use_spatial must be True')
+        check_attention_sizes(T, C, reduction_t, reduction_c, kernel_size, use_temporal, use_channel)
+        self.T = T
+        self.ta = _PooledGate(T, reduction_t) if use_temporal else None
+        self.ca = _PooledGate(C, reduction_c) if use_channel else None
+        self.sa = _SpatialGate(kernel_size) if use_spatial else None
+
+    def forward(self, x):
+        if x.dim() != 5 or (self.ta is not None and x.shape[0] != self.T):
+            raise ValueError(f'expected [T={self.T}, B, C, H, W], got {tuple(x.shape)}')
+        if self.ta is not None:  # one weight per (t, b), pooled over C, H, W
+            gate = self.ta(x.mean((2, 3, 4)).t(), x.amax((2, 3, 4)).t())
+            x = x * gate.t()[:, :, None, None, None]
+        if self.ca is not None:  # one weight per (b, c), pooled over T, H, W
+            gate = self.ca(x.mean((0, 3, 4)), x.amax((0, 3, 4)))
+            x = x * gate[None, :, :, None, None]
+        if self.sa is not None:  # one weight per (b, h, w), pooled over T and C
+            stats = torch.stack((x.mean((0, 2)), x.amax((0, 2))), dim=1)
+            x = x * torch.sigmoid(self.sa.conv(stats))[None]
+        return F.relu(x)
+
+
+def make_attention(kind, T, C, reduction_t=4, reduction_c=16):
+    check_choice('attention', kind, ATTENTIONS)
+    if kind == 'none':
+        return nn.Identity()
+    check_attention_sizes(T, C, reduction_t, reduction_c)
+    cls = FastMultiDimensionalAttention if kind == 'fast' else layer.MultiDimensionalAttention
+    return cls(T=T, C=C, reduction_t=reduction_t, reduction_c=reduction_c, kernel_size=3)
+
+
+class SpikingResidualBlock(nn.Module):
+    """ESDNet's SRB: attn(residual(x) + shortcut(x)) + x; the shortcut conv sees the real-valued block input."""
+
+    def __init__(self, dim, T=4, neuron='lif', attention='fast', reduction_t=4, reduction_c=16):
+        super().__init__()
+        self.residual = nn.Sequential(make_neuron(neuron), conv(dim, dim), tdbn(dim),
+                                      make_neuron(neuron), conv(dim, dim), tdbn(dim, V_TH * 0.2))
+        self.shortcut = nn.Sequential(conv(dim, dim), tdbn(dim))
+        self.attn = make_attention(attention, T, dim, reduction_t, reduction_c)
+
+    def forward(self, x):
+        return self.attn(self.residual(x) + self.shortcut(x)) + x
+
+
+class DownSampling(nn.Module):
+    def __init__(self, dim, neuron='lif'):
+        super().__init__()
+        self.maxpool_conv = nn.Sequential(make_neuron(neuron), conv(dim, dim * 2, stride=2), tdbn(dim * 2))
+
+    def forward(self, x):
+        return self.maxpool_conv(x)
+
+
+class UpSampling(nn.Module):
+    """Bilinear x2 of all time steps at once (on the input's device), then LIF -> conv halving channels -> tdBN."""
+
+    def __init__(self, dim, neuron='lif'):
+        super().__init__()
+        self.up = nn.Sequential(make_neuron(neuron), conv(dim, dim // 2), tdbn(dim // 2))
+
+    def forward(self, x):
+        big = F.interpolate(x.flatten(0, 1), scale_factor=2, mode='bilinear')
+        return self.up(big.unflatten(0, x.shape[:2]))
+
+
+class FeatureRefinementBlock(nn.Module):
+    """ESDNet's ANN head on time-averaged features: (1 - t) * channel_gate + t * x, t a spatial gate."""
+
+    def __init__(self, channel, reduction=8):
+        super().__init__()
+        self.ca = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channel, channel // reduction, 1), nn.ReLU(True),
+                                nn.Conv2d(channel // reduction, channel, 1), nn.Sigmoid())
+        self.sa = nn.Sequential(nn.Conv2d(channel, channel, 3, 1, 1), nn.Conv2d(channel, channel // 8, 3, 1, 1),
+                                nn.ReLU(True), nn.Conv2d(channel // 8, channel, 3, 1, 1), nn.Sigmoid())
+
+    def forward(self, x):
+        t = self.sa(x)
+        return (1 - t) * self.ca(x) + t * x
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, in_channels, dim):
+        super().__init__()
+        self.proj = conv(in_channels, dim)
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+def check_block_counts(name, counts, at_least=3):
+    if len(counts) < at_least or any(not isinstance(n, int) or n < 0 for n in counts):
+        raise ValueError(f'{name} must list >= {at_least} non-negative block counts (levels 1..3), got {counts}')
+
+
+class SpikingUNet(nn.Module):
+    """ESDNet's 3-level spiking U-Net body with direct encoding and a mean-over-T readout.
+
+    Level widths dim, 2*dim, 4*dim; level 2 fuses the skip by concat + LIF/1x1 conv/tdBN; level 1 concatenates the
+    skip without reduction, so decoder_level1 runs at 2*dim. `enc_blocks`/`dec_blocks` are indexed by level
+    (index 0 = level 1). Subclasses define `head(features)` mapping [B, 2*dim, H, W] to the output residual.
+    H and W are reflect-padded to multiples of 4 and cropped back. Spiking state is never reset here.
+    """
+
+    def __init__(self, in_channels, dim, enc_blocks, dec_blocks, T, neuron='lif', attention='fast',
+                 reduction_t=4, reduction_c=16, bias=False):
+        super().__init__()
+        check_block_counts('encoder block counts', enc_blocks)
+        check_block_counts('decoder block counts', dec_blocks)
+        check_choice('neuron', neuron, NEURONS)
+        check_choice('attention', attention, ATTENTIONS)
+        if not isinstance(T, int) or T < 1:
+            raise ValueError(f'T must be a positive int, got {T!r}')
+        self.T = T
+
+        def stage(channels, count):
+            return nn.Sequential(*[SpikingResidualBlock(channels, T, neuron, attention, reduction_t, reduction_c)
+                                   for _ in range(count)])
+
+        self.patch_embed = PatchEmbed(in_channels, dim)
+        self.encoder_level1 = stage(dim, enc_blocks[0])
+        self.down1_2 = DownSampling(dim, neuron)
+        self.encoder_level2 = stage(dim * 2, enc_blocks[1])
+        self.down2_3 = DownSampling(dim * 2, neuron)
+        self.encoder_level3 = stage(dim * 4, enc_blocks[2])
+        self.decoder_level3 = stage(dim * 4, dec_blocks[2])
+        self.up3_2 = UpSampling(dim * 4, neuron)
+        self.reduce_chan_level2 = nn.Sequential(make_neuron(neuron), conv(dim * 4, dim * 2, 1, bias=bias),
+                                                tdbn(dim * 2))
+        self.decoder_level2 = stage(dim * 2, dec_blocks[1])
+        self.up2_1 = UpSampling(dim * 2, neuron)
+        self.decoder_level1 = stage(dim * 2, dec_blocks[0])
+
+    def features(self, x):
+        """[T, B, C, H, W] (H, W multiples of 4) -> decoder level-1 features [T, B, 2*dim, H, W]."""
+        enc1 = self.encoder_level1(self.patch_embed(x))
+        enc2 = self.encoder_level2(self.down1_2(enc1))
+        dec3 = self.decoder_level3(self.encoder_level3(self.down2_3(enc2)))
+        dec2 = self.decoder_level2(self.reduce_chan_level2(torch.cat([self.up3_2(dec3), enc2], dim=2)))
+        return self.decoder_level1(torch.cat([self.up2_1(dec2), enc1], dim=2))
+
+    def head(self, features):
+        raise NotImplementedError
+
+    def forward(self, x):
+        if x.dim() != 4:
+            raise ValueError(f'{type(self).__name__} expects images [B, C, H, W], got shape {tuple(x.shape)}')
+        h, w = x.shape[-2:]
+        x = pad_to_multiple(x, 4)
+        frames = x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1)  # direct encoding: the same image at every step
+        out = self.head(time_mean(self.features(frames))) + x
+        return out[..., :h, :w]
