@@ -1,0 +1,452 @@
+"""SpikerIRDistillModel on CPU: a tiny NAFNet teacher trained and saved by basicsr's own SRModel, distilled into a
+tiny SpikerIR student (hooks, adapters, KD schedule, EMA buffers, tiling, checkpoints, pipeline resume, DDP, errors)."""
+import copy
+import logging
+import os
+import re
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+import torch
+import yaml
+from torch import nn
+
+import spikerir_plugin  # noqa: F401  (registers archs, losses, models)
+from basicsr.archs import build_network
+from basicsr.models import build_model
+from spikerir_plugin.models.kd_schedule import KDSchedule
+from spikerir_plugin.models.tiled_inference import tiled_forward
+from spikerir_plugin.utils.snn import reset_states
+
+TINY_STUDENT = {'type': 'SpikerIR', 'preset': 'tiny', 'T': 2, 'reduction_t': 2}
+TINY_TEACHER = {'type': 'NAFNet', 'width': 8, 'middle_blk_num': 1, 'enc_blk_nums': [1, 1, 1, 1],
+                'dec_blk_nums': [1, 1, 1, 1]}
+
+
+def noisy_patches(n=4, size=32, sigma=0.1, seed=0):
+    """(lq, gt) [n, 3, size, size] crops of skimage photos with Gaussian noise."""
+    photos = [skimage.data.astronaut(), np.repeat(skimage.data.camera()[..., None], 3, 2), skimage.data.coffee()]
+    rng = np.random.default_rng(seed)
+    crops = []
+    for i in range(n):
+        img = photos[i % len(photos)]
+        y, x = rng.integers(0, img.shape[0] - size), rng.integers(0, img.shape[1] - size)
+        crops.append(img[y:y + size, x:x + size].astype(np.float32) / 255.)
+    gt = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
+    lq = gt + sigma * torch.from_numpy(rng.standard_normal(gt.shape).astype(np.float32))
+    return lq, gt
+
+
+def base_opt(tmp, **extra):
+    os.makedirs(tmp, exist_ok=True)
+    opt = {'name': 'unit', 'model_type': 'SpikerIRDistillModel', 'num_gpu': 0, 'is_train': True, 'dist': False,
+           'rank': 0, 'world_size': 1, 'scale': 1,
+           'path': {'models': str(tmp), 'training_states': str(tmp), 'visualization': str(tmp)}}
+    opt.update(extra)
+    return opt
+
+
+@pytest.fixture(scope='module')
+def teacher_ckpt(tmp_path_factory):
+    """A tiny NAFNet trained 6 iterations by basicsr's SRModel and saved by basicsr (net_g_6.pth, `params`)."""
+    tmp = tmp_path_factory.mktemp('teacher')
+    opt = base_opt(tmp, model_type='SRModel', network_g=TINY_TEACHER,
+                   train={'optim_g': {'type': 'Adam', 'lr': 2e-3}, 'pixel_opt': {'type': 'L1Loss'},
+                          'scheduler': {'type': 'MultiStepLR', 'milestones': [1000], 'gamma': 0.5}})
+    torch.manual_seed(0)
+    model = build_model(opt)
+    lq, gt = noisy_patches(4, 32)
+    for it in range(1, 7):
+        model.update_learning_rate(it)
+        model.feed_data({'lq': lq, 'gt': gt})
+        model.optimize_parameters(it)
+    model.save(0, 6)
+    return str(tmp / 'net_g_6.pth')
+
+
+def distill_opt(tmp, teacher_path, **train):
+    train_opt = {'optim_g': {'type': 'AdamW', 'lr': 2e-3, 'weight_decay': 0.0},
+                 'scheduler': {'type': 'CosineAnnealingLR', 'T_max': 100, 'eta_min': 1e-5},
+                 'pixel_opt': {'type': 'L1Loss'}, 'fft_opt': {'type': 'FFTLoss', 'loss_weight': 0.01},
+                 'hint_opt': {'type': 'HintLoss', 'criterion': 'mse'}, 'kd_opt': {'type': 'L1Loss'},
+                 'kd_schedule': {'type': 'constant', 'start': 0.5}, 'hint_probe_size': 32}
+    train_opt.update(train)
+    opt = base_opt(tmp, network_g=copy.deepcopy(TINY_STUDENT), network_t=copy.deepcopy(TINY_TEACHER),
+                   train=train_opt, val={'tile': None})
+    opt['path'].update(pretrain_network_t=teacher_path, param_key_t='params', strict_load_t=True,
+                       ignore_resume_networks=['network_t'])
+    return opt
+
+
+_DELETE = object()
+
+
+def _with(opt, dotted, value):
+    opt = copy.deepcopy(opt)
+    *parents, leaf = dotted.split('.')
+    node = opt
+    for p in parents:
+        node = node[p]
+    if value is _DELETE:
+        node.pop(leaf, None)
+    else:
+        node[leaf] = value
+    return opt
+
+
+# ---------------------------------------------------------------------------------------------- teacher and hints
+def test_teacher_is_frozen_eval_and_loaded_from_the_basicsr_checkpoint(tmp_path, teacher_ckpt):
+    model = build_model(distill_opt(tmp_path, teacher_ckpt))
+    saved = torch.load(teacher_ckpt)['params']
+    assert not model.net_t.training
+    assert all(not p.requires_grad for p in model.net_t.parameters())
+    for key, value in model.net_t.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+    teacher_params = {id(p) for p in model.net_t.parameters()}
+    optimised = {id(p) for group in model.optimizer_g.param_groups for p in group['params']}
+    assert not teacher_params & optimised
+    adapter_params = {id(p) for p in model.net_g.adapters.parameters()}
+    assert adapter_params and adapter_params <= optimised  # adapters are trained with the student
+
+
+def test_default_hint_layers_adapter_shapes_and_resize(tmp_path, teacher_ckpt):
+    model = build_model(distill_opt(tmp_path, teacher_ckpt))
+    pairs = [p for p, _, _ in model.hint_shapes]
+    assert pairs == [('decoder_level3', 'decoders.1'), ('decoder_level2', 'decoders.2'),
+                     ('decoder_level1', 'decoders.3')]
+    # tiny SpikerIR decoders: 4*dim, 2*dim, 2*dim channels at 1/4, 1/2, 1; NAFNet w8: 32, 16, 8 channels
+    assert [s for _, s, _ in model.hint_shapes] == [(32, 8, 8), (16, 16, 16), (16, 32, 32)]
+    assert [t for _, _, t in model.hint_shapes] == [(32, 8, 8), (16, 16, 16), (8, 32, 32)]
+    assert [(a.in_channels, a.out_channels, a.kernel_size) for a in model.net_g.adapters] == \
+        [(32, 32, (1, 1)), (16, 16, (1, 1)), (16, 8, (1, 1))]
+    # a pair with different resolutions: student 1/4 level vs teacher full-resolution level -> resized
+    opt = distill_opt(tmp_path, teacher_ckpt, hint_layers=[['decoder_level3', 'decoders.3']])
+    model = build_model(opt)
+    lq, gt = noisy_patches(2, 32)
+    _, t_feats = model.teacher_tap.run(model.net_t, lq)
+    out, hints = model.net_g(lq, [f.shape[-2:] for f in t_feats])
+    reset_states(model.net_g)
+    assert out.shape == lq.shape and hints[0].shape == t_feats[0].shape == (2, 8, 32, 32)
+
+
+def test_kd_training_decreases_every_loss_term(tmp_path, teacher_ckpt):
+    torch.manual_seed(0)
+    model = build_model(distill_opt(tmp_path, teacher_ckpt))
+    lq, gt = noisy_patches(2, 32, seed=1)
+    history = []
+    for it in range(1, 31):
+        model.update_learning_rate(it)
+        model.feed_data({'lq': lq, 'gt': gt})
+        model.optimize_parameters(it)
+        history.append(model.get_current_log())
+    assert set(history[0]) == {'l_pix', 'l_fft', 'l_hint', 'l_kd', 'kd_weight', 'l_total'}
+    assert all(h['kd_weight'] == pytest.approx(0.5) for h in history)
+    for key in ('l_pix', 'l_fft', 'l_hint', 'l_kd', 'l_total'):
+        first = np.mean([h[key] for h in history[:5]])
+        last = np.mean([h[key] for h in history[-5:]])
+        assert last < first, (key, first, last)
+    assert all(np.isfinite(h['l_total']) for h in history)
+
+
+def test_student_alone_without_teacher_trains_and_logs_pixel_terms(tmp_path):
+    opt = base_opt(tmp_path, network_g=copy.deepcopy(TINY_STUDENT),
+                   train={'optim_g': {'type': 'SGD', 'lr': 0.05, 'momentum': 0.9},
+                          'pixel_opt': {'type': 'PSNRLoss'}, 'fft_opt': {'type': 'FFTLoss', 'loss_weight': 0.01}})
+    model = build_model(opt)
+    assert model.net_t is None and type(model.net_g).__name__ == 'SpikerIR'
+    lq, gt = noisy_patches(2, 32)
+    model.feed_data({'lq': lq, 'gt': gt})
+    model.optimize_parameters(1)
+    assert set(model.get_current_log()) == {'l_pix', 'l_fft', 'l_total'}
+    assert isinstance(model.optimizer_g, torch.optim.SGD) and not model.schedulers
+
+
+# ---------------------------------------------------------------------------------------------- schedule
+@pytest.mark.parametrize('spec, expected', [
+    ({'type': 'constant', 'start': 0.12}, {0: 0.12, 50: 0.12, 10 ** 6: 0.12}),
+    ({'type': 'linear', 'start': 1.0, 'end': 0.0, 'start_iter': 100, 'end_iter': 300},
+     {0: 1.0, 100: 1.0, 150: 0.75, 200: 0.5, 300: 0.0, 400: 0.0}),
+    ({'type': 'cosine', 'start': 0.2, 'end': 0.0, 'end_iter': 100},
+     {0: 0.2, 50: 0.1, 100: 0.0, 25: 0.1 * (1 + np.cos(np.pi / 4)), 200: 0.0}),
+    ({'type': 'step', 'start': 0.8, 'steps': [10, 20], 'gamma': 0.5}, {9: 0.8, 10: 0.4, 19: 0.4, 20: 0.2, 99: 0.2}),
+])
+def test_kd_schedule_values(spec, expected):
+    schedule = KDSchedule.from_opt(spec)
+    for it, w in expected.items():
+        assert schedule(it) == pytest.approx(w, abs=1e-12), (spec['type'], it)
+    assert KDSchedule.from_opt(None)(123) == 1.0
+
+
+def test_kd_schedule_state_roundtrip_restores_the_saved_schedule():
+    saved = KDSchedule.from_opt({'type': 'linear', 'start': 1.0, 'end': 0.0, 'end_iter': 10})
+    saved(5)
+    other = KDSchedule.from_opt({'type': 'constant', 'start': 3.0})
+    assert other.load_state_dict(saved.state_dict()) is True
+    assert other.config() == saved.config() and other.last_weight == pytest.approx(0.5)
+    assert other(7) == pytest.approx(0.3)
+
+
+# ---------------------------------------------------------------------------------------------- EMA, checkpoints
+def test_ema_averages_parameters_and_batchnorm_buffers(tmp_path, teacher_ckpt):
+    model = build_model(distill_opt(tmp_path, teacher_ckpt, ema_decay=0.5))
+    lq, gt = noisy_patches(2, 32)
+    model.feed_data({'lq': lq, 'gt': gt})
+    model.optimize_parameters(1)
+    ema_before = {k: v.clone() for k, v in model.net_g_ema.state_dict().items()}
+    model.optimize_parameters(2)
+    student = model.net_g.student.state_dict()
+    bn_keys = [k for k in student if k.endswith('running_mean')]
+    assert bn_keys, 'the tiny student should hold tdBN running statistics'
+    for key, value in model.net_g_ema.state_dict().items():
+        if value.dtype.is_floating_point:
+            torch.testing.assert_close(value, 0.5 * ema_before[key] + 0.5 * student[key])
+        else:
+            assert torch.equal(value, student[key])
+    assert any(not torch.equal(model.net_g_ema.state_dict()[k], torch.zeros_like(student[k])) for k in bn_keys)
+
+
+def test_checkpoint_keeps_student_keys_clean_and_loads_strictly(tmp_path, teacher_ckpt):
+    model = build_model(distill_opt(tmp_path, teacher_ckpt, ema_decay=0.9))
+    lq, gt = noisy_patches(2, 32)
+    model.feed_data({'lq': lq, 'gt': gt})
+    model.optimize_parameters(1)
+    model.save(0, 1)
+    ckpt = torch.load(tmp_path / 'net_g_1.pth')
+    assert set(ckpt) == {'params', 'params_ema', 'adapters'}
+    bare = build_network(TINY_STUDENT)
+    bare.load_state_dict(ckpt['params'], strict=True)  # no `student.` / `adapters.` prefixes
+    state = torch.load(tmp_path / '1.state')
+    assert state['kd_schedule']['config']['type'] == 'constant'
+    # test-time model: bare student, no teacher, loaded from params_ema
+    test_opt = base_opt(tmp_path, is_train=False, network_g=copy.deepcopy(TINY_STUDENT),
+                        network_t=copy.deepcopy(TINY_TEACHER),
+                        val={'tile': {'size': 16, 'overlap': 4}})
+    test_opt['path'].update(pretrain_network_g=str(tmp_path / 'net_g_1.pth'), param_key_g='params_ema')
+    tester = build_model(test_opt)
+    assert tester.net_t is None
+    for key, value in tester.net_g.state_dict().items():
+        torch.testing.assert_close(value, ckpt['params_ema'][key])
+    tester.feed_data({'lq': torch.rand(1, 3, 40, 24)})
+    tester.test()
+    assert tester.output.shape == (1, 3, 40, 24) and torch.isfinite(tester.output).all()
+
+
+# ---------------------------------------------------------------------------------------------- tiling
+def test_tiled_inference_equals_whole_image_inference():
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 37, 45)
+    pointwise = nn.Conv2d(3, 3, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(tiled_forward(pointwise, x, 8, 0), pointwise(x), atol=1e-6, rtol=0)
+    # receptive-field radius 2 (two 3x3 convs): exact when overlap // 2 >= 2, not when the margin is too small
+    rf2 = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))
+    with torch.no_grad():
+        whole = rf2(x)
+        torch.testing.assert_close(tiled_forward(rf2, x, 16, 4), whole, atol=1e-5, rtol=0)
+        torch.testing.assert_close(tiled_forward(rf2, x, 64, 8), whole, atol=1e-5, rtol=0)  # one tile
+        assert (tiled_forward(rf2, x, 16, 2) - whole).abs().max() > 1e-4
+    # integer upscaling networks: the output grid is scaled with the tiles
+    up = nn.Sequential(nn.Conv2d(3, 12, 1), nn.PixelShuffle(2))
+    with torch.no_grad():
+        torch.testing.assert_close(tiled_forward(up, x, 10, 2), up(x), atol=1e-6, rtol=0)
+
+
+def test_spiking_tiles_are_independent_because_state_is_reset():
+    torch.manual_seed(1)  # a seed whose leftover membrane potential visibly changes a second forward
+    net = build_network(TINY_STUDENT).eval()
+    patch = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        first = net(patch)
+        carried = net(patch)  # no reset: the membrane potential of the first call leaks into the second
+        reset_states(net)
+        assert (first - carried).abs().max() > 1e-6, 'the check below would not detect a missing reset'
+        out = tiled_forward(net, torch.cat([patch, patch], dim=-1), 16, 0)
+    assert out.shape == (1, 3, 16, 32) and torch.isfinite(out).all()
+    torch.testing.assert_close(out[..., :16], out[..., 16:], atol=0, rtol=0)
+    torch.testing.assert_close(out[..., :16], first, atol=1e-6, rtol=0)
+
+
+def test_model_validation_with_tiles_uses_bare_net_and_resets(tmp_path, teacher_ckpt):
+    opt = distill_opt(tmp_path, teacher_ckpt)
+    opt['val'] = {'tile': {'size': 16, 'overlap': 4}, 'metrics': {'psnr': {'type': 'calculate_psnr',
+                                                                          'crop_border': 0}}}
+    model = build_model(opt)
+    lq, gt = noisy_patches(1, 32)
+
+    class Pairs(torch.utils.data.Dataset):
+        opt = {'name': 'tiny-val'}
+
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return {'lq': lq[0], 'gt': gt[0], 'lq_path': f'img{i}.png'}
+
+    loader = torch.utils.data.DataLoader(Pairs(), batch_size=1)
+    model.validation(loader, 1, None, save_img=False)
+    psnr_first = model.metric_results['psnr']
+    model.validation(loader, 2, None, save_img=False)
+    assert np.isfinite(psnr_first) and model.metric_results['psnr'] == pytest.approx(psnr_first, abs=1e-9)
+    assert model.net_g.training and not model.net_t.training
+
+
+# ---------------------------------------------------------------------------------------------- pipeline resume
+def _write_pair_folders(root, size=32):
+    lq, gt = noisy_patches(1, size, seed=3)
+    for name, imgs in (('lq', lq), ('gt', gt)):
+        os.makedirs(root / name, exist_ok=True)
+        img = (imgs[0].clamp(0, 1).permute(1, 2, 0).numpy()[..., ::-1] * 255).round().astype(np.uint8)
+        cv2.imwrite(str(root / name / '0001.png'), img)
+
+
+def _pipeline_yaml(root, name, total_iter, save_freq, teacher_path):
+    data = {'type': 'PairedImageDataset', 'dataroot_gt': str(root / 'data' / 'gt'),
+            'dataroot_lq': str(root / 'data' / 'lq'), 'io_backend': {'type': 'disk'}}
+    opt = {'name': name, 'model_type': 'SpikerIRDistillModel', 'scale': 1, 'num_gpu': 0, 'manual_seed': 7,
+           'datasets': {'train': dict(data, name='train', gt_size=32, use_hflip=False, use_rot=False,
+                                      use_shuffle=False, num_worker_per_gpu=0, batch_size_per_gpu=1,
+                                      dataset_enlarge_ratio=1, prefetch_mode=None),
+                        'val': dict(data, name='val')},
+           'network_g': TINY_STUDENT, 'network_t': TINY_TEACHER,
+           # no ignore_resume_networks: spikerir_compat's load_resume_state adds network_t itself
+           'path': {'pretrain_network_t': teacher_path, 'param_key_t': 'params', 'strict_load_t': True,
+                    'resume_state': None},
+           'train': dict(distill_opt(root, teacher_path)['train'], ema_decay=0.5, total_iter=total_iter,
+                         warmup_iter=-1, kd_schedule={'type': 'linear', 'start': 1.0, 'end': 0.1, 'end_iter': 6}),
+           'val': {'val_freq': 1000, 'save_img': False, 'tile': {'size': 16, 'overlap': 4},
+                   'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0}}},
+           'logger': {'print_freq': 1, 'save_checkpoint_freq': save_freq, 'use_tb_logger': False}}
+    path = root / f'{name}_{total_iter}.yml'
+    path.write_text(yaml.safe_dump(opt))
+    return str(path)
+
+
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def _run_pipeline(monkeypatch, root, yml, *flags):
+    from basicsr.train import train_pipeline
+    monkeypatch.setattr(sys, 'argv', ['train.py', '-opt', yml, *flags])
+    handler = _Lines()
+    logger = logging.getLogger('basicsr')
+    level = logger.level
+    # basicsr sets the INFO level only when its logger is first created with a log file (earlier tests created it)
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        train_pipeline(str(root))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return [line for line in handler.lines if 'iter:' in line and 'l_total' in line]
+
+
+def _losses(line):
+    return line[line.index('l_pix'):]
+
+
+def test_pipeline_resume_continues_exactly(tmp_path, monkeypatch, teacher_ckpt):
+    """4 iterations in one train_pipeline run == 2 iterations + --auto_resume for 2 more (same seed)."""
+    _write_pair_folders(tmp_path / 'data')
+    straight = _run_pipeline(monkeypatch, tmp_path, _pipeline_yaml(tmp_path, 'straight', 4, 4, teacher_ckpt))
+    first = _run_pipeline(monkeypatch, tmp_path, _pipeline_yaml(tmp_path, 'resumed', 2, 2, teacher_ckpt))
+    second = _run_pipeline(monkeypatch, tmp_path, _pipeline_yaml(tmp_path, 'resumed', 4, 2, teacher_ckpt),
+                           '--auto_resume')
+    assert len(straight) == 4 and len(first) == 2 and len(second) == 2
+    assert [int(re.search(r'iter:\s*([\d,]+)', line).group(1).replace(',', '')) for line in second] == [3, 4]
+    assert [_losses(line) for line in straight] == [_losses(line) for line in first + second]
+    models = tmp_path / 'experiments'
+    a = torch.load(models / 'straight' / 'models' / 'net_g_latest.pth')
+    b = torch.load(models / 'resumed' / 'models' / 'net_g_latest.pth')
+    assert set(a) == set(b) == {'params', 'params_ema', 'adapters'}
+    for key in a:
+        for name in a[key]:
+            torch.testing.assert_close(a[key][name], b[key][name], atol=1e-6, rtol=1e-5, msg=f'{key}.{name}')
+    state = torch.load(models / 'resumed' / 'training_states' / '4.state')
+    assert state['kd_schedule']['last_iter'] == 4 and 'rng' in state  # model hook + compat's training state
+
+
+# ---------------------------------------------------------------------------------------------- DDP (gloo, 2 ranks)
+def _ddp_worker(rank, world_size, init_file, teacher_path, out_dir):
+    import torch.distributed as dist
+    import spikerir_plugin  # noqa: F401
+    from basicsr.models import build_model as build
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=world_size)
+    torch.manual_seed(0)  # same init on both ranks (DDP also broadcasts rank 0's weights)
+    opt = distill_opt(out_dir, teacher_path)
+    opt.update(dist=True, rank=rank, world_size=world_size)
+    opt['val'] = {'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0}}}
+    model = build(opt)
+    init_adapters = [p.detach().clone() for p in model.get_bare_model(model.net_g).adapters.parameters()]
+    lq, gt = noisy_patches(2, 32, seed=10 + rank)  # different data per rank
+    for it in (1, 2):
+        model.feed_data({'lq': lq, 'gt': gt})
+        model.optimize_parameters(it)
+        if rank == 0:  # rank-0-only inference, as dist_validation does; must not enter DDP collectives
+            model.feed_data({'lq': lq[:1]})
+            model.test()
+    bare = model.get_bare_model(model.net_g)
+    changed = any(not torch.equal(a, b) for a, b in zip(init_adapters, bare.adapters.parameters()))
+    params = {k: v.detach() for k, v in bare.named_parameters()}  # buffers (BN stats) stay per-rank by design
+    torch.save({'state': params, 'adapters_changed': changed}, os.path.join(out_dir, f'rank{rank}.pth'))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_ddp_all_reduces_student_and_adapter_gradients(tmp_path, teacher_ckpt):
+    import torch.multiprocessing as mp
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / 'init'), teacher_ckpt, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = torch.load(tmp_path / 'rank0.pth'), torch.load(tmp_path / 'rank1.pth')
+    assert r0['adapters_changed'] and r1['adapters_changed']
+    assert any(k.startswith('adapters.') for k in r0['state'])
+    for key in r0['state']:
+        torch.testing.assert_close(r0['state'][key], r1['state'][key], atol=1e-6, rtol=1e-5, msg=key)
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+BAD_INPUTS = [
+    ('network_t.type', 'NoSuchNet', KeyError, r"network_t.type: unknown arch 'NoSuchNet'.*NAFNet.*Restormer"),
+    ('path.pretrain_network_t', '/nonexistent/teacher.pth', FileNotFoundError,
+     r"path.pretrain_network_t: teacher checkpoint '/nonexistent/teacher.pth' does not exist"),
+    ('path.pretrain_network_t', _DELETE, ValueError, 'path.pretrain_network_t is required'),
+    ('network_t.width', 16, ValueError,
+     r'match network_t NAFNet.*mismatches: \[decoders.0.0.beta: checkpoint \(1, 64, 1, 1\) vs net \(1, 128'),
+    ('network_t.middle_blk_num', 2, ValueError, r'Missing keys: \[middle_blks.1'),
+    ('path.param_key_t', 'weights', KeyError, r"param_key_t: key 'weights' not in .*available keys: params"),
+    ('train.hint_layers', [['decoder_level9', 'decoders.1']], KeyError,
+     r"student network SpikerIR has no module 'decoder_level9'. Did you mean: decoder_level\d"),
+    ('train.hint_layers', [['decoder_level1', 'decoder.3']], KeyError,
+     r"teacher network NAFNet has no module 'decoder.3'.*Valid names include: intro, ending, encoders"),
+    ('train.hint_layers', [['decoder_level1']], ValueError, r'each entry must be \[student_module_name'),
+    ('train.optim_g.type', 'Lion', ValueError, r"unknown optimizer 'Lion'; valid: Adam, AdamW, SGD"),
+    ('train.scheduler.type', 'OneCycleLR', ValueError, r"unknown scheduler 'OneCycleLR'.*CosineAnnealingLR"),
+    ('train.kd_schedule', {'type': 'exponential'}, ValueError,
+     r"unknown schedule 'exponential'; valid: constant, linear, cosine, step"),
+    ('train.kd_schedule', {'type': 'linear', 'start': 1, 'end': 0}, ValueError, 'needs both `end` and `end_iter`'),
+    ('train.kd_schedule', {'type': 'constant', 'start': 1, 'end_iter': 5}, ValueError,
+     r"keys \['end_iter'\] are not used by type 'constant'"),
+    ('val.tile', {'size': 16, 'overlap': 16}, ValueError, r'val.tile: overlap \(16\) must be smaller than size'),
+    ('path.resume_state', '/tmp/x.state', ValueError, 'ignore_resume_networks must include network_t'),
+    ('network_t', _DELETE, ValueError, 'need a teacher: add network_t'),
+    ('network_g', {'type': 'SPIDEN', 'width': 8, 'depth': 3, 'T': 2}, ValueError,
+     r"train.hint_layers is required: no default hint layers for student 'SPIDEN' with teacher 'NAFNet'"),
+    ('train', {'optim_g': {'type': 'Adam', 'lr': 1e-3}}, ValueError, 'no loss configured'),
+]
+
+
+@pytest.mark.parametrize('key, value, error, message', BAD_INPUTS, ids=[f'{b[0]}={b[1]!r}'[:60] for b in BAD_INPUTS])
+def test_bad_input_gives_a_clear_error(tmp_path, teacher_ckpt, key, value, error, message):
+    opt = _with(distill_opt(tmp_path, teacher_ckpt), key, value)
+    if key == 'path.resume_state':
+        opt['path']['ignore_resume_networks'] = None
+    with pytest.raises(error, match=message):
+        build_model(opt)
