@@ -1,0 +1,375 @@
+"""spikerir-energy: per-layer firing rates, SynOps, MACs and estimated energy of a student (and its teacher).
+
+Convention (printed with every report):
+  E = e_mac * MAC + e_ac * SynOp, default 4.6 pJ and 0.9 pJ (45 nm, Horowitz 2014).
+  SynOp: exact synaptic accumulations of layers whose input is binary spikes (spikingjelly SynOpCounter: for each
+         input spike, the weights it actually reaches, zero padding included) - not rate x dense.
+  MAC:   multiply-accumulates of conv / linear / matmul with non-binary operands (spikingjelly MACCounter rules
+         without its BatchNorm rule: BN is assumed folded into the preceding conv; element-wise ops not counted).
+         Networks without spiking neurons (ANN teachers) are counted densely: every conv/linear/matmul is a MAC.
+  The first (image) conv of a spiking net runs on the image repeated over T time steps and is counted T times;
+  the report gives the measured repeat count.
+  A layer whose input is all zeros (possible in untrained nets) cannot be told apart from a silent spike layer;
+  it costs 0 and is listed with kind 'silent'.
+Firing rates come from forward hooks in a separate pass (hooks running inside the counting mode would be counted).
+Counts are for one forward pass of the whole batch; energies are also given per image.
+"""
+import argparse
+import json
+import os
+import sys
+from math import prod
+
+import numpy as np
+import torch
+from torch import nn
+
+E_MAC_PJ, E_AC_PJ = 4.6, 0.9
+_WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+                  nn.Linear)
+
+
+def _is_binary(t):
+    return t.dtype == torch.bool or bool(((t == 0) | (t == 1)).all())
+
+
+def _spiking_neuron_types():
+    from spikingjelly.activation_based.neuron import BaseNode
+    return (BaseNode,)
+
+
+# ---------------------------------------------------------------------------------------------- dense MAC rules
+def _dense_conv(args, _kwargs, out):
+    x, w, transposed = args[0], args[1], args[6]
+    c_out, c_in, *kernel = w.shape  # grouped: c_in is per group; transposed: (C_in, C_out/groups)
+    spatial = x.shape[2:] if transposed else out.shape[2:]
+    return c_in * prod(kernel) * prod(spatial) * c_out * x.shape[0]
+
+
+def _dense_mm(args, _kwargs, _out):
+    (m, k), n = args[0].shape, args[1].shape[1]
+    return m * k * n
+
+
+def _dense_addmm(args, kwargs, out):
+    return _dense_mm(args[1:], kwargs, out)
+
+
+def _dense_bmm(args, _kwargs, _out):
+    (b, m, k), n = args[0].shape, args[1].shape[2]
+    return b * m * k * n
+
+
+def _dense_baddbmm(args, kwargs, out):
+    return _dense_bmm(args[1:], kwargs, out)
+
+
+def _make_counters(spiking):
+    from spikingjelly.activation_based.op_counter import MACCounter, SynOpCounter
+    aten = torch.ops.aten
+    mac = MACCounter()
+    mac.rules.pop(aten.native_batch_norm.default, None)
+    if not spiking:
+        mac.rules.update({aten.convolution.default: _dense_conv, aten.mm.default: _dense_mm,
+                          aten.addmm.default: _dense_addmm, aten.bmm.default: _dense_bmm,
+                          aten.baddbmm.default: _dense_baddbmm})
+        return None, mac
+    return SynOpCounter(), mac
+
+
+# ------------------------------------------------------------------------------------------------------- inputs
+def make_input(size=256, batch=1, image=None, sigma=0.0, seed=0, channels=3):
+    """[batch, channels, h, w] float in [0, 1] (size: int or (h, w)): a real photo (default scikit-image's
+    astronaut, then coffee, chelsea, rocket for further batch entries) or the given image file, resized; grey when
+    channels is 1; optional Gaussian noise of std `sigma` in 0-255 units."""
+    import cv2
+    h, w = (size, size) if isinstance(size, int) else size
+    if channels not in (1, 3):
+        raise ValueError(f'channels must be 1 or 3, got {channels!r}')
+    if image is not None:
+        img = cv2.imread(image, cv2.IMREAD_COLOR)
+        if img is None:
+            raise FileNotFoundError(f'cannot read image {image!r}')
+        photos = [img[..., ::-1]] * batch
+    else:
+        from skimage import data as skdata
+        pool = [skdata.astronaut(), skdata.coffee(), skdata.chelsea(), skdata.rocket()]
+        photos = [pool[i % len(pool)] for i in range(batch)]
+    imgs = [cv2.resize(np.ascontiguousarray(p), (w, h), interpolation=cv2.INTER_AREA) for p in photos]
+    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.
+    if channels == 1:
+        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    if sigma:
+        g = torch.Generator().manual_seed(seed)
+        x = x + torch.randn(x.shape, generator=g) * (sigma / 255.)
+    return x
+
+
+# ------------------------------------------------------------------------------------------------------ measuring
+def _hook_pass(net, x, neuron_types):
+    """Forward with hooks: spiking-neuron output rates, weight-layer input statistics, module call order."""
+    names = {m: n for n, m in net.named_modules()}
+    order, neurons, layers, handles = {}, {}, {}, []
+
+    def pre_hook(m, _inp):
+        order.setdefault(names[m], len(order))
+
+    def neuron_hook(m, _inp, out):
+        s = neurons.setdefault(names[m], [0.0, 0])
+        s[0] += float(out.detach().double().sum())
+        s[1] += out.numel()
+
+    def layer_hook(m, inp, _out):
+        t = inp[0].detach()
+        s = layers.setdefault(names[m], {'ones': 0.0, 'numel': 0, 'binary': True, 'zero': True})
+        s['binary'] = s['binary'] and _is_binary(t)
+        s['zero'] = s['zero'] and not bool(t.any())
+        s['ones'] += float(t.double().sum())
+        s['numel'] += t.numel()
+
+    for m in net.modules():
+        handles.append(m.register_forward_pre_hook(pre_hook))
+        if isinstance(m, neuron_types):
+            handles.append(m.register_forward_hook(neuron_hook))
+        elif isinstance(m, _WEIGHT_LAYERS):
+            handles.append(m.register_forward_hook(layer_hook))
+    try:
+        net(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return order, neurons, layers
+
+
+def _self_counts(net, counter):
+    """Per module: ops recorded in its own scope minus those of its nearest recorded descendants. spikingjelly
+    records each op in every *active* enclosing scope ('<RootClass>.<qualified name>'); containers that are never
+    called (ModuleList) or sub-modules used only through a parent's attributes never become scopes."""
+    if counter is None:
+        return {}
+    root = type(net).__name__
+    totals = {}
+    for scope, ops in counter.get_counts().items():
+        if scope == root:
+            totals[''] = sum(ops.values())
+        elif scope.startswith(root + '.'):
+            totals[scope[len(root) + 1:]] = sum(ops.values())
+    own = dict(totals)
+    for name, total in totals.items():
+        parent = name
+        while parent:
+            parent = parent.rpartition('.')[0]
+            if parent in totals:
+                own[parent] -= total
+                break
+    return own
+
+
+def measure_energy(net, input_shape=(1, 3, 256, 256), inputs=None, e_mac=E_MAC_PJ, e_ac=E_AC_PJ):
+    """Measure one network under torch.no_grad (the net is moved to CPU and set to eval mode; spiking state is
+    reset before and after each pass). Returns a JSON-serialisable dict:
+    layers (per layer: name, type, kind, fr_in, synops, macs, energy_pj), neurons ({name: firing rate}),
+    totals, first_layer (name and how many times it processed the input image), convention."""
+    from spikerir_plugin.utils.snn import reset_states
+    from spikingjelly.activation_based.op_counter import DispatchCounterMode
+    b, c, h, w = input_shape
+    x = inputs if inputs is not None else make_input((h, w), b, channels=c)
+    net = net.cpu().eval()
+    neuron_types = _spiking_neuron_types()
+    spiking = any(isinstance(m, neuron_types) for m in net.modules())
+    with torch.no_grad():
+        reset_states(net)
+        order, neurons, layers = _hook_pass(net, x, neuron_types)
+        reset_states(net)
+        syn, mac = _make_counters(spiking)
+        with DispatchCounterMode([c for c in (syn, mac) if c is not None]):
+            net(x)
+        reset_states(net)
+    own_syn, own_mac = _self_counts(net, syn), _self_counts(net, mac)
+
+    modules = dict(net.named_modules())
+    rows = []
+    for n in sorted(modules, key=lambda k: order.get(k, len(order))):
+        s, m_ = own_syn.get(n, 0), own_mac.get(n, 0)
+        stat = layers.get(n)
+        if not (s or m_ or stat):
+            continue
+        binary_in = bool(stat and stat['binary'])
+        if s and m_:
+            kind = 'MAC+SynOp'
+        elif s or m_:
+            kind = 'SynOp' if s else 'MAC'
+        elif stat and stat['zero']:
+            kind = 'silent'  # all-zero input costs 0 under both counters, whether it was meant as spikes or not
+        else:
+            kind = 'SynOp' if binary_in else 'MAC'
+        fr_in = stat['ones'] / stat['numel'] if binary_in and stat['numel'] else None
+        rows.append({'name': n or '(root)', 'type': type(modules[n]).__name__, 'kind': kind, 'fr_in': fr_in,
+                     'synops': int(s), 'macs': int(m_), 'energy_pj': e_mac * m_ + e_ac * s})
+
+    total_syn = syn.get_total() if syn is not None else 0
+    total_mac = mac.get_total()
+    first = next((r for r in rows if r['name'] in layers), None)
+    first_passes = layers[first['name']]['numel'] / x.numel() if first else 0
+    spikes = sum(v[0] for v in neurons.values())
+    elems = sum(v[1] for v in neurons.values())
+    energy_mj = (e_mac * total_mac + e_ac * total_syn) * 1e-9
+    return {
+        'spiking': spiking,
+        'T': getattr(net, 'T', None),
+        'input_shape': list(x.shape),
+        'params': sum(p.numel() for p in net.parameters()),
+        'layers': rows,
+        'neurons': {n: v[0] / v[1] for n, v in sorted(neurons.items(), key=lambda kv: order.get(kv[0], 0))},
+        'first_layer': {'name': first['name'] if first else None, 'image_passes': first_passes},
+        'totals': {'synops': int(total_syn), 'macs': int(total_mac), 'mean_firing_rate': spikes / elems if elems
+                   else None, 'energy_mJ': energy_mj, 'energy_mJ_per_image': energy_mj / x.shape[0]},
+        'convention': {'e_mac_pJ': e_mac, 'e_ac_pJ': e_ac, 'formula': 'E = e_mac*MAC + e_ac*SynOp',
+                       'text': convention_text(first['name'] if first else None, first_passes, spiking)},
+    }
+
+
+def convention_text(first_name, passes, spiking):
+    lines = [f'E = e_mac*MAC + e_ac*SynOp; SynOps are exact spike-driven accumulations (spikingjelly SynOpCounter), '
+             'MACs are conv/linear/matmul with non-binary operands (BN assumed folded, element-wise ops not counted).']
+    if first_name is not None:
+        how = (f'sees the input image repeated over time steps and is counted {passes:g} times'
+               if spiking else f'is counted {passes:g} time(s) (ANN: dense MACs everywhere)')
+        lines.append(f'First layer {first_name!r} {how}.')
+    return ' '.join(lines)
+
+
+# -------------------------------------------------------------------------------------------------------- output
+def format_report(student, teacher=None, title=''):
+    out = [f'== energy report {title}'.rstrip(), student['convention']['text'],
+           f"constants: e_mac = {student['convention']['e_mac_pJ']} pJ, e_ac = {student['convention']['e_ac_pJ']} pJ;"
+           f" input {student['input_shape']}", '']
+    for label, r in (('student', student), ('teacher', teacher)):
+        if r is None:
+            continue
+        out.append(f"-- {label} ({'spiking, T=' + str(r['T']) if r['spiking'] else 'ANN'}, "
+                   f"{r['params']:,} parameters)")
+        out.append(f"{'layer':44s} {'kind':9s} {'fr_in':>7s} {'count':>15s} {'energy uJ':>11s}")
+        for row in r['layers']:
+            fr = f"{row['fr_in']:.4f}" if row['fr_in'] is not None else '-'
+            out.append(f"{row['name'][:44]:44s} {row['kind']:9s} {fr:>7s} {row['synops'] + row['macs']:>15,d} "
+                       f"{row['energy_pj'] * 1e-6:>11.3f}")
+        t = r['totals']
+        rate = f"{t['mean_firing_rate']:.4f}" if t['mean_firing_rate'] is not None else '-'
+        out.append(f"total: SynOps {t['synops']:,}  MACs {t['macs']:,}  mean firing rate {rate}  "
+                   f"energy {t['energy_mJ']:.4f} mJ ({t['energy_mJ_per_image']:.4f} mJ/image)")
+        if r['neurons']:
+            out.append('firing rates: ' + ', '.join(f'{n}={v:.4f}' for n, v in r['neurons'].items()))
+        out.append('')
+    if teacher is not None:
+        out.append(f'energy ratio teacher/student: {energy_ratio(student, teacher):.2f}')
+    return '\n'.join(out)
+
+
+def energy_ratio(student, teacher):
+    s = student['totals']['energy_mJ']
+    return teacher['totals']['energy_mJ'] / s if s else float('inf')
+
+
+def plot_report(student, path, title=''):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    rates, rows = student['neurons'], student['layers']
+    width = max(8.0, 0.22 * max(len(rates), len(rows)))
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(width, 8))
+    ax1.bar(range(len(rates)), list(rates.values()), color='tab:orange')
+    ax1.set_xticks(range(len(rates)), list(rates), rotation=90, fontsize=6)
+    ax1.set_ylabel('firing rate')
+    ax1.set_title(f'{title} spiking-neuron firing rates'.strip())
+    colors = [{'SynOp': 'tab:blue', 'silent': 'tab:gray'}.get(r['kind'], 'tab:red') for r in rows]
+    ax2.bar(range(len(rows)), [r['energy_pj'] * 1e-6 for r in rows], color=colors)
+    ax2.set_xticks(range(len(rows)), [r['name'] for r in rows], rotation=90, fontsize=6)
+    ax2.set_ylabel('energy (uJ)')
+    ax2.set_title(f"per-layer energy (blue SynOp, red MAC, grey silent); total {student['totals']['energy_mJ']:.4f} mJ")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------------------ CLI
+def load_weights(net, path, param_key='params', strict=True):
+    """Load a basicsr checkpoint ({param_key: state_dict}, falling back to 'params') or a bare state dict."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint {path!r} does not exist')
+    ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    if isinstance(ckpt, dict) and not all(torch.is_tensor(v) for v in ckpt.values()):
+        key = param_key if param_key in ckpt else 'params' if 'params' in ckpt else None
+        if key is None:
+            raise KeyError(f'checkpoint {path!r} has no {param_key!r} (or "params"); keys: {sorted(ckpt)}')
+        ckpt = ckpt[key]
+    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in ckpt.items()}
+    net.load_state_dict(state, strict=strict)
+    return net
+
+
+def build_from_options(opt, which='g', ckpt=None, param_key=None):
+    """Network `network_<which>` of a parsed options dict, with weights from ckpt or path.pretrain_network_<which>
+    (random init when neither is given)."""
+    from basicsr.archs import build_network
+    net = build_network(dict(opt[f'network_{which}']))
+    path_opt = opt.get('path') or {}
+    ckpt = ckpt or path_opt.get(f'pretrain_network_{which}')
+    if ckpt:
+        load_weights(net, ckpt, param_key or path_opt.get(f'param_key_{which}') or 'params',
+                     path_opt.get(f'strict_load_{which}', True))
+    else:
+        print(f'note: no checkpoint for network_{which}; measuring randomly initialised weights', file=sys.stderr)
+    return net
+
+
+def main(argv=None):
+    import yaml
+    import spikerir_plugin  # noqa: F401  (registers the plugin archs)
+    p = argparse.ArgumentParser(prog='spikerir-energy', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('-opt', '--opt', required=True, help='options YAML with network_g (and optionally network_t)')
+    p.add_argument('--ckpt', default=None, help='student checkpoint (default: path.pretrain_network_g)')
+    p.add_argument('--param-key', default=None, help='state-dict key in the checkpoint (default params)')
+    p.add_argument('--no-teacher', action='store_true', help='skip network_t even if the options define it')
+    p.add_argument('--size', type=int, default=256)
+    p.add_argument('--batch', type=int, default=1)
+    p.add_argument('--channels', type=int, default=3, help='input channels (1 for grey Gaussian-denoising nets)')
+    p.add_argument('--image', default=None, help='input image file (default: scikit-image photos)')
+    p.add_argument('--sigma', type=float, default=0.0, help='add Gaussian noise of this std (0-255) to the input')
+    p.add_argument('--e-mac', type=float, default=E_MAC_PJ, help='pJ per MAC (default 4.6)')
+    p.add_argument('--e-ac', type=float, default=E_AC_PJ, help='pJ per SynOp (default 0.9)')
+    p.add_argument('--out', default=None, help='output folder (default results/energy/<name>)')
+    a = p.parse_args(argv)
+    try:
+        with open(a.opt) as f:
+            opt = yaml.safe_load(f)
+        if not isinstance(opt, dict) or 'network_g' not in opt:
+            raise KeyError(f'{a.opt!r} has no network_g section; top-level keys: '
+                           f'{sorted(opt) if isinstance(opt, dict) else type(opt).__name__}')
+        x = make_input(a.size, a.batch, a.image, a.sigma, channels=a.channels)
+        student = measure_energy(build_from_options(opt, 'g', a.ckpt, a.param_key), inputs=x, e_mac=a.e_mac,
+                                 e_ac=a.e_ac)
+        teacher = None
+        if opt.get('network_t') and not a.no_teacher:
+            teacher = measure_energy(build_from_options(opt, 't'), inputs=x, e_mac=a.e_mac, e_ac=a.e_ac)
+    except (OSError, KeyError, ValueError) as e:
+        p.exit(2, f'spikerir-energy: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}\n')
+    name = opt.get('name', os.path.splitext(os.path.basename(a.opt))[0])
+    out_dir = a.out or os.path.join('results', 'energy', name)
+    os.makedirs(out_dir, exist_ok=True)
+    report = format_report(student, teacher, name)
+    print(report)
+    result = {'name': name, 'options': os.path.abspath(a.opt), 'student': student, 'teacher': teacher,
+              'ratio_teacher_over_student': energy_ratio(student, teacher) if teacher else None}
+    with open(os.path.join(out_dir, 'energy.json'), 'w') as f:
+        json.dump(result, f, indent=2)
+    with open(os.path.join(out_dir, 'energy.txt'), 'w') as f:
+        f.write(report + '\n')
+    plot_report(student, os.path.join(out_dir, 'energy.png'), name)
+    print(f'wrote {out_dir}/energy.json, energy.txt, energy.png')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
