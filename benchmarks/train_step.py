@@ -176,7 +176,7 @@ def build_case(name, tiny):
     if name.startswith('spikerir_'):
         return student, student, None, None
     teacher = nafnet_teacher(tiny).eval().requires_grad_(False)
-    s_names, t_names = zip(*default_hint_layers('SpikerIR', 'NAFNet'))
+    s_names, t_names = zip(*default_hint_layers(student, teacher))
     s_tap, t_tap = FeatureTap(student, s_names, 'student'), FeatureTap(teacher, t_names, 'teacher')
     probe = 32 if tiny else 64
     try:

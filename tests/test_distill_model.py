@@ -17,6 +17,7 @@ from torch import nn
 import spikerir_plugin  # noqa: F401  (registers archs, losses, models)
 from basicsr.archs import build_network
 from basicsr.models import build_model
+from spikerir_plugin.models.feature_hints import FeatureTap, default_hint_layers
 from spikerir_plugin.models.kd_schedule import KDSchedule
 from spikerir_plugin.models.tiled_inference import tiled_forward
 from spikerir_plugin.utils.snn import reset_states
@@ -130,6 +131,28 @@ def test_default_hint_layers_adapter_shapes_and_resize(tmp_path, teacher_ckpt):
     out, hints = model.net_g(lq, [f.shape[-2:] for f in t_feats])
     reset_states(model.net_g)
     assert out.shape == lq.shape and hints[0].shape == t_feats[0].shape == (2, 8, 32, 32)
+
+
+@pytest.mark.parametrize('levels, expected', [
+    (4, [['decoder_level3', 'decoders.1'], ['decoder_level2', 'decoders.2'], ['decoder_level1', 'decoders.3']]),
+    (3, [['decoder_level3', 'decoders.0'], ['decoder_level2', 'decoders.1'], ['decoder_level1', 'decoders.2']]),
+    (2, [['decoder_level2', 'decoders.0'], ['decoder_level1', 'decoders.1']]),
+])
+def test_default_hints_pair_equal_resolutions_for_any_nafnet_depth(levels, expected):
+    """The default pairs follow the teacher's depth: SpikerIR's levels at 1/4, 1/2, 1 meet the NAFNet decoders at
+    the same resolution, so no hint needs resizing."""
+    student = build_network(TINY_STUDENT)
+    teacher = build_network(dict(TINY_TEACHER, enc_blk_nums=[1] * levels, dec_blk_nums=[1] * levels))
+    pairs = default_hint_layers(student, teacher)
+    assert pairs == expected
+    x = torch.rand(1, 3, 32, 32)
+    s_feats = FeatureTap(student, [p[0] for p in pairs], 'student').run(student, x)[1]
+    t_feats = FeatureTap(teacher, [p[1] for p in pairs], 'teacher').run(teacher, x)[1]
+    reset_states(student)
+    assert [f.shape[-2:] for f in s_feats] == [f.shape[-2:] for f in t_feats]
+    assert default_hint_layers(student, build_network({'type': 'Restormer', 'dim': 8, 'num_blocks': [1] * 4,
+                                                       'num_refinement_blocks': 1, 'heads': [1, 1, 2, 2]})) == \
+        [[f'decoder_level{i}'] * 2 for i in (3, 2, 1)]
 
 
 def test_kd_training_decreases_every_loss_term(tmp_path, teacher_ckpt):

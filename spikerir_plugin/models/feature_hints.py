@@ -12,27 +12,34 @@ from torch.nn import functional as F
 
 from spikerir_plugin.utils.snn import reset_states, time_mean
 
-# Default hint layers: decoder levels, coarse to fine. Student and teacher lists are zipped pairwise.
-DEFAULT_STUDENT_HINTS = {
-    'SpikerIR': ['decoder_level3', 'decoder_level2', 'decoder_level1'],
-    'ESDNet': ['decoder_level3', 'decoder_level2', 'decoder_level1'],
-}
-DEFAULT_TEACHER_HINTS = {
-    'NAFNet': ['decoders.1', 'decoders.2', 'decoders.3'],
-    'Restormer': ['decoder_level3', 'decoder_level2', 'decoder_level1'],
-}
 _MAX_LISTED = 30
+_ARCHS_WITH_DECODER_LEVELS = ('SpikerIR', 'ESDNet', 'NAFNet', 'Restormer')
 
 
-def default_hint_layers(student_type, teacher_type):
-    """[[student, teacher], ...] for known arch pairs, else a ValueError asking for train.hint_layers."""
-    s, t = DEFAULT_STUDENT_HINTS.get(student_type), DEFAULT_TEACHER_HINTS.get(teacher_type)
-    if s is None or t is None or len(s) != len(t):
+def decoder_levels(net):
+    """Decoder-level module names of a known arch, coarse to fine (None for other archs).
+
+    NAFNet's depth is a constructor argument, so its levels are read off the built network."""
+    name = type(net).__name__
+    if name in ('SpikerIR', 'ESDNet', 'Restormer'):
+        return ['decoder_level3', 'decoder_level2', 'decoder_level1']
+    if name == 'NAFNet':
+        return [f'decoders.{i}' for i in range(len(net.decoders))]
+    return None
+
+
+def default_hint_layers(student, teacher):
+    """[[student, teacher], ...]: the finest decoder levels of both networks, paired from full resolution upwards
+    (SpikerIR's decoder_level1/2/3 sit at 1, 1/2, 1/4 of the input, as do a NAFNet's last three decoders).
+    A ValueError asks for train.hint_layers when either arch has no known decoder levels."""
+    s, t = decoder_levels(student), decoder_levels(teacher)
+    if not s or not t:
         raise ValueError(
-            f'train.hint_layers is required: no default hint layers for student {student_type!r} with teacher '
-            f'{teacher_type!r} (defaults exist for students {sorted(DEFAULT_STUDENT_HINTS)} and teachers '
-            f'{sorted(DEFAULT_TEACHER_HINTS)}). Give a list of [student_module, teacher_module] pairs.')
-    return [[a, b] for a, b in zip(s, t)]
+            f'train.hint_layers is required: no default hint layers for student {type(student).__name__!r} with '
+            f'teacher {type(teacher).__name__!r} (defaults exist between {list(_ARCHS_WITH_DECODER_LEVELS)} with '
+            'at least one decoder level). Give a list of [student_module, teacher_module] pairs.')
+    k = min(len(s), len(t))
+    return [[a, b] for a, b in zip(s[len(s) - k:], t[len(t) - k:])]
 
 
 def parse_hint_layers(hint_layers):

@@ -115,8 +115,7 @@ class SpikerIRDistillModel(SRModel):
         if not train_opt.get('hint_opt'):
             raise ValueError('train.hint_layers is set but train.hint_opt is not (e.g. {type: HintLoss, '
                              'criterion: mse, loss_weight: 1.0})')
-        layers = train_opt.get('hint_layers') or default_hint_layers(self.opt['network_g']['type'],
-                                                                     self.opt['network_t']['type'])
+        layers = train_opt.get('hint_layers') or default_hint_layers(student, self.net_t)
         pairs = parse_hint_layers(layers)
         s_names, t_names = [p[0] for p in pairs], [p[1] for p in pairs]
         self.teacher_tap = FeatureTap(self.net_t, t_names, 'teacher')
