@@ -10,7 +10,7 @@ from spikingjelly.activation_based import layer
 
 import spikerir_plugin  # noqa: F401  (registers the archs)
 from spikerir_plugin.archs import esdnet_arch, nafnet_arch, restormer_arch, spikerir_arch
-from spikerir_plugin.archs.spiking_blocks import FastMultiDimensionalAttention, UpSampling
+from spikerir_plugin.archs.spiking_blocks import FastMultiDimensionalAttention, SpikingResidualBlock, UpSampling
 from spikerir_plugin.utils.snn import reset_states
 
 # tiny configurations (CPU-fast) of every registered network
@@ -339,3 +339,32 @@ def test_bad_arguments_raise_clear_errors(make, words):
 def test_spiking_nets_reject_multistep_input():
     with pytest.raises(ValueError, match=r'\[B, C, H, W\]'):
         build('SpikerIR')(torch.rand(2, 1, 3, 8, 8))
+
+
+@pytest.mark.parametrize('name, binary', [('SpikerIR', True), ('ESDNet', False)])
+def test_block_shortcut_reads_spikes_in_spikerir_and_the_analog_input_in_esdnet(name, binary):
+    """SpikerIR's default shortcut='spike' makes every conv inside its blocks spike-driven; ESDNet keeps the
+    official real-valued shortcut input. Both share the same keys, so only the wiring differs."""
+    net = build(name).train()
+    inputs = []
+    for module in net.modules():
+        if isinstance(module, SpikingResidualBlock):
+            module.shortcut[0].register_forward_hook(lambda m, i, o: inputs.append(i[0]))
+    run(net, torch.rand(2, 3, 16, 16))
+    assert inputs and all(bool(((t == 0) | (t == 1)).all()) == binary for t in inputs)
+    analog = spikerir_arch.SpikerIR(shortcut='analog', T=2, reduction_t=2)
+    assert state_shapes(analog) == state_shapes(build('SpikerIR'))
+    with pytest.raises(ValueError, match="shortcut='both'.*'analog', 'spike'"):
+        spikerir_arch.SpikerIR(shortcut='both')
+
+
+def test_image_conv_runs_once_and_its_output_is_repeated_over_T():
+    net = build('ESDNet').eval()
+    x = torch.rand(2, 3, 8, 12)
+    calls = []
+    net.patch_embed.proj.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape)))
+    with torch.no_grad():
+        embedded = net.encode(x)
+        per_step = net.patch_embed(x.unsqueeze(0).repeat(net.T, 1, 1, 1, 1))  # the official direct encoding
+    assert calls[0] == (1, 2, 3, 8, 12) and embedded.shape == per_step.shape == (net.T, 2, 8, 8, 12)
+    torch.testing.assert_close(embedded, per_step, rtol=1e-6, atol=1e-7)

@@ -1,9 +1,11 @@
 """SpikerIR: the spiking student of H-KD ("Bridge the Gap between SNN and ANN for Image Restoration").
 
 The paper does not define the block, so this is our disclosed choice (papers.md 1.2): ESDNet's spiking
-residual-block U-Net at a much smaller width, direct encoding (image repeated T times), mean over T, one conv head
-and a global residual. `decoder_level3/2/1` output [T, B, C, H, W] and are the distillation hook points
-(C = 4*dim, 2*dim, 2*dim).
+residual-block U-Net at a much smaller width, direct encoding (image conv repeated over T), mean over T, one conv
+head and a global residual. One change to ESDNet's block: by default its shortcut conv reads the block's spikes
+instead of the real-valued block input (shortcut='spike'), so every conv inside the blocks is spike-driven; with
+ESDNet's analog shortcut those convs were dense MACs at every time step and most of the student's energy.
+`decoder_level3/2/1` output [T, B, C, H, W] and are the distillation hook points (C = 4*dim, 2*dim, 2*dim).
 """
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
@@ -28,19 +30,20 @@ class SpikerIR(SpikingUNet):
         dim: level-1 width (levels use dim, 2*dim, 4*dim).
         enc_blocks, dec_blocks: spiking residual blocks per level, level 1 first.
         T: time steps. neuron: 'lif' | 'if'. attention: 'fast' | 'spikingjelly' | 'none'.
+        shortcut: 'spike' (default: block shortcut conv on spikes) | 'analog' (ESDNet's, on the block input).
         reduction_t, reduction_c: squeeze ratios of the attention's temporal and channel MLPs
             (need T >= reduction_t and dim >= reduction_c).
     """
 
     def __init__(self, in_channels=3, out_channels=3, preset='tiny', dim=None, enc_blocks=None, dec_blocks=None,
-                 T=4, neuron='lif', attention='fast', reduction_t=4, reduction_c=4):
+                 T=4, neuron='lif', attention='fast', reduction_t=4, reduction_c=4, shortcut='spike'):
         if preset not in PRESETS:
             raise ValueError(f'SpikerIR preset {preset!r} is unknown; valid presets: {sorted(PRESETS)}')
         size = dict(PRESETS[preset])
         size.update({k: v for k, v in dict(dim=dim, enc_blocks=enc_blocks, dec_blocks=dec_blocks).items()
                      if v is not None})
         super().__init__(in_channels, size['dim'], list(size['enc_blocks']), list(size['dec_blocks']), T, neuron,
-                         attention, reduction_t, reduction_c)
+                         attention, reduction_t, reduction_c, shortcut=shortcut)
         self.output = nn.Conv2d(size['dim'] * 2, out_channels, 3, 1, 1)
 
     def head(self, features):

@@ -18,6 +18,7 @@ V_TH = 0.15
 TDBN_ALPHA = 1 / math.sqrt(2)
 NEURONS = ('lif', 'if')
 ATTENTIONS = ('fast', 'spikingjelly', 'none')
+SHORTCUTS = ('analog', 'spike')
 
 
 def check_choice(name, value, valid):
@@ -119,17 +120,30 @@ def make_attention(kind, T, C, reduction_t=4, reduction_c=16):
 
 
 class SpikingResidualBlock(nn.Module):
-    """ESDNet's SRB: attn(residual(x) + shortcut(x)) + x; the shortcut conv sees the real-valued block input."""
+    """ESDNet's SRB: attn(residual(x) + shortcut(.)) + x, residual = [neuron, conv, tdBN] x 2.
 
-    def __init__(self, dim, T=4, neuron='lif', attention='fast', reduction_t=4, reduction_c=16):
+    shortcut='analog' (ESDNet): the shortcut conv reads the real-valued block input, so it is a dense multiply-
+    accumulate layer, run T times; in a small ESDNet-style net it is most of the energy. shortcut='spike': it reads
+    the spikes of the residual's first neuron instead, so every conv of the block is spike-driven (accumulates only
+    where a spike arrived). Same parameters and state_dict keys either way.
+    """
+
+    def __init__(self, dim, T=4, neuron='lif', attention='fast', reduction_t=4, reduction_c=16, shortcut='analog'):
         super().__init__()
+        check_choice('shortcut', shortcut, SHORTCUTS)
+        self.spike_shortcut = shortcut == 'spike'
         self.residual = nn.Sequential(make_neuron(neuron), conv(dim, dim), tdbn(dim),
                                       make_neuron(neuron), conv(dim, dim), tdbn(dim, V_TH * 0.2))
         self.shortcut = nn.Sequential(conv(dim, dim), tdbn(dim))
         self.attn = make_attention(attention, T, dim, reduction_t, reduction_c)
 
     def forward(self, x):
-        return self.attn(self.residual(x) + self.shortcut(x)) + x
+        if self.spike_shortcut:
+            spikes = self.residual[0](x)
+            y = self.residual[1:](spikes) + self.shortcut(spikes)
+        else:
+            y = self.residual(x) + self.shortcut(x)
+        return self.attn(y) + x
 
 
 class DownSampling(nn.Module):
@@ -192,19 +206,20 @@ class SpikingUNet(nn.Module):
     """
 
     def __init__(self, in_channels, dim, enc_blocks, dec_blocks, T, neuron='lif', attention='fast',
-                 reduction_t=4, reduction_c=16, bias=False):
+                 reduction_t=4, reduction_c=16, bias=False, shortcut='analog'):
         super().__init__()
         check_block_counts('encoder block counts', enc_blocks)
         check_block_counts('decoder block counts', dec_blocks)
         check_choice('neuron', neuron, NEURONS)
         check_choice('attention', attention, ATTENTIONS)
+        check_choice('shortcut', shortcut, SHORTCUTS)
         if not isinstance(T, int) or T < 1:
             raise ValueError(f'T must be a positive int, got {T!r}')
         self.T = T
 
         def stage(channels, count):
-            return nn.Sequential(*[SpikingResidualBlock(channels, T, neuron, attention, reduction_t, reduction_c)
-                                   for _ in range(count)])
+            return nn.Sequential(*[SpikingResidualBlock(channels, T, neuron, attention, reduction_t, reduction_c,
+                                                        shortcut) for _ in range(count)])
 
         self.patch_embed = PatchEmbed(in_channels, dim)
         self.encoder_level1 = stage(dim, enc_blocks[0])
@@ -220,9 +235,15 @@ class SpikingUNet(nn.Module):
         self.up2_1 = UpSampling(dim * 2, neuron)
         self.decoder_level1 = stage(dim * 2, dec_blocks[0])
 
-    def features(self, x):
-        """[T, B, C, H, W] (H, W multiples of 4) -> decoder level-1 features [T, B, 2*dim, H, W]."""
-        enc1 = self.encoder_level1(self.patch_embed(x))
+    def encode(self, x):
+        """Direct encoding: [B, C, H, W] -> the image conv's output repeated at every time step [T, B, dim, H, W].
+
+        Identical to convolving the image repeated T times (as the official ESDNet does) at 1/T of the cost."""
+        return self.patch_embed(x.unsqueeze(0)).repeat(self.T, 1, 1, 1, 1)
+
+    def features(self, embedded):
+        """[T, B, dim, H, W] (H, W multiples of 4) -> decoder level-1 features [T, B, 2*dim, H, W]."""
+        enc1 = self.encoder_level1(embedded)
         enc2 = self.encoder_level2(self.down1_2(enc1))
         dec3 = self.decoder_level3(self.encoder_level3(self.down2_3(enc2)))
         dec2 = self.decoder_level2(self.reduce_chan_level2(torch.cat([self.up3_2(dec3), enc2], dim=2)))
@@ -236,6 +257,5 @@ class SpikingUNet(nn.Module):
             raise ValueError(f'{type(self).__name__} expects images [B, C, H, W], got shape {tuple(x.shape)}')
         h, w = x.shape[-2:]
         x = pad_to_multiple(x, 4)
-        frames = x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1)  # direct encoding: the same image at every step
-        out = self.head(time_mean(self.features(frames))) + x
+        out = self.head(time_mean(self.features(self.encode(x)))) + x
         return out[..., :h, :w]

@@ -7,8 +7,9 @@ Convention (printed with every report):
   MAC:   multiply-accumulates of conv / linear / matmul with non-binary operands (spikingjelly MACCounter rules
          without its BatchNorm rule: BN is assumed folded into the preceding conv; element-wise ops not counted).
          Networks without spiking neurons (ANN teachers) are counted densely: every conv/linear/matmul is a MAC.
-  The first (image) conv of a spiking net runs on the image repeated over T time steps and is counted T times;
-  the report gives the measured repeat count.
+  The first (image) conv is counted as often as it actually processes the image: once for SpikerIR/ESDNet (they
+  repeat its output over T), T times for a net that convolves the image repeated T times; the report gives the
+  measured count.
   A layer whose input is all zeros (possible in untrained nets) cannot be told apart from a silent spike layer;
   it costs 0 and is listed with kind 'silent'.
 Firing rates come from forward hooks in a separate pass (hooks running inside the counting mode would be counted).
@@ -233,8 +234,10 @@ def convention_text(first_name, passes, spiking):
     lines = [f'E = e_mac*MAC + e_ac*SynOp; SynOps are exact spike-driven accumulations (spikingjelly SynOpCounter), '
              'MACs are conv/linear/matmul with non-binary operands (BN assumed folded, element-wise ops not counted).']
     if first_name is not None:
-        how = (f'sees the input image repeated over time steps and is counted {passes:g} times'
-               if spiking else f'is counted {passes:g} time(s) (ANN: dense MACs everywhere)')
+        times = f'{passes:g} time' + ('' if passes == 1 else 's')
+        how = (f'processes the input image {times} per forward pass and is counted {times} (SpikerIR/ESDNet run it '
+               'once and repeat its output over T; a net that convolves the image repeated T times pays T times)'
+               if spiking else f'is counted {times} (ANN: dense MACs everywhere)')
         lines.append(f'First layer {first_name!r} {how}.')
     return ' '.join(lines)
 
