@@ -17,6 +17,7 @@ from torch import nn
 import spikerir_plugin  # noqa: F401  (registers archs, losses, models)
 from basicsr.archs import build_network
 from basicsr.models import build_model
+from spikingjelly.activation_based.neuron import BaseNode
 from spikerir_plugin.models.feature_hints import FeatureTap, default_hint_layers
 from spikerir_plugin.models.kd_schedule import KDSchedule
 from spikerir_plugin.models.tiled_inference import tiled_forward
@@ -185,6 +186,49 @@ def test_student_alone_without_teacher_trains_and_logs_pixel_terms(tmp_path):
     model.optimize_parameters(1)
     assert set(model.get_current_log()) == {'l_pix', 'l_fft', 'l_total'}
     assert isinstance(model.optimizer_g, torch.optim.SGD) and not model.schedulers
+
+
+def _train_losses(model, iters=2):
+    lq, gt = noisy_patches(2, 32, seed=4)
+    logs = []
+    for it in range(1, iters + 1):
+        model.feed_data({'lq': lq, 'gt': gt})
+        model.optimize_parameters(it)
+        logs.append(model.get_current_log())
+    return logs
+
+
+def test_speed_section_switches_layout_precision_and_compile(tmp_path, teacher_ckpt):
+    torch.manual_seed(0)
+    reference = _train_losses(build_model(distill_opt(tmp_path, teacher_ckpt)))
+    # compile (eager backend: the same kernels) must give the reference losses
+    torch.manual_seed(0)
+    opt = distill_opt(tmp_path, teacher_ckpt)
+    opt['speed'] = {'compile': {'backend': 'eager'}}
+    compiled = build_model(opt)
+    assert compiled._net_g_fwd is not compiled.net_g and compiled._net_t_fwd is not compiled.net_t
+    for a, b in zip(_train_losses(compiled), reference):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-7)
+    # channels_last + bf16: NHWC conv weights in student, adapters and teacher; fp32 neuron state; fp32 losses
+    torch.manual_seed(0)
+    opt = distill_opt(tmp_path, teacher_ckpt)
+    opt['speed'] = {'channels_last': True, 'bf16': True}
+    model = build_model(opt)
+    for net in (model.net_g.student, model.net_g.adapters, model.net_t):
+        convs = [m for m in net.modules() if isinstance(m, nn.Conv2d) and m.weight.dim() == 4]
+        assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    state_dtypes = set()
+    for m in model.net_g.student.modules():
+        if isinstance(m, BaseNode):
+            m.register_forward_hook(lambda mod, i, o: state_dtypes.add(mod.v.dtype))
+    logs = _train_losses(model)
+    assert state_dtypes == {torch.float32} and model.output.dtype == torch.float32
+    for a, b in zip(logs, reference):
+        assert set(a) == set(b) and all(np.isfinite(v) for v in a.values())
+        assert a['l_pix'] == pytest.approx(b['l_pix'], rel=0.05)  # bf16 rounding, same training otherwise
+    opt['speed'] = {'cuda_graph': True}
+    with pytest.raises(ValueError, match='speed.cuda_graph is not supported by SpikerIRDistillModel'):
+        build_model(opt)
 
 
 # ---------------------------------------------------------------------------------------------- schedule

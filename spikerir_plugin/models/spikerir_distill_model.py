@@ -15,6 +15,8 @@ Plugin keys (everything else is SRModel's):
     train.fft_opt, train.kd_opt, train.hint_opt   loss specs (FFTLoss, any loss, HintLoss)
     train.hint_layers          [[student_module, teacher_module], ...]; default: decoder levels (feature_hints.py)
     train.hint_probe_size      side of the dummy input used once to learn hint channels/sizes (default 64)
+    speed                      {channels_last, bf16, compile} training fast-path switches (utils/speed.py);
+                               cuda_graph is benchmark-only
     train.kd_schedule          weight of hint + output KD over iterations (kd_schedule.py)
     train.optim_g.type         Adam | AdamW | SGD;  train.scheduler.type: basicsr's or CosineAnnealingLR
     val.tile                   {size, overlap}: tiled validation/test (tiled_inference.py)
@@ -37,6 +39,7 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 
 from spikerir_compat import torch_load
+from spikerir_plugin.utils import speed as fast
 from spikerir_plugin.utils.snn import reset_states, time_mean
 from .feature_hints import (FeatureTap, StudentWithAdapters, default_hint_layers, parse_hint_layers,
                             probe_channels)
@@ -71,6 +74,12 @@ class SpikerIRDistillModel(SRModel):
         BaseModel.__init__(self, opt)  # SRModel.__init__ would wrap the student in DDP before the adapters exist
         self.net_t = self.teacher_tap = None
         self.tile = check_tile_opt((opt.get('val') or {}).get('tile'))
+        self.speed = fast.SpeedOptions.from_opt(opt)
+        if self.speed.cuda_graph:
+            raise ValueError('speed.cuda_graph is not supported by SpikerIRDistillModel (the training step logs '
+                             'Python floats and reduces losses across ranks); it is measured by '
+                             'benchmarks/train_step.py --cuda-graph. Use speed.compile: {mode: reduce-overhead} '
+                             'for compiler-managed CUDA graphs.')
         student = build_registered_network(opt['network_g'], 'network_g')
         load_path = opt['path'].get('pretrain_network_g')
         if load_path is not None:
@@ -83,7 +92,9 @@ class SpikerIRDistillModel(SRModel):
         if self.is_train and (opt['train'].get('hint_opt') or opt['train'].get('hint_layers')):
             net = self._build_hint_wrapper(student)
             self._load_adapters_on_resume(net, load_path)
-        self.net_g = self.model_to_device(net)
+        # layout/precision switches act on the bare net before DDP registers its gradient buckets
+        self.net_g = self.model_to_device(fast.prepare_model(net.to(self.device), self.speed))
+        self._net_g_fwd = fast.maybe_compile(self.net_g, self.speed) if self.is_train else self.net_g
         self.print_network(self.net_g)
         if self.is_train:
             self.init_training_settings()
@@ -105,6 +116,7 @@ class SpikerIRDistillModel(SRModel):
                              path_opt.get('strict_load_t', True))
         teacher = teacher.to(self.device).eval()  # never DDP-wrapped: it is frozen and identical on every rank
         teacher.requires_grad_(False)
+        self._net_t_fwd = fast.maybe_compile(fast.prepare_model(teacher, self.speed), self.speed)
         return teacher
 
     def _build_hint_wrapper(self, student):
@@ -203,19 +215,24 @@ class SpikerIRDistillModel(SRModel):
     # ------------------------------------------------------------------ training step
     def optimize_parameters(self, current_iter):
         self.optimizer_g.zero_grad()
+        lq = fast.prepare_input(self.lq, self.speed)
         t_out = t_feats = None
         if self.net_t is not None:
-            with torch.no_grad():
+            with torch.no_grad(), fast.autocast_context(self.device, self.speed):
                 if self.teacher_tap is not None:
-                    t_out, t_feats = self.teacher_tap.run(self.net_t, self.lq)
-                    t_feats = [time_mean(f) for f in t_feats]
+                    t_out, t_feats = self.teacher_tap.run(self._net_t_fwd, lq)
+                    t_feats = [time_mean(f).float() for f in t_feats]
                 else:
-                    t_out = self.net_t(self.lq)
+                    t_out = self._net_t_fwd(lq)
+            t_out = t_out.float()
             reset_states(self.net_t)  # a spiking teacher is fine too
-        if t_feats is not None:
-            self.output, s_hints = self.net_g(self.lq, [f.shape[-2:] for f in t_feats])
-        else:
-            self.output = self.net_g(self.lq)
+        with fast.autocast_context(self.device, self.speed):  # losses below run on fp32 copies
+            if t_feats is not None:
+                self.output, s_hints = self._net_g_fwd(lq, [f.shape[-2:] for f in t_feats])
+                s_hints = [h.float() for h in s_hints]
+            else:
+                self.output = self._net_g_fwd(lq)
+        self.output = self.output.float()
 
         loss_dict = OrderedDict()
         l_total = 0

@@ -6,7 +6,8 @@
       compile: false         # true, or a dict of torch.compile arguments {backend, mode, fullgraph, dynamic, options}
       cuda_graph: false      # capture forward + loss + backward in one CUDA graph (spikingjelly StaticCudaGraph)
 
-Integration order (the training step):  ``net = prepare_model(net, speed)`` once before the optimizer is built;
+SpikerIRDistillModel reads the section for training (channels_last, bf16, compile; it rejects cuda_graph, which
+only benchmarks/train_step.py uses). Integration order (the training step):  ``net = prepare_model(net, speed)`` once before the optimizer is built;
 ``fwd = maybe_compile(net, speed)`` once; per step ``with autocast_context(device, speed): out = fwd(prepare_input(x,
 speed)); loss = ...``, then backward, optimizer step, ``reset_states(net)``.
 
