@@ -197,14 +197,16 @@ def load_resume_state(opt):
     resume_state = torch_load(resume_state_path, map_location=location)
     from basicsr.utils import check_resume
     # A frozen teacher (network_t) is never saved by the run: resume must keep loading it from its own checkpoint
-    # with its own param key, so it joins ignore_resume_networks and check_resume may not rewrite param_key_t.
-    frozen = [k for k in opt if k == 'network_t']
-    ignored = opt['path'].get('ignore_resume_networks') or []
-    opt['path']['ignore_resume_networks'] = list(ignored) + [k for k in frozen if k not in ignored]
-    kept_keys = {f'param_key_{k[len("network_"):]}': opt['path'].get(f'param_key_{k[len("network_"):]}')
-                 for k in opt['path']['ignore_resume_networks']}
+    # with its own param key, so it joins ignore_resume_networks, and the param keys of ignored networks survive
+    # check_resume (which rewrites every param_key_* equal to params_ema into params).
+    ignored = list(opt['path'].get('ignore_resume_networks') or [])
+    if 'network_t' in opt and 'network_t' not in ignored:
+        ignored.append('network_t')
+    opt['path']['ignore_resume_networks'] = ignored
+    kept_keys = {key: opt['path'][key] for key in (f'param_key_{n[len("network_"):]}' for n in ignored)
+                 if opt['path'].get(key) is not None}
     check_resume(opt, resume_state['iter'])
-    opt['path'].update({k: v for k, v in kept_keys.items() if v is not None})
+    opt['path'].update(kept_keys)
     if opt.get('rank', 0) != 0:  # ranks > 0 keep their own seeded streams; the file holds rank 0's
         resume_state.pop('rng', None)
     _pending_resume = resume_state

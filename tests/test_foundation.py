@@ -201,3 +201,23 @@ def test_literal_basicsr_train_command_from_a_checkout(tmp_path, tiny_pairs):
     env['SPIKERIR_NO_AUTOLOAD'] = '1'
     proc = run([PYTHON, 'basicsr/train.py', '-opt', 'options/train_tiny.yml'], cwd=checkout, env=env)
     assert proc.returncode != 0  # without the hook basicsr 1.4.2 cannot even be imported on this stack
+
+
+def test_resume_keeps_the_frozen_teacher_checkpoint_and_param_key(tmp_path):
+    """basicsr's check_resume points every network at net_<x>_<iter>.pth and turns param_key_* params_ema into
+    params; a teacher is never saved by the run, so its path and key must survive."""
+    import spikerir_compat
+    states = tmp_path / 'training_states'
+    states.mkdir()
+    torch.save({'iter': 20, 'epoch': 1, 'optimizers': [], 'schedulers': []}, states / '20.state')
+    opt = {'auto_resume': True, 'num_gpu': 0, 'rank': 0,
+           'network_g': {'type': 'SpikerIR'}, 'network_t': {'type': 'NAFNet'},
+           'path': {'training_states': str(states), 'models': str(tmp_path / 'models'),
+                    'pretrain_network_g': None, 'param_key_g': 'params_ema',
+                    'pretrain_network_t': 'teachers/nafnet.pth', 'param_key_t': 'params_ema'}}
+    state = spikerir_compat.load_resume_state(opt)
+    assert state['iter'] == 20 and opt['path']['resume_state'] == str(states / '20.state')
+    assert opt['path']['ignore_resume_networks'] == ['network_t']
+    assert opt['path']['pretrain_network_t'] == 'teachers/nafnet.pth' and opt['path']['param_key_t'] == 'params_ema'
+    assert opt['path']['pretrain_network_g'].endswith('net_g_20.pth')  # the student does resume from its save
+    assert opt['path']['param_key_g'] == 'params'
