@@ -112,14 +112,14 @@ def evaluate(workdir, val_dir, teacher_ckpt, student_ckpt):
     from basicsr.data import build_dataset
     from basicsr.metrics import calculate_psnr, calculate_ssim
     from basicsr.utils import tensor2img
-    from spikerir_plugin.tools.energy_report import load_weights
+    from spikerir_plugin.utils.checkpoint import load_weights
     from spikerir_plugin.utils.snn import reset_states
 
     dataset = build_dataset({'name': 'val', 'type': 'GaussianDenoiseDataset', 'dataroot_gt': val_dir,
                              'io_backend': {'type': 'disk'}, 'sigma': SIGMA, 'noise_seed': 0, 'phase': 'val',
                              'scale': 1})
-    nets = {'teacher (NAFNet)': load_weights(build_network(dict(TEACHER_NET)), teacher_ckpt).eval(),
-            'student (SpikerIR)': load_weights(build_network(dict(STUDENT_NET)), student_ckpt).eval()}
+    nets = {'teacher (NAFNet)': load_weights(build_network(dict(TEACHER_NET)), teacher_ckpt, which='t').eval(),
+            'student (SpikerIR)': load_weights(build_network(dict(STUDENT_NET)), student_ckpt, which='g').eval()}
     scores = {name: [] for name in ['noisy input', *nets]}
     with torch.no_grad():
         for i in range(len(dataset)):

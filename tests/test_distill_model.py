@@ -114,6 +114,23 @@ def test_teacher_is_frozen_eval_and_loaded_from_the_basicsr_checkpoint(tmp_path,
     assert adapter_params and adapter_params <= optimised  # adapters are trained with the student
 
 
+@pytest.mark.parametrize('layout, param_key', [('raw', 'params'), ('raw', None), ('state_dict', 'state_dict')])
+def test_teacher_from_official_style_files(tmp_path, teacher_ckpt, layout, param_key):
+    """Official releases are raw state dicts (ESDNet) or {'state_dict': ...} with DataParallel's `module.` prefix."""
+    params = torch.load(teacher_ckpt)['params']
+    if layout == 'raw':
+        ckpt = params
+    else:
+        ckpt = {'state_dict': {f'module.{k}': v for k, v in params.items()}, 'epoch': 3}
+    path = tmp_path / 'official.pth'
+    torch.save(ckpt, path)
+    opt = distill_opt(tmp_path, teacher_ckpt)
+    opt['path'].update(pretrain_network_t=str(path), param_key_t=param_key)
+    model = build_model(opt)
+    for key, value in model.net_t.state_dict().items():
+        assert torch.equal(value, params[key]), key
+
+
 def test_default_hint_layers_adapter_shapes_and_resize(tmp_path, teacher_ckpt):
     model = build_model(distill_opt(tmp_path, teacher_ckpt))
     pairs = [p for p, _, _ in model.hint_shapes]

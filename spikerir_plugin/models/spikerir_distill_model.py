@@ -40,11 +40,11 @@ from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 
 from spikerir_compat import torch_load
 from spikerir_plugin.utils import speed as fast
+from spikerir_plugin.utils.checkpoint import load_weights
 from spikerir_plugin.utils.snn import reset_states, time_mean
 from .feature_hints import (FeatureTap, StudentWithAdapters, default_hint_layers, parse_hint_layers,
                             probe_channels)
 from .kd_schedule import KDSchedule
-from .teacher_loading import load_teacher_weights
 from .tiled_inference import check_tile_opt, tiled_forward
 
 OPTIMIZERS = {'Adam': torch.optim.Adam, 'AdamW': torch.optim.AdamW, 'SGD': torch.optim.SGD}
@@ -112,8 +112,8 @@ class SpikerIRDistillModel(SRModel):
     def _build_teacher(self):
         path_opt = self.opt['path']
         teacher = build_registered_network(self.opt['network_t'], 'network_t')
-        load_teacher_weights(teacher, path_opt.get('pretrain_network_t'), path_opt.get('param_key_t', 'params'),
-                             path_opt.get('strict_load_t', True))
+        load_weights(teacher, path_opt.get('pretrain_network_t'), path_opt.get('param_key_t', 'params'),
+                     path_opt.get('strict_load_t', True))
         teacher = teacher.to(self.device).eval()  # never DDP-wrapped: it is frozen and identical on every rank
         teacher.requires_grad_(False)
         self._net_t_fwd = fast.maybe_compile(fast.prepare_model(teacher, self.speed), self.speed)

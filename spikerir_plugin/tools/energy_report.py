@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from spikerir_plugin.utils.checkpoint import load_weights
+
 E_MAC_PJ, E_AC_PJ = 4.6, 0.9
 _WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
                   nn.Linear)
@@ -296,21 +298,6 @@ def plot_report(student, path, title=''):
 
 
 # ------------------------------------------------------------------------------------------------------------ CLI
-def load_weights(net, path, param_key='params', strict=True):
-    """Load a basicsr checkpoint ({param_key: state_dict}, falling back to 'params') or a bare state dict."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'checkpoint {path!r} does not exist')
-    ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    if isinstance(ckpt, dict) and not all(torch.is_tensor(v) for v in ckpt.values()):
-        key = param_key if param_key in ckpt else 'params' if 'params' in ckpt else None
-        if key is None:
-            raise KeyError(f'checkpoint {path!r} has no {param_key!r} (or "params"); keys: {sorted(ckpt)}')
-        ckpt = ckpt[key]
-    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in ckpt.items()}
-    net.load_state_dict(state, strict=strict)
-    return net
-
-
 def build_from_options(opt, which='g', ckpt=None, param_key=None):
     """Network `network_<which>` of a parsed options dict, with weights from ckpt or path.pretrain_network_<which>
     (random init when neither is given)."""
@@ -320,7 +307,7 @@ def build_from_options(opt, which='g', ckpt=None, param_key=None):
     ckpt = ckpt or path_opt.get(f'pretrain_network_{which}')
     if ckpt:
         load_weights(net, ckpt, param_key or path_opt.get(f'param_key_{which}') or 'params',
-                     path_opt.get(f'strict_load_{which}', True))
+                     path_opt.get(f'strict_load_{which}', True), which)
     else:
         print(f'note: no checkpoint for network_{which}; measuring randomly initialised weights', file=sys.stderr)
     return net
