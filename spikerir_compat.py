@@ -171,7 +171,6 @@ def load_resume_state(opt):
     (2) it called torch.cuda.current_device() even with num_gpu: 0; (3) it remembers the state so that the
     patches below can continue the data order and random streams exactly where the saved run stopped."""
     global _pending_resume
-    import torch
     resume_state_path = None
     if opt.get('auto_resume'):
         state_dir = opt['path'].get('training_states')
@@ -189,12 +188,9 @@ def load_resume_state(opt):
         return None
     if not os.path.isfile(resume_state_path):
         raise FileNotFoundError(f'path.resume_state: no training state at {resume_state_path!r}')
-    if torch.cuda.is_available() and opt.get('num_gpu', 0) != 0:
-        device_id = torch.cuda.current_device()
-        location = lambda storage, loc: storage.cuda(device_id)  # noqa: E731
-    else:
-        location = 'cpu'
-    resume_state = torch_load(resume_state_path, map_location=location)
+    # On the CPU even with CUDA: the random states must stay CPU tensors (torch.set_rng_state and numpy reject
+    # CUDA ones), and Optimizer.load_state_dict moves its state onto the parameters' device itself.
+    resume_state = torch_load(resume_state_path, map_location='cpu')
     from basicsr.utils import check_resume
     # A frozen teacher (network_t) is never saved by the run: resume must keep loading it from its own checkpoint
     # with its own param key, so it joins ignore_resume_networks, and the param keys of ignored networks survive
@@ -243,7 +239,7 @@ def restore_rng_state(state):
 
 def _wrap_create_train_val_dataloader(create):
     """basicsr restarts the saved epoch from its first batch on resume (its state only holds the epoch).  Derive
-    the epoch and the batches already consumed from the iteration, and let the sampler skip those."""
+    the epoch and the batches already consumed from the iteration; the sampler skips those in the epoch's loader."""
 
     def create_train_val_dataloader(opt, logger):
         result = create(opt, logger)
@@ -253,17 +249,29 @@ def _wrap_create_train_val_dataloader(create):
             epoch, consumed = divmod(state['iter'], len(train_loader))
             state['epoch'] = epoch
             if consumed:
-                train_sampler._resume_skip = consumed * train_loader.batch_size
                 # random streams continue where the saved run stood: after its loader iterator was made
-                train_sampler._resume_rng = state.pop('rng', None)
+                train_sampler._resume_pending = (epoch, consumed * train_loader.batch_size, state.pop('rng', None))
             logger.info(f'Resume at iter {state["iter"]}: epoch {epoch}, skipping {consumed} consumed batches.')
         return result
 
     return create_train_val_dataloader
 
 
+def _sampler_set_epoch(self, epoch):
+    """EnlargedSampler.set_epoch that arms a pending mid-epoch resume for the resumed epoch's loader only.
+
+    basicsr makes a first loader iterator before its epoch loop (the prefetcher) and throws it away at the first
+    prefetcher.reset(); with workers (or prefetch_mode cuda) that iterator already draws indices, so the skip
+    must wait for set_epoch, which comes right before the iterator that is really used."""
+    _original_sampler_set_epoch(self, epoch)
+    pending = self.__dict__.get('_resume_pending')
+    if pending is not None and pending[0] == epoch:
+        del self._resume_pending
+        self._resume_skip, self._resume_rng = pending[1], pending[2]
+
+
 def _sampler_iter(self):
-    """EnlargedSampler.__iter__ that honours a pending mid-epoch resume (skip + random state)."""
+    """EnlargedSampler.__iter__ that honours an armed mid-epoch resume (skip + random state)."""
     indices = list(_original_sampler_iter(self))
     skip = self.__dict__.pop('_resume_skip', 0)
     rng = self.__dict__.pop('_resume_rng', None)
@@ -325,8 +333,25 @@ def _model_to_device(self, net):
     return net
 
 
+def _wrap_parse_options(parse_options):
+    """`python basicsr/train.py` runs basicsr's train.py as __main__, whose train_pipeline looks up
+    load_resume_state and create_train_val_dataloader in its own globals, not in basicsr.train.  Those are defined
+    only after the plugin has been imported, so they are rebound here, when train_pipeline's first call (this
+    one) runs."""
+
+    def wrapped(*args, **kwargs):
+        main = sys.modules.get('__main__')
+        if getattr(main, 'load_resume_state', None) is not None and getattr(main, 'train_pipeline', None) \
+                and getattr(main.load_resume_state, '__module__', None) == '__main__':
+            main.load_resume_state = load_resume_state
+            main.create_train_val_dataloader = _wrap_create_train_val_dataloader(main.create_train_val_dataloader)
+        return parse_options(*args, **kwargs)
+
+    return wrapped
+
+
 _runtime_patched = False
-_original_sampler_iter = None
+_original_sampler_iter = _original_sampler_set_epoch = None
 
 
 def patch_runtime():
@@ -342,6 +367,7 @@ def patch_runtime():
     import basicsr.models.base_model as base_model
     import basicsr.train as bsr_train
     import basicsr.utils.dist_util as dist_util
+    import basicsr.utils.options as bsr_options
     from basicsr.data.data_sampler import EnlargedSampler
     from basicsr.utils.dist_util import master_only
 
@@ -351,11 +377,12 @@ def patch_runtime():
         safe.append(scalar.scalar)
     torch.serialization.add_safe_globals(safe)
 
-    global _original_sampler_iter
+    global _original_sampler_iter, _original_sampler_set_epoch
     bsr_train.load_resume_state = load_resume_state
     bsr_train.create_train_val_dataloader = _wrap_create_train_val_dataloader(bsr_train.create_train_val_dataloader)
-    _original_sampler_iter = EnlargedSampler.__iter__
-    EnlargedSampler.__iter__ = _sampler_iter
+    bsr_options.parse_options = _wrap_parse_options(bsr_options.parse_options)
+    _original_sampler_iter, _original_sampler_set_epoch = EnlargedSampler.__iter__, EnlargedSampler.set_epoch
+    EnlargedSampler.__iter__, EnlargedSampler.set_epoch = _sampler_iter, _sampler_set_epoch
     dist_util._init_dist_pytorch = _init_dist_pytorch
     base_model.BaseModel.model_to_device = _model_to_device
     base_model.BaseModel.save_training_state = master_only(_save_training_state)

@@ -156,6 +156,28 @@ def test_train_writes_checkpoints_and_resume_continues_exactly(tmp_path, tiny_pa
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
+def test_mid_epoch_resume_with_loader_workers_skips_the_consumed_batches(tmp_path, tiny_pairs):
+    """With DataLoader workers basicsr's first (discarded) prefetcher iterator already draws sampler indices, so the
+    skip must apply to the resumed epoch's loader. Whole-image crops and no flips make the worker-side randomness
+    irrelevant (worker random streams are not part of a training state): the data order alone decides the result."""
+    def options(name, total_iter):
+        opt = tiny_train_options(name, tiny_pairs, total_iter=total_iter, save_freq=2)
+        opt['datasets']['train'].update(num_worker_per_gpu=2, gt_size=48, use_hflip=False, use_rot=False)
+        return opt
+
+    assert_ok(run([PYTHON, TRAIN_SCRIPT, '-opt', write_options(tmp_path / 'ref.yml', options('ref', 8))], cwd=tmp_path))
+    assert_ok(run([PYTHON, TRAIN_SCRIPT, '-opt', write_options(tmp_path / 'a.yml', options('res', 6))], cwd=tmp_path))
+    proc = run([PYTHON, TRAIN_SCRIPT, '-opt', write_options(tmp_path / 'b.yml', options('res', 8)), '--auto_resume'],
+               cwd=tmp_path)
+    assert_ok(proc)
+    log = '\n'.join(open(p).read() for p in glob.glob(str(tmp_path / 'experiments' / 'res' / 'train_res_*.log')))
+    assert 'Resume at iter 6: epoch 1, skipping 2 consumed batches.' in log
+    a = load_params(tmp_path / 'experiments' / 'ref' / 'models' / 'net_g_8.pth')
+    b = load_params(tmp_path / 'experiments' / 'res' / 'models' / 'net_g_8.pth')
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
 def test_resume_from_missing_state_names_the_file(tmp_path, tiny_pairs):
     opt = tiny_train_options('missing', tiny_pairs)
     opt['path']['resume_state'] = str(tmp_path / 'nope' / '10.state')
@@ -198,6 +220,14 @@ def test_literal_basicsr_train_command_from_a_checkout(tmp_path, tiny_pairs):
     proc = run([PYTHON, 'basicsr/train.py', '-opt', 'options/train_tiny.yml'], cwd=checkout, env=env)
     assert_ok(proc)
     assert (checkout / 'experiments' / 'literal' / 'models' / 'net_g_2.pth').is_file()
+    # resume through basicsr's own script (run as __main__): the plugin's CPU-safe, exact resume is used there too
+    opt['train']['total_iter'] = 4
+    write_options(checkout / 'options' / 'train_tiny.yml', opt)
+    proc = run([PYTHON, 'basicsr/train.py', '-opt', 'options/train_tiny.yml', '--auto_resume'], cwd=checkout, env=env)
+    assert_ok(proc)
+    log = '\n'.join(open(p).read() for p in glob.glob(str(checkout / 'experiments' / 'literal' / 'train_*.log')))
+    assert 'Resume at iter 2: epoch 0, skipping 2 consumed batches.' in log
+    assert (checkout / 'experiments' / 'literal' / 'models' / 'net_g_4.pth').is_file()
     env['SPIKERIR_NO_AUTOLOAD'] = '1'
     proc = run([PYTHON, 'basicsr/train.py', '-opt', 'options/train_tiny.yml'], cwd=checkout, env=env)
     assert proc.returncode != 0  # without the hook basicsr 1.4.2 cannot even be imported on this stack
