@@ -318,6 +318,20 @@ def test_checkpoint_keeps_student_keys_clean_and_loads_strictly(tmp_path, teache
     assert tester.output.shape == (1, 3, 40, 24) and torch.isfinite(tester.output).all()
 
 
+def test_fine_tuning_from_a_raw_state_dict_initialises_the_ema_from_it(tmp_path, teacher_ckpt):
+    """Official releases (e.g. ESDNet's) are raw state dicts: param_key_g ~ for the student, and the EMA copy must
+    start from the same weights (basicsr's load_network would look for params_ema/params and fail)."""
+    torch.manual_seed(5)
+    raw = build_network(TINY_STUDENT).state_dict()
+    torch.save(raw, tmp_path / 'official_student.pth')
+    opt = distill_opt(tmp_path, teacher_ckpt, ema_decay=0.9)
+    opt['path'].update(pretrain_network_g=str(tmp_path / 'official_student.pth'), param_key_g=None)
+    model = build_model(opt)
+    for key, value in raw.items():
+        assert torch.equal(model.net_g.student.state_dict()[key], value), key
+        assert torch.equal(model.net_g_ema.state_dict()[key], value), key
+
+
 # ---------------------------------------------------------------------------------------------- tiling
 def test_tiled_inference_equals_whole_image_inference():
     torch.manual_seed(0)
@@ -519,11 +533,18 @@ BAD_INPUTS = [
     ('train.kd_schedule', {'type': 'constant', 'start': 1, 'end_iter': 5}, ValueError,
      r"keys \['end_iter'\] are not used by type 'constant'"),
     ('val.tile', {'size': 16, 'overlap': 16}, ValueError, r'val.tile: overlap \(16\) must be smaller than size'),
+    ('val.tile', 256, ValueError, r'val.tile must be \{size: S, overlap: O\} \(or ~ for whole images\), got 256'),
+    ('train.kd_schedule', {'type': 'exp', 'rate': 2}, ValueError,
+     r"kd_schedule.type: unknown schedule 'exp'; valid: constant, linear, cosine, step"),
+    ('train.kd_schedule', {'type': 'step', 'start': 1, 'steps': 100}, ValueError, r'needs `steps`, a non-empty'),
+    ('train.kd_schedule', {'type': 'step', 'start': 1, 'steps': [5], 'start_iter': 3}, ValueError,
+     r"keys \['start_iter'\] are not used by type 'step'"),
     ('path.resume_state', '/tmp/x.state', ValueError, 'ignore_resume_networks must include network_t'),
     ('network_t', _DELETE, ValueError, 'need a teacher: add network_t'),
     ('network_g', {'type': 'SPIDEN', 'width': 8, 'depth': 3, 'T': 2}, ValueError,
      r"train.hint_layers is required: no default hint layers for student 'SPIDEN' with teacher 'NAFNet'"),
     ('train', {'optim_g': {'type': 'Adam', 'lr': 1e-3}}, ValueError, 'no loss configured'),
+    ('num_gpu', 2, ValueError, r'num_gpu: 2 without a launcher means DataParallel.*torchrun.*--launcher pytorch'),
 ]
 
 

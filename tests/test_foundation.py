@@ -156,13 +156,15 @@ def test_train_writes_checkpoints_and_resume_continues_exactly(tmp_path, tiny_pa
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
-def test_mid_epoch_resume_with_loader_workers_skips_the_consumed_batches(tmp_path, tiny_pairs):
+@pytest.mark.parametrize('persistent', [False, True], ids=['workers', 'persistent-workers'])
+def test_mid_epoch_resume_with_loader_workers_skips_the_consumed_batches(tmp_path, tiny_pairs, persistent):
     """With DataLoader workers basicsr's first (discarded) prefetcher iterator already draws sampler indices, so the
     skip must apply to the resumed epoch's loader. Whole-image crops and no flips make the worker-side randomness
     irrelevant (worker random streams are not part of a training state): the data order alone decides the result."""
     def options(name, total_iter):
         opt = tiny_train_options(name, tiny_pairs, total_iter=total_iter, save_freq=2)
-        opt['datasets']['train'].update(num_worker_per_gpu=2, gt_size=48, use_hflip=False, use_rot=False)
+        opt['datasets']['train'].update(num_worker_per_gpu=2, gt_size=48, use_hflip=False, use_rot=False,
+                                        persistent_workers=persistent)
         return opt
 
     assert_ok(run([PYTHON, TRAIN_SCRIPT, '-opt', write_options(tmp_path / 'ref.yml', options('ref', 8))], cwd=tmp_path))

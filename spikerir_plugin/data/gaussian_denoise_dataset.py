@@ -11,17 +11,21 @@ Options (dataset section of a basicsr options file):
   val/test only:     noise_seed (default 0), crop_to_multiple (centre-free top-left crop to a multiple of N)
 
 In validation/test (phase != 'train') the noise of image i depends only on (noise_seed, i), so every epoch and
-every process sees the same noisy set. In training the crop, flips and noise come from numpy's global RNG, which
-basicsr's worker_init_fn seeds per worker.
+every process sees the same noisy set. In training the crop, flips and noise of each sample come from a numpy
+generator seeded by one draw from torch's RNG. Not numpy's or Python's global RNG: basicsr's worker_init_fn seeds
+those with the same value in every epoch (workers restart each epoch unless persistent_workers is set), which would
+replay the same noise fields, crops and flips epoch after epoch. torch seeds each worker afresh per epoch, and in
+the main process (num_worker_per_gpu: 0) its state is part of the training state, so a resumed run continues
+exactly.
 Returns {'lq', 'gt', 'lq_path', 'gt_path'} with RGB (or 1-channel) CHW float32 tensors, like PairedImageDataset.
 """
 import os
 
 import numpy as np
+import torch
 from torch.utils import data
 
 from basicsr.data.data_util import paths_from_folder, paths_from_lmdb
-from basicsr.data.transforms import augment
 from basicsr.utils import FileClient, imfrombytes, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 
@@ -97,21 +101,32 @@ class GaussianDenoiseDataset(data.Dataset):
         img = imfrombytes(content, flag='grayscale' if self.in_ch == 1 else 'color', float32=True)
         return img[..., None] if img.ndim == 2 else img
 
-    def _random_crop(self, img, path):
+    def _random_crop(self, img, path, rng):
         size = self.opt['gt_size']
         h, w = img.shape[:2]
         if h < size or w < size:
             raise ValueError(f'image {path!r} is {w}x{h}, smaller than gt_size {size}')
-        y, x = np.random.randint(0, h - size + 1), np.random.randint(0, w - size + 1)
+        y, x = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
         return img[y:y + size, x:x + size]
+
+    def _flip_rotate(self, img, rng):
+        """basicsr's augment (hflip; with use_rot vflip and a transpose, each with probability 1/2), drawn from rng."""
+        hflip, vflip, transpose = rng.random(3) < 0.5
+        if self.opt.get('use_hflip', False) and hflip:
+            img = img[:, ::-1]
+        if self.opt.get('use_rot', False):
+            if vflip:
+                img = img[::-1]
+            if transpose:
+                img = img.transpose(1, 0, 2)
+        return np.ascontiguousarray(img)
 
     def __getitem__(self, index):
         path = self.paths[index]
         gt = self._read(path)
         if self.phase == 'train':
-            gt = augment(self._random_crop(gt, path), self.opt.get('use_hflip', False), self.opt.get('use_rot', False))
-            gt = np.ascontiguousarray(gt.reshape(gt.shape[0], gt.shape[1], -1))  # augment may drop a 1-ch axis
-            rng = np.random  # global RNG, seeded per worker by basicsr
+            rng = np.random.default_rng(int(torch.randint(0, 2 ** 62, ())))  # see the module docstring
+            gt = self._flip_rotate(self._random_crop(gt, path, rng), rng)
         else:
             if self.crop_to_multiple:
                 m = int(self.crop_to_multiple)

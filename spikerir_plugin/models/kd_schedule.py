@@ -7,7 +7,7 @@ The paper mentions a "hyperparameterized KD schedule" without a formula, so the 
         type: linear        # constant | linear | cosine | step
         start: 0.12         # weight at/before start_iter (the paper's gamma = 0.12 as a constant)
         end: 0.0            # weight at/after end_iter (linear, cosine)
-        start_iter: 0       # default 0
+        start_iter: 0       # linear, cosine; default 0
         end_iter: 200000    # required for linear / cosine
         steps: [100000]     # step only: iterations at which the weight is multiplied by gamma
         gamma: 0.5          # step only; default 0.1
@@ -29,7 +29,7 @@ _KEYS = {
     'constant': {'type', 'start'},
     'linear': {'type', 'start', 'end', 'start_iter', 'end_iter'},
     'cosine': {'type', 'start', 'end', 'start_iter', 'end_iter'},
-    'step': {'type', 'start', 'start_iter', 'steps', 'gamma'},
+    'step': {'type', 'start', 'steps', 'gamma'},
 }
 
 
@@ -44,7 +44,7 @@ class KDSchedule:
                 raise ValueError(f'train.kd_schedule: type {type!r} needs both `end` and `end_iter`')
             if end_iter <= start_iter:
                 raise ValueError(f'train.kd_schedule: end_iter ({end_iter}) must be > start_iter ({start_iter})')
-        if type == 'step' and (not steps or list(steps) != sorted(steps)):
+        if type == 'step' and (not isinstance(steps, (list, tuple)) or not steps or list(steps) != sorted(steps)):
             raise ValueError('train.kd_schedule: type "step" needs `steps`, a non-empty increasing list of '
                              f'iterations (got {steps!r})')
         self.type = type
@@ -62,13 +62,17 @@ class KDSchedule:
         """Build from the ``train.kd_schedule`` dict (None -> constant 1); unknown keys are an error."""
         if opt is None:
             return cls('constant', 1.0)
+        if not isinstance(opt, dict):
+            raise ValueError(f'train.kd_schedule must be a mapping with a type ({", ".join(SCHEDULE_TYPES)}), '
+                             f'got {opt!r}')
         opt = dict(opt)
         kind = opt.get('type', 'constant')
-        if kind in _KEYS:
-            unknown = set(opt) - _KEYS[kind]
-            if unknown:
-                raise ValueError(f'train.kd_schedule: keys {sorted(unknown)} are not used by type {kind!r}; '
-                                 f'valid keys: {sorted(_KEYS[kind])}')
+        if kind not in SCHEDULE_TYPES:
+            raise ValueError(f'train.kd_schedule.type: unknown schedule {kind!r}; valid: {", ".join(SCHEDULE_TYPES)}')
+        unknown = set(opt) - _KEYS[kind]
+        if unknown:
+            raise ValueError(f'train.kd_schedule: keys {sorted(unknown)} are not used by type {kind!r}; '
+                             f'valid keys: {sorted(_KEYS[kind])}')
         return cls(**opt)
 
     def _progress(self, it):

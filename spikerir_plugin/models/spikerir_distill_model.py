@@ -74,6 +74,12 @@ class SpikerIRDistillModel(SRModel):
         BaseModel.__init__(self, opt)  # SRModel.__init__ would wrap the student in DDP before the adapters exist
         self.net_t = self.teacher_tap = None
         self.tile = check_tile_opt((opt.get('val') or {}).get('tile'))
+        if self.is_train and opt['num_gpu'] > 1 and not opt['dist']:
+            # DataParallel replicas share the module's forward hooks (the hint taps) and lose tdBN statistics
+            raise ValueError(f'num_gpu: {opt["num_gpu"]} without a launcher means DataParallel, which '
+                             'SpikerIRDistillModel does not support; train on several GPUs with DDP: torchrun '
+                             '--nproc_per_node=N spikerir_plugin/train.py -opt ... --launcher pytorch, or use one '
+                             'GPU (num_gpu: 1 or CUDA_VISIBLE_DEVICES=0)')
         self.speed = fast.SpeedOptions.from_opt(opt)
         if self.speed.cuda_graph:
             raise ValueError('speed.cuda_graph is not supported by SpikerIRDistillModel (the training step logs '
@@ -169,9 +175,9 @@ class SpikerIRDistillModel(SRModel):
         if self.ema_decay > 0:
             self.net_g_ema = build_network(self.opt['network_g']).to(self.device)
             load_path = self.opt['path'].get('pretrain_network_g')
-            if load_path is not None:
-                self.load_network(self.net_g_ema, load_path, self.opt['path'].get('strict_load_g', True),
-                                  'params_ema')
+            if load_path is not None:  # params_ema, else params, else a raw state dict (e.g. official weights)
+                load_weights(self.net_g_ema, load_path, 'params_ema', self.opt['path'].get('strict_load_g', True),
+                             which='g')
             else:
                 self.model_ema(0)
             self.net_g_ema.eval()
@@ -257,15 +263,24 @@ class SpikerIRDistillModel(SRModel):
                 loss_dict['l_kd'] = self.cri_kd(self.output, t_out)
                 l_distill = l_distill + loss_dict['l_kd']
             l_total = l_total + weight * l_distill
-            loss_dict['kd_weight'] = torch.tensor(float(weight), device=self.device)
-        loss_dict['l_total'] = l_total.detach()
+        loss_dict['l_total'] = l_total
 
         l_total.backward()
         self.optimizer_g.step()
         reset_states(self._bare_student())
-        self.log_dict = self.reduce_loss_dict(loss_dict)
+        self._step_losses = OrderedDict((k, v.detach()) for k, v in loss_dict.items())
+        self._kd_weight = weight if self.net_t is not None else None
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
+
+    def get_current_log(self):
+        """The last step's losses averaged over ranks, plus the KD weight. Reduced here, at print_freq (basicsr's
+        loop calls this on every rank), instead of in every step: the reduction reads the values on the host, and
+        a per-step host synchronisation would stall a GPU that could run ahead."""
+        log = self.reduce_loss_dict(self._step_losses)
+        if self._kd_weight is not None:
+            log['kd_weight'] = float(self._kd_weight)
+        return log
 
     def model_ema(self, decay=0.999):
         """EMA over parameters *and* floating buffers (tdBN running stats); integer buffers are copied."""

@@ -2,9 +2,12 @@
 
 Tiles of SxS (clipped to the image) start every S-O pixels, the last one aligned to the image edge. Neighbouring
 tiles are stitched at the middle of their overlap: each output pixel comes from exactly one tile, from a point at
-least O//2 pixels away from that tile's inner edges. So for a network whose receptive-field radius is <= O//2 (and
-which has no position-dependent ops such as strided downsampling misaligned with the tile grid) the result equals
-whole-image inference; an image that fits in one tile is a single forward. Spiking state is reset after every tile.
+least O//2 pixels away from that tile's inner edges. An image that fits in one tile is a single forward, equal to
+whole-image inference. Over several tiles the result equals whole-image inference only for a local network
+(receptive-field radius <= O//2, no strided downsampling misaligned with the tile grid, no pooling over the whole
+image); all the plugin's archs pool gates over the image (SpikerIR/ESDNet attention, NAFNet's channel attention,
+Restormer's transposed attention), so for them tiles are an approximation that bounds memory: use large tiles.
+Spiking state is reset after every tile.
 """
 import torch
 
@@ -15,10 +18,12 @@ def check_tile_opt(tile_opt):
     """Validate ``val.tile``; returns (size, overlap) or None when tiling is off."""
     if not tile_opt:
         return None
-    unknown = set(tile_opt) - {'size', 'overlap'}
-    if unknown or 'size' not in tile_opt:
-        raise ValueError(f'val.tile must be {{size: S, overlap: O}}; got keys {sorted(tile_opt)}')
-    size, overlap = int(tile_opt['size']), int(tile_opt.get('overlap', 0))
+    if not isinstance(tile_opt, dict) or set(tile_opt) - {'size', 'overlap'} or 'size' not in tile_opt:
+        raise ValueError(f'val.tile must be {{size: S, overlap: O}} (or ~ for whole images), got {tile_opt!r}')
+    try:
+        size, overlap = int(tile_opt['size']), int(tile_opt.get('overlap', 0))
+    except (TypeError, ValueError):
+        raise ValueError(f'val.tile: size and overlap must be integers, got {tile_opt!r}') from None
     if size <= 0 or overlap < 0:
         raise ValueError(f'val.tile: size must be > 0 and overlap >= 0 (got size={size}, overlap={overlap})')
     if overlap >= size:

@@ -301,8 +301,8 @@ def plot_report(student, path, title=''):
 def build_from_options(opt, which='g', ckpt=None, param_key=None):
     """Network `network_<which>` of a parsed options dict, with weights from ckpt or path.pretrain_network_<which>
     (random init when neither is given)."""
-    from basicsr.archs import build_network
-    net = build_network(dict(opt[f'network_{which}']))
+    from spikerir_plugin.models.spikerir_distill_model import build_registered_network
+    net = build_registered_network(dict(opt[f'network_{which}']), f'network_{which}')
     path_opt = opt.get('path') or {}
     ckpt = ckpt or path_opt.get(f'pretrain_network_{which}')
     if ckpt:
