@@ -105,7 +105,7 @@ def run_training(options_file, workdir):
     subprocess.run(cmd, cwd=workdir, check=True)
 
 
-def evaluate(workdir, val_dir, teacher_ckpt, student_ckpt):
+def evaluate(val_dir, teacher_ckpt, student_ckpt):
     """PSNR/SSIM (RGB, basicsr's metrics on uint8 images) of noisy input, teacher and student."""
     import torch
     from basicsr.archs import build_network
@@ -174,7 +174,7 @@ def main(argv=None):
     run_training(student_yml, workdir)
     student_ckpt = os.path.join(workdir, 'experiments', s_opt['name'], 'models', 'net_g_latest.pth')
 
-    evaluate(workdir, val_dir, teacher_ckpt, student_ckpt)
+    evaluate(val_dir, teacher_ckpt, student_ckpt)
     print()
     energy_report.main(['-opt', student_yml, '--ckpt', student_ckpt, '--size', str(args.energy_size),
                         '--sigma', str(SIGMA), '--out', os.path.join(workdir, 'results', 'energy')])

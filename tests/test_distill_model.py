@@ -131,6 +131,26 @@ def test_teacher_from_official_style_files(tmp_path, teacher_ckpt, layout, param
         assert torch.equal(value, params[key]), key
 
 
+def test_non_strict_teacher_loads_what_fits(tmp_path, teacher_ckpt):
+    """strict_load_t: false skips missing, unexpected and mis-shaped keys and loads every key that fits."""
+    saved = torch.load(teacher_ckpt)['params']
+    opt = _with(distill_opt(tmp_path, teacher_ckpt), 'network_t.middle_blk_num', 2)  # one extra middle block
+    opt['path']['strict_load_t'] = False
+    opt['network_t']['dec_blk_nums'] = [1, 1, 1, 2]  # and one extra decoder block
+    with_extra = build_model(opt).net_t.state_dict()
+    assert any(k.startswith('middle_blks.1.') for k in with_extra) and 'decoders.3.1.beta' in with_extra
+    for key, value in saved.items():
+        assert torch.equal(with_extra[key], value), key
+    # a mis-shaped entry is skipped (the net keeps its own initialisation there), the rest still loads
+    edited = dict(saved, **{'intro.weight': torch.zeros(8, 3, 5, 5)})
+    torch.save({'params': edited}, tmp_path / 'edited.pth')
+    opt = distill_opt(tmp_path, str(tmp_path / 'edited.pth'))
+    opt['path']['strict_load_t'] = False
+    teacher = build_model(opt).net_t.state_dict()
+    assert teacher['intro.weight'].shape == (8, 3, 3, 3) and teacher['intro.weight'].abs().sum() > 0
+    assert all(torch.equal(teacher[k], v) for k, v in saved.items() if k != 'intro.weight')
+
+
 def test_default_hint_layers_adapter_shapes_and_resize(tmp_path, teacher_ckpt):
     model = build_model(distill_opt(tmp_path, teacher_ckpt))
     pairs = [p for p, _, _ in model.hint_shapes]

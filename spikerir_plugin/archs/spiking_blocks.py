@@ -139,8 +139,11 @@ class SpikingResidualBlock(nn.Module):
 
     def forward(self, x):
         if self.spike_shortcut:
-            spikes = self.residual[0](x)
-            y = self.residual[1:](spikes) + self.shortcut(spikes)
+            first_neuron, *rest = self.residual
+            spikes = y = first_neuron(x)
+            for module in rest:
+                y = module(y)
+            y = y + self.shortcut(spikes)
         else:
             y = self.residual(x) + self.shortcut(x)
         return self.attn(y) + x

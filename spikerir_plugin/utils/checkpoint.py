@@ -59,17 +59,18 @@ def load_weights(net, path, param_key='params', strict=True, which='t'):
     state = {(k[7:] if k.startswith('module.') else k): v for k, v in ckpt.items()}
     own = net.state_dict()
     missing, unexpected = set(own) - set(state), set(state) - set(own)
-    mismatched = [f'{k}: checkpoint {tuple(state[k].shape)} vs net {tuple(own[k].shape)}'
-                  for k in sorted(set(own) & set(state)) if own[k].shape != state[k].shape]
+    mismatched = [k for k in sorted(set(own) & set(state)) if own[k].shape != state[k].shape]
     if strict and (missing or unexpected or mismatched):
+        shapes = '; '.join(f'{k}: checkpoint {tuple(state[k].shape)} vs net {tuple(own[k].shape)}'
+                           for k in mismatched[:_MAX_LISTED])
         raise ValueError(
             f'{role.capitalize()} checkpoint {path!r} ({key_opt}={param_key!r}) does not match network_{which} '
             f'{type(net).__name__}: check the network_{which} arguments (e.g. width/blocks). '
             f'Missing keys: [{_listing(missing)}]; unexpected keys: [{_listing(unexpected)}]; '
-            f'shape mismatches: [{"; ".join(mismatched[:_MAX_LISTED])}]. {strict_opt}: false loads what fits.')
+            f'shape mismatches: [{shapes}]. {strict_opt}: false loads what fits.')
     if not strict:
-        for item in mismatched:
-            state.pop(item.split(':')[0])
+        for key in mismatched:
+            state.pop(key)
         if missing or unexpected or mismatched:
             logger.warning(f'{role} loaded non-strictly: {len(missing)} missing, {len(unexpected)} unexpected, '
                            f'{len(mismatched)} size-mismatched keys skipped')
