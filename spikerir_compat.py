@@ -343,11 +343,16 @@ def _wrap_parse_options(parse_options):
         main = sys.modules.get('__main__')
         if getattr(main, 'load_resume_state', None) is not None and getattr(main, 'train_pipeline', None) \
                 and getattr(main.load_resume_state, '__module__', None) == '__main__':
-            main.load_resume_state = load_resume_state
-            main.create_train_val_dataloader = _wrap_create_train_val_dataloader(main.create_train_val_dataloader)
+            _patch_train_pipeline_globals(main)
         return parse_options(*args, **kwargs)
 
     return wrapped
+
+
+def _patch_train_pipeline_globals(module):
+    """Rebind the resume helpers that basicsr's train_pipeline looks up in its own module's globals."""
+    module.load_resume_state = load_resume_state
+    module.create_train_val_dataloader = _wrap_create_train_val_dataloader(module.create_train_val_dataloader)
 
 
 _runtime_patched = False
@@ -378,8 +383,7 @@ def patch_runtime():
     torch.serialization.add_safe_globals(safe)
 
     global _original_sampler_iter, _original_sampler_set_epoch
-    bsr_train.load_resume_state = load_resume_state
-    bsr_train.create_train_val_dataloader = _wrap_create_train_val_dataloader(bsr_train.create_train_val_dataloader)
+    _patch_train_pipeline_globals(bsr_train)
     bsr_options.parse_options = _wrap_parse_options(bsr_options.parse_options)
     _original_sampler_iter, _original_sampler_set_epoch = EnlargedSampler.__iter__, EnlargedSampler.set_epoch
     EnlargedSampler.__iter__, EnlargedSampler.set_epoch = _sampler_iter, _sampler_set_epoch
