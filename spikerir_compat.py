@@ -3,10 +3,17 @@
 It is a top-level, stdlib-only module so that the startup hook (``spikerir-autoload.pth``) can import it at
 interpreter start for free: nothing heavy is imported until basicsr itself is.
 
-Two layers:
+It holds only what makes basicsr import and launch on the current stack; everything the plugin adds lives in the
+plugin's own classes. Two layers:
 - import-time shims (``install_import_shims``): module aliases that must exist *before* ``import basicsr``;
-- runtime patches (``patch_runtime``): replacements of basicsr functions that break on CPU or current torch,
-  applied once basicsr is importable.
+- runtime fixes (``patch_runtime``), applied once basicsr is importable: ``--local-rank`` from torch>=2 launchers,
+  the GPU picked from ``LOCAL_RANK``, gloo and no ``device_ids`` without CUDA, the numpy/argparse globals some
+  official checkpoints pickle allowed for ``torch.load(weights_only=True)``, and resume states loaded on the CPU
+  when there is no CUDA (basicsr always maps them to ``torch.cuda.current_device()``).
+
+A model class may take over resume for its own runs by defining the class methods ``load_resume_state(opt)`` and
+``resume_train_loader(train_loader, train_sampler, logger)``; the plugin's models do (exact resume). For every other
+model, basicsr's resume runs unchanged apart from the CPU fix.
 """
 import importlib
 import importlib.machinery
@@ -142,7 +149,7 @@ def install_startup_hook():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Runtime patches (need torch and basicsr)
+# Runtime fixes (need torch and basicsr)
 # ----------------------------------------------------------------------------------------------------------------
 
 def _rewrite_local_rank_argv(argv):
@@ -150,160 +157,55 @@ def _rewrite_local_rank_argv(argv):
     return ['--local_rank' + a[len('--local-rank'):] if a.startswith('--local-rank') else a for a in argv]
 
 
-def torch_load(path, map_location='cpu'):
-    """torch.load for basicsr-format files (.pth / .state), mapping to CPU when CUDA is absent.
-
-    weights_only stays True (safe): basicsr files hold tensors, dicts and collections.Counter, which torch allows;
-    the safe globals added in patch_runtime cover the numpy scalars / Namespaces some official checkpoints pickle."""
-    import torch
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
-# A resume state travels from load_resume_state to the dataloader, sampler and model patches below, which run
-# at different points of basicsr's train_pipeline.  Only ever set during one pipeline start.
-_pending_resume = None
+def _model_class(opt):
+    """The registered class of opt['model_type'], or None."""
+    from basicsr.utils.registry import MODEL_REGISTRY
+    name = opt.get('model_type')
+    return MODEL_REGISTRY.get(name) if isinstance(name, str) and name in MODEL_REGISTRY else None
 
 
 def load_resume_state(opt):
-    """Replacement for basicsr.train.load_resume_state.
-
-    Fixes: (1) auto-resume looked in <cwd>/experiments instead of the experiment's own training_states folder;
-    (2) it called torch.cuda.current_device() even with num_gpu: 0; (3) it remembers the state so that the
-    patches below can continue the data order and random streams exactly where the saved run stopped."""
-    global _pending_resume
+    """basicsr.train.load_resume_state, with the state mapped to the CPU when CUDA is absent (basicsr called
+    torch.cuda.current_device() unconditionally); a model class defining ``load_resume_state`` takes over."""
+    hook = getattr(_model_class(opt), 'load_resume_state', None)
+    if hook is not None:
+        return hook(opt)
+    import torch
+    from basicsr.utils import check_resume, scandir
     resume_state_path = None
-    if opt.get('auto_resume'):
-        state_dir = opt['path'].get('training_states')
-        if state_dir and os.path.isdir(state_dir):
-            iters = [int(f[:-len('.state')]) for f in os.listdir(state_dir)
-                     if f.endswith('.state') and f[:-len('.state')].isdigit()]
-            if iters:
-                resume_state_path = os.path.join(state_dir, f'{max(iters)}.state')
+    if opt['auto_resume']:
+        state_path = os.path.join('experiments', opt['name'], 'training_states')
+        if os.path.isdir(state_path):
+            states = list(scandir(state_path, suffix='state', recursive=False, full_path=False))
+            if len(states) != 0:
+                states = [float(v.split('.state')[0]) for v in states]
+                resume_state_path = os.path.join(state_path, f'{max(states):.0f}.state')
                 opt['path']['resume_state'] = resume_state_path
     elif opt['path'].get('resume_state'):
         resume_state_path = opt['path']['resume_state']
-
-    _pending_resume = None
     if resume_state_path is None:
         return None
-    if not os.path.isfile(resume_state_path):
-        raise FileNotFoundError(f'path.resume_state: no training state at {resume_state_path!r}')
-    # On the CPU even with CUDA: the random states must stay CPU tensors (torch.set_rng_state and numpy reject
-    # CUDA ones), and Optimizer.load_state_dict moves its state onto the parameters' device itself.
-    resume_state = torch_load(resume_state_path, map_location='cpu')
-    from basicsr.utils import check_resume
-    # A frozen teacher (network_t) is never saved by the run: resume must keep loading it from its own checkpoint
-    # with its own param key, so it joins ignore_resume_networks, and the param keys of ignored networks survive
-    # check_resume (which rewrites every param_key_* equal to params_ema into params).
-    ignored = list(opt['path'].get('ignore_resume_networks') or [])
-    if 'network_t' in opt and 'network_t' not in ignored:
-        ignored.append('network_t')
-    opt['path']['ignore_resume_networks'] = ignored
-    kept_keys = {key: opt['path'][key] for key in (f'param_key_{n[len("network_"):]}' for n in ignored)
-                 if opt['path'].get(key) is not None}
+    if torch.cuda.is_available():
+        device_id = torch.cuda.current_device()
+        resume_state = torch.load(resume_state_path, map_location=lambda storage, loc: storage.cuda(device_id))
+    else:
+        resume_state = torch.load(resume_state_path, map_location='cpu')
     check_resume(opt, resume_state['iter'])
-    opt['path'].update(kept_keys)
-    if opt.get('rank', 0) != 0:  # ranks > 0 keep their own seeded streams; the file holds rank 0's
-        resume_state.pop('rng', None)
-    _pending_resume = resume_state
     return resume_state
 
 
-def capture_rng_state():
-    """Python, numpy and torch random states in a form torch.load(weights_only=True) accepts."""
-    import random
-
-    import numpy as np
-    import torch
-    np_state = np.random.get_state()
-    state = {'python': random.getstate(),
-             'numpy': (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
-             'torch': torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state['cuda'] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state):
-    import random
-
-    import numpy as np
-    import torch
-    random.setstate(state['python'])
-    name, keys, *rest = state['numpy']
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    torch.set_rng_state(state['torch'])
-    if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
-
-
 def _wrap_create_train_val_dataloader(create):
-    """basicsr restarts the saved epoch from its first batch on resume (its state only holds the epoch).  Derive
-    the epoch and the batches already consumed from the iteration; the sampler skips those in the epoch's loader."""
+    """basicsr's create_train_val_dataloader; then a model class defining ``resume_train_loader`` sees the loader."""
 
     def create_train_val_dataloader(opt, logger):
         result = create(opt, logger)
-        train_loader, train_sampler = result[0], result[1]
-        state = _pending_resume
-        if state is not None and train_loader is not None and len(train_loader) > 0:
-            epoch, consumed = divmod(state['iter'], len(train_loader))
-            state['epoch'] = epoch
-            if consumed:
-                # random streams continue where the saved run stood: after its loader iterator was made
-                train_sampler._resume_pending = (epoch, consumed * train_loader.batch_size, state.pop('rng', None))
-            logger.info(f'Resume at iter {state["iter"]}: epoch {epoch}, skipping {consumed} consumed batches.')
+        hook = getattr(_model_class(opt), 'resume_train_loader', None)
+        if hook is not None:
+            hook(result[0], result[1], logger)
         return result
 
+    create_train_val_dataloader.__wrapped__ = create
     return create_train_val_dataloader
-
-
-def _sampler_set_epoch(self, epoch):
-    """EnlargedSampler.set_epoch that arms a pending mid-epoch resume for the resumed epoch's loader only.
-
-    basicsr makes a first loader iterator before its epoch loop (the prefetcher) and throws it away at the first
-    prefetcher.reset(); with workers (or prefetch_mode cuda) that iterator already draws indices, so the skip
-    must wait for set_epoch, which comes right before the iterator that is really used."""
-    _original_sampler_set_epoch(self, epoch)
-    pending = self.__dict__.get('_resume_pending')
-    if pending is not None and pending[0] == epoch:
-        del self._resume_pending
-        self._resume_skip, self._resume_rng = pending[1], pending[2]
-
-
-def _sampler_iter(self):
-    """EnlargedSampler.__iter__ that honours an armed mid-epoch resume (skip + random state)."""
-    indices = list(_original_sampler_iter(self))
-    skip = self.__dict__.pop('_resume_skip', 0)
-    rng = self.__dict__.pop('_resume_rng', None)
-    if rng is not None:
-        restore_rng_state(rng)
-    return iter(indices[skip:])
-
-
-def _save_training_state(self, epoch, current_iter):
-    """BaseModel.save_training_state plus the random states, written atomically (a crash mid-write never leaves
-    a truncated .state that auto-resume would pick)."""
-    import torch
-    if current_iter == -1:
-        return
-    state = {'epoch': epoch, 'iter': current_iter, 'rng': capture_rng_state(),
-             'optimizers': [o.state_dict() for o in self.optimizers],
-             'schedulers': [s.state_dict() for s in self.schedulers]}
-    state.update(self.extra_training_state() if hasattr(self, 'extra_training_state') else {})
-    save_path = os.path.join(self.opt['path']['training_states'], f'{current_iter}.state')
-    torch.save(state, save_path + '.tmp')
-    os.replace(save_path + '.tmp', save_path)
-
-
-def _wrap_resume_training(resume):
-    def resume_training(self, resume_state):
-        resume(self, resume_state)
-        if hasattr(self, 'load_extra_training_state'):
-            self.load_extra_training_state(resume_state)
-        if resume_state.get('rng') is not None:  # epoch-boundary resume: restore before the next loader
-            restore_rng_state(resume_state['rng'])
-
-    return resume_training
 
 
 def _init_dist_pytorch(backend='nccl', **kwargs):
@@ -343,24 +245,23 @@ def _wrap_parse_options(parse_options):
         main = sys.modules.get('__main__')
         if getattr(main, 'load_resume_state', None) is not None and getattr(main, 'train_pipeline', None) \
                 and getattr(main.load_resume_state, '__module__', None) == '__main__':
-            _patch_train_pipeline_globals(main)
+            _bind_resume_fixes(main)
         return parse_options(*args, **kwargs)
 
     return wrapped
 
 
-def _patch_train_pipeline_globals(module):
+def _bind_resume_fixes(module):
     """Rebind the resume helpers that basicsr's train_pipeline looks up in its own module's globals."""
     module.load_resume_state = load_resume_state
     module.create_train_val_dataloader = _wrap_create_train_val_dataloader(module.create_train_val_dataloader)
 
 
 _runtime_patched = False
-_original_sampler_iter = _original_sampler_set_epoch = None
 
 
 def patch_runtime():
-    """Apply the runtime patches once (idempotent).  Requires basicsr to be importable (shims installed)."""
+    """Apply the runtime fixes once (idempotent).  Requires basicsr to be importable (shims installed)."""
     global _runtime_patched
     sys.argv[:] = _rewrite_local_rank_argv(sys.argv)
     if _runtime_patched:
@@ -373,8 +274,6 @@ def patch_runtime():
     import basicsr.train as bsr_train
     import basicsr.utils.dist_util as dist_util
     import basicsr.utils.options as bsr_options
-    from basicsr.data.data_sampler import EnlargedSampler
-    from basicsr.utils.dist_util import master_only
 
     safe = [argparse.Namespace, np.dtype, type(np.dtype(np.float64))]
     scalar = getattr(getattr(np, '_core', None), 'multiarray', None)
@@ -382,14 +281,8 @@ def patch_runtime():
         safe.append(scalar.scalar)
     torch.serialization.add_safe_globals(safe)
 
-    global _original_sampler_iter, _original_sampler_set_epoch
-    _patch_train_pipeline_globals(bsr_train)
+    _bind_resume_fixes(bsr_train)
     bsr_options.parse_options = _wrap_parse_options(bsr_options.parse_options)
-    _original_sampler_iter, _original_sampler_set_epoch = EnlargedSampler.__iter__, EnlargedSampler.set_epoch
-    EnlargedSampler.__iter__, EnlargedSampler.set_epoch = _sampler_iter, _sampler_set_epoch
     dist_util._init_dist_pytorch = _init_dist_pytorch
     base_model.BaseModel.model_to_device = _model_to_device
-    base_model.BaseModel.save_training_state = master_only(_save_training_state)
-    base_model.BaseModel.resume_training = _wrap_resume_training(base_model.BaseModel.resume_training)
     _runtime_patched = True
-

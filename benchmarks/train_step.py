@@ -1,43 +1,44 @@
-"""Time one training step (forward + loss + backward + AdamW step + reset_states) of the spiking restorers.
+"""Time one training step of the spiking restorers: the model's own ``optimize_parameters`` (forward, loss,
+backward, optimizer step), with the model built from an options dict exactly as basicsr's pipeline builds it.
 
 One JSON line per case, then one JSON line per ratio (cases compared inside this process):
     esdnet_fast / esdnet_sj   the fast attention against spikingjelly's MultiDimensionalAttention (the baseline)
-    kd_<preset> / spikerir_<preset>   the H-KD step (NAFNet-w32 teacher) against the student alone
-Examples (see benchmarks/README.md):
+    kd_<preset> / spikerir_<preset>   the distillation step (NAFNet-w32 teacher) against the student alone
+The losses are the shipped recipe: the ``train`` section of options/train_SpikerIR_SIDD.yml (student alone: the
+same without the teacher's terms). Examples (see benchmarks/README.md):
     python benchmarks/train_step.py --device cuda --out results.jsonl
     python benchmarks/train_step.py --device cpu --tiny
 """
 import argparse
 import contextlib
+import copy
 import gc
 import json
+import logging
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 import torch
-from torch.nn import functional as F
+import yaml
 
-import spikerir_plugin  # noqa: F401  (registers the archs)
-from spikerir_plugin.archs.esdnet_arch import ESDNet
-from spikerir_plugin.archs.nafnet_arch import NAFNet
-from spikerir_plugin.archs.spikerir_arch import SpikerIR
-from spikerir_plugin.losses.fft_loss import FFTLoss
-from spikerir_plugin.losses.hint_loss import HintLoss
-from spikerir_plugin.models.feature_hints import (FeatureTap, StudentWithAdapters, default_hint_layers,
-                                                  probe_channels)
+import spikerir_plugin  # noqa: F401  (registers the archs and models)
+from basicsr.models import build_model
+from basicsr.utils import get_root_logger
 from spikerir_plugin.utils import speed as fast
-from spikerir_plugin.utils.snn import reset_states, time_mean
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE_OPTIONS = os.path.join(REPO_ROOT, 'options', 'train_SpikerIR_SIDD.yml')
 CASES = ('esdnet_sj', 'esdnet_fast', 'spikerir_tiny', 'spikerir_base', 'kd_tiny', 'kd_base')
 DTYPES = ('fp32', 'bf16')
 RATIOS = (('esdnet_fast', 'esdnet_sj'), ('kd_tiny', 'spikerir_tiny'), ('kd_base', 'spikerir_base'))
-KD_WEIGHT = 0.12  # the paper's constant gamma; the distillation model's default hint/KD composition
-FFT_WEIGHT = 0.1  # the paper's lambda, as in every shipped options file
-# Official ESDNet (ported to spikingjelly 2.0), fp32 train step on an H100: shared/reference/anchors.md
+DISTILL_KEYS = ('hint_opt', 'kd_opt', 'kd_schedule', 'hint_layers', 'hint_probe_size', 'kd_extra_inputs')
+# Official ESDNet (ported to spikingjelly 2.0), fp32 train step on an H100 (measured by the plugin's authors)
 OFFICIAL_ESDNET_H100_MS = {(12, 64): 229.6, (4, 256): 2326.0}
-TARGETS = {'esdnet_fast_4x256_ms': 150.0, 'kd_over_student': 1.3}
+OFFICIAL_ESDNET_H100_PEAK_GIB = {(12, 64): 9.22, (4, 256): 42.72}
+TARGETS = {'esdnet_fast_4x256_ms': 150.0, 'kd_over_student': 1.3, 'esdnet_peak_fraction': 0.25}
 DEFAULTS = {  # device -> (sizes, warmup, iters, dtypes)
     'cuda': ('12x64,4x256', 5, 20, 'fp32,bf16'),
     'cpu': ('2x64', 1, 3, 'fp32'),
@@ -45,24 +46,53 @@ DEFAULTS = {  # device -> (sizes, warmup, iters, dtypes)
 }
 
 
-def esdnet(attention, tiny):
+def network_options(name, tiny):
+    """(network_g, network_t or None) option dicts of a case."""
+    if name.startswith('esdnet_'):
+        attention = 'spikingjelly' if name == 'esdnet_sj' else 'fast'
+        if tiny:
+            return dict(type='ESDNet', dim=8, en_num_blocks=[1, 1, 1, 1], de_num_blocks=[1, 1, 1, 1], T=2,
+                        attention=attention, reduction_t=2, reduction_c=4), None
+        return dict(type='ESDNet', dim=48, en_num_blocks=[4, 4, 8, 8], de_num_blocks=[2, 2, 2, 2], T=4,
+                    attention=attention), None
+    preset = name.split('_', 1)[1]
     if tiny:
-        return ESDNet(dim=8, en_num_blocks=(1, 1, 1, 1), de_num_blocks=(1, 1, 1, 1), T=2, attention=attention,
-                      reduction_t=2, reduction_c=4)
-    return ESDNet(dim=48, en_num_blocks=(4, 4, 8, 8), de_num_blocks=(2, 2, 2, 2), T=4, attention=attention)
+        student = dict(type='SpikerIR', preset=preset, dim=4 if preset == 'tiny' else 8, enc_blocks=[1, 1, 1],
+                       dec_blocks=[1, 1, 1], T=2, reduction_t=2)
+        teacher = dict(type='NAFNet', width=8, middle_blk_num=1, enc_blk_nums=[1, 1, 1, 1], dec_blk_nums=[1, 1, 1, 1])
+    else:
+        student = dict(type='SpikerIR', preset=preset, T=4)
+        teacher = dict(type='NAFNet', preset='sidd-width32')
+    return student, (teacher if name.startswith('kd_') else None)
 
 
-def spikerir(preset, tiny):
-    if tiny:
-        return SpikerIR(preset=preset, dim=4 if preset == 'tiny' else 8, enc_blocks=(1, 1, 1),
-                        dec_blocks=(1, 1, 1), T=2, reduction_t=2)
-    return SpikerIR(preset=preset, T=4)
+def recipe_train_options(with_teacher):
+    """The shipped training recipe's loss/optimizer keys; without a teacher its distillation keys are dropped."""
+    with open(RECIPE_OPTIONS) as f:
+        train = yaml.safe_load(f)['train']
+    keep = ('optim_g', 'pixel_opt', 'perceptual_opt', 'fft_opt') + (DISTILL_KEYS if with_teacher else ())
+    train = {k: copy.deepcopy(v) for k, v in train.items() if k in keep and v is not None}
+    train['optim_g'] = {'type': 'AdamW', 'lr': 1e-4}  # the step's cost does not depend on the rate
+    train['ema_decay'] = 0
+    return train
 
 
-def nafnet_teacher(tiny):
-    if tiny:
-        return NAFNet(width=8, middle_blk_num=1, enc_blk_nums=[1, 1, 1, 1], dec_blk_nums=[1, 1, 1, 1])
-    return NAFNet(preset='sidd-width32')
+def case_options(name, args, device, speed, workdir):
+    """A basicsr options dict for the case (a random-weight teacher checkpoint is written to workdir)."""
+    student, teacher = network_options(name, args.tiny)
+    opt = {'name': f'bench_{name}', 'model_type': 'SpikerIRDistillModel' if teacher else 'SpikingSRModel',
+           'is_train': True, 'dist': False, 'rank': 0, 'world_size': 1, 'scale': 1,
+           'num_gpu': 1 if device.type == 'cuda' else 0, 'network_g': student,
+           'path': {'models': workdir, 'training_states': workdir, 'pretrain_network_g': None},
+           'train': recipe_train_options(teacher is not None), 'speed': speed}
+    if teacher is not None:
+        from basicsr.archs import build_network
+        torch.manual_seed(1)
+        ckpt = os.path.join(workdir, f'teacher_{name}.pth')
+        torch.save({'params': build_network(dict(teacher)).state_dict()}, ckpt)
+        opt['network_t'] = teacher
+        opt['path'].update(pretrain_network_t=ckpt, param_key_t='params', strict_load_t=True)
+    return opt
 
 
 def parse_sizes(text):
@@ -168,89 +198,59 @@ class StepTimer:
         return (time.perf_counter() - started) * 1e3
 
 
-def build_case(name, tiny):
-    """-> (trained module, student to reset, teacher or None, teacher feature tap or None)."""
-    if name.startswith('esdnet_'):
-        net = esdnet('spikingjelly' if name == 'esdnet_sj' else 'fast', tiny)
-        return net, net, None, None
-    preset = name.split('_', 1)[1]
-    student = spikerir(preset, tiny)
-    if name.startswith('spikerir_'):
-        return student, student, None, None
-    teacher = nafnet_teacher(tiny).eval().requires_grad_(False)
-    s_names, t_names = zip(*default_hint_layers(student, teacher))
-    s_tap, t_tap = FeatureTap(student, s_names, 'student'), FeatureTap(teacher, t_names, 'teacher')
-    probe = 32 if tiny else 64
-    try:
-        s_shapes = probe_channels(student, s_tap, 3, probe, torch.device('cpu'))
-    finally:
-        s_tap.remove()
-    t_shapes = probe_channels(teacher, t_tap, 3, probe, torch.device('cpu'))
-    wrapper = StudentWithAdapters(student, s_names, [s[0] for s in s_shapes], [t[0] for t in t_shapes])
-    return wrapper, student, teacher, t_tap
+class _NeuronInputDtypes:
+    """Records the dtypes neurons receive (their state has the input's dtype) during one forward."""
 
+    def __init__(self, module):
+        from spikingjelly.activation_based.neuron.base_node import BaseNode
+        self.dtypes = set()
+        self.handles = [m.register_forward_hook(self._hook) for m in module.modules() if isinstance(m, BaseNode)]
 
-def make_step_fn(net, teacher, t_tap, device, speed):
-    """forward + loss + backward for (x, gt); returns the loss tensor. The composition of the shipped options in
-    SpikerIRDistillModel: L1(out, gt) + 0.1 FFT(out, gt) [+ w * (sum MSE(adapter(student feature), teacher feature)
-    + L1(out, teacher out))]."""
-    fwd = fast.maybe_compile(net, speed)
-    teacher_fwd = fast.maybe_compile(teacher, speed) if teacher is not None else None
-    hint_loss, fft_loss = HintLoss('mse'), FFTLoss(loss_weight=FFT_WEIGHT)
-
-    def student_step(x, gt):
-        with fast.autocast_context(device, speed):
-            out = fwd(x).float()
-            loss = F.l1_loss(out, gt) + fft_loss(out, gt)
-        loss.backward()
-        return loss.detach()
-
-    def kd_step(x, gt):
-        with torch.no_grad(), fast.autocast_context(device, speed):
-            t_out, t_feats = t_tap.run(teacher_fwd, x)
-        reset_states(teacher)
-        t_feats = [time_mean(f).float() for f in t_feats]
-        with fast.autocast_context(device, speed):
-            out, hints = fwd(x, [f.shape[-2:] for f in t_feats])
-            out = out.float()
-            distill = sum(hint_loss(h.float(), t) for h, t in zip(hints, t_feats)) + F.l1_loss(out, t_out.float())
-            loss = F.l1_loss(out, gt) + fft_loss(out, gt) + KD_WEIGHT * distill
-        loss.backward()
-        return loss.detach()
-
-    return student_step if teacher is None else kd_step
+    def _hook(self, module, args, output):
+        if args and isinstance(args[0], torch.Tensor):
+            self.dtypes.add(str(args[0].dtype).replace('torch.', ''))
 
 
 def lif_state_dtype(module):
-    from spikingjelly.activation_based.neuron.base_node import BaseNode
-    dtypes = {str(getattr(m, 'v').dtype).replace('torch.', '') for m in module.modules()
-              if isinstance(m, BaseNode) and isinstance(getattr(m, 'v', None), torch.Tensor)}
-    return ','.join(sorted(dtypes)) or None
+    """The dtype(s) of the spiking neurons' state in the last step: the neurons keep no state between calls, so a
+    forward hook reads the dtype of what they are fed (after the fp32 pre-hook under bf16)."""
+    probe = getattr(module, '_bench_dtype_probe', None)
+    if probe is None:
+        probe = module._bench_dtype_probe = _NeuronInputDtypes(module)
+        return None  # known from the next step on
+    return ','.join(sorted(probe.dtypes)) or None
 
 
 def run_case(name, batch, side, dtype, args, device, lif_info):
     torch.manual_seed(0)
-    speed = fast.SpeedOptions.from_dict({'bf16': dtype == 'bf16', 'channels_last': args.channels_last,
-                                         'compile': compile_opt(args), 'cuda_graph': args.cuda_graph})
-    net, student, teacher, t_tap = build_case(name, args.tiny)
-    net = fast.prepare_model(net.to(device).train(), speed)
-    if teacher is not None:
-        teacher = fast.prepare_model(teacher.to(device), speed)
-    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
-    step = make_step_fn(net, teacher, t_tap, device, speed)
-    graphed = fast.cuda_graph_step(step, device, speed, model=net)
-    batches = [(fast.prepare_input(torch.rand(batch, 3, side, side, device=device), speed),
-                torch.rand(batch, 3, side, side, device=device)) for _ in range(2)]  # rotate two input sets
-    state = {'i': 0, 'loss': None}
+    speed = {'bf16': dtype == 'bf16', 'channels_last': args.channels_last, 'compile': compile_opt(args),
+             'checkpoint': args.checkpoint}
+    with tempfile.TemporaryDirectory() as workdir:
+        model = build_model(case_options(name, args, device, speed, workdir))
+    student = model.bare_net_g()
+    graph_speed = fast.SpeedOptions.from_dict({'cuda_graph': args.cuda_graph})
+    optimizer = model.optimizer_g
+    if args.cuda_graph:  # the model's own forward + loss + backward, captured; the optimizer step runs outside
+        def forward_backward(lq, gt):
+            model.lq, model.gt = lq, gt
+            return model.forward_backward(1)['l_total']
+        graphed = fast.cuda_graph_step(forward_backward, device, graph_speed, model=student)
+    batches = [(torch.rand(batch, 3, side, side, device=device), torch.rand(batch, 3, side, side, device=device))
+               for _ in range(2)]  # two input sets alternate (never zeros)
+    state = {'i': 0}
 
     def train_step():
         x, gt = batches[state['i'] % 2]
         state['i'] += 1
-        optimizer.zero_grad(set_to_none=not args.cuda_graph)  # graphs need fixed gradient addresses
-        state['loss'] = graphed(x, gt)
-        optimizer.step()
-        state['lif'] = state.get('lif') or lif_state_dtype(student)  # read before the reset clears it
-        reset_states(student)
+        if args.cuda_graph:
+            optimizer.zero_grad(set_to_none=False)  # graphs need fixed gradient addresses
+            state['loss'] = graphed(x, gt)
+            optimizer.step()
+        else:
+            model.feed_data({'lq': x, 'gt': gt})
+            model.optimize_parameters(state['i'])
+            state['loss'] = model._step_losses['l_total']
+        state['lif'] = state.get('lif') or lif_state_dtype(student)
 
     memory, timer = PeakMemory(device), StepTimer(device)
     memory.start()
@@ -259,12 +259,13 @@ def run_case(name, batch, side, dtype, args, device, lif_info):
     for _ in range(max(args.warmup - 1, 0)):
         timer(train_step)
     times = [timer(train_step) for _ in range(args.iters)]
-    n_params = sum(p.numel() for p in net.parameters())
-    n_teacher = sum(p.numel() for p in teacher.parameters()) if teacher is not None else 0
+    trained = model.trainable_parameters()
+    n_params = sum(p.numel() for p in trained)
+    n_teacher = sum(p.numel() for p in model.net_t.parameters()) if getattr(model, 'net_t', None) else 0
     record = {
         'name': name, 'device': str(device), 'device_name': device_name(device), 'dtype': dtype,
-        'compile': compile_opt(args), 'channels_last': args.channels_last, 'cuda_graph': args.cuda_graph,
-        'tiny': args.tiny, 'batch': batch, 'size': side, 'T': student.T,
+        'compile': compile_opt(args), 'channels_last': args.channels_last, 'checkpoint': args.checkpoint,
+        'cuda_graph': args.cuda_graph, 'tiny': args.tiny, 'batch': batch, 'size': side, 'T': student.T,
         'params': n_params, 'teacher_params': n_teacher,
         'step_ms': round(statistics.median(times), 2), 'step_ms_min': round(min(times), 2), 'iters': len(times),
         'peak_mem_mib': round(memory.peak_mib(n_params, n_teacher, saved.mib), 1), 'peak_mem_kind': memory.kind,
@@ -277,7 +278,9 @@ def run_case(name, batch, side, dtype, args, device, lif_info):
     if name.startswith('esdnet') and official and not args.tiny and device.type == 'cuda':
         record['official_esdnet_h100_ms'] = official
         record['speedup_vs_official'] = round(official / record['step_ms'], 2)
-    del net, student, teacher, optimizer, step, graphed, batches
+        record['peak_fraction_of_official'] = round(
+            record['peak_mem_mib'] / 1024 / OFFICIAL_ESDNET_H100_PEAK_GIB[(batch, side)], 3)
+    del model, student, optimizer, batches
     gc.collect()
     if device.type == 'cuda':
         torch.cuda.empty_cache()
@@ -318,6 +321,9 @@ def ratio_records(records, tiny, device):
             out.append({'target': 'esdnet_fast 4x256 step_ms', 'dtype': r['dtype'], 'device_name': r['device_name'],
                         'value': r['step_ms'], 'target_max': TARGETS['esdnet_fast_4x256_ms'],
                         'target_met': r['step_ms'] <= TARGETS['esdnet_fast_4x256_ms']})
+            out.append({'target': 'esdnet_fast 4x256 peak memory / official', 'dtype': r['dtype'],
+                        'value': r['peak_fraction_of_official'], 'target_max': TARGETS['esdnet_peak_fraction'],
+                        'target_met': r['peak_fraction_of_official'] <= TARGETS['esdnet_peak_fraction']})
     return out
 
 
@@ -334,6 +340,7 @@ def parse_args(argv=None):
     p.add_argument('--compile-backend', help='torch.compile backend (default inductor; eager/aot_eager to debug)')
     p.add_argument('--compile-mode', help='torch.compile mode, e.g. max-autotune-no-cudagraphs')
     p.add_argument('--channels-last', action='store_true', help='speed.channels_last')
+    p.add_argument('--checkpoint', action='store_true', help='speed.checkpoint (recompute blocks in backward)')
     p.add_argument('--cuda-graph', action='store_true', help='capture forward+loss+backward in a CUDA graph')
     p.add_argument('--threads', type=int, help='torch.set_num_threads on cpu (default: torch\'s; 1 with --tiny, '
                    'where thread start-up dominates and a busy 2-core box oversubscribes badly)')
@@ -355,6 +362,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
+    get_root_logger(log_level=logging.WARNING)  # the models log their network printouts at INFO
     if device.type == 'cuda':
         if not torch.cuda.is_available():
             raise SystemExit('--device cuda: no CUDA device is visible to torch')

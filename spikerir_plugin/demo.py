@@ -113,7 +113,6 @@ def evaluate(val_dir, teacher_ckpt, student_ckpt):
     from basicsr.metrics import calculate_psnr, calculate_ssim
     from basicsr.utils import tensor2img
     from spikerir_plugin.utils.checkpoint import load_weights
-    from spikerir_plugin.utils.snn import reset_states
 
     dataset = build_dataset({'name': 'val', 'type': 'GaussianDenoiseDataset', 'dataroot_gt': val_dir,
                              'io_backend': {'type': 'disk'}, 'sigma': SIGMA, 'noise_seed': 0, 'phase': 'val',
@@ -128,7 +127,6 @@ def evaluate(val_dir, teacher_ckpt, student_ckpt):
             outputs = {'noisy input': sample['lq']}
             for name, net in nets.items():
                 outputs[name] = net(sample['lq'][None])[0]
-                reset_states(net)
             for name, out in outputs.items():
                 img = tensor2img(out)
                 scores[name].append((calculate_psnr(img, gt, 0), calculate_ssim(img, gt, 0)))

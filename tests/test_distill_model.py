@@ -21,7 +21,6 @@ from spikingjelly.activation_based.neuron import BaseNode
 from spikerir_plugin.models.feature_hints import FeatureTap, default_hint_layers
 from spikerir_plugin.models.kd_schedule import KDSchedule
 from spikerir_plugin.models.tiled_inference import tiled_forward
-from spikerir_plugin.utils.snn import reset_states
 
 TINY_STUDENT = {'type': 'SpikerIR', 'preset': 'tiny', 'T': 2, 'reduction_t': 2}
 TINY_TEACHER = {'type': 'NAFNet', 'width': 8, 'middle_blk_num': 1, 'enc_blk_nums': [1, 1, 1, 1],
@@ -110,7 +109,7 @@ def test_teacher_is_frozen_eval_and_loaded_from_the_basicsr_checkpoint(tmp_path,
     teacher_params = {id(p) for p in model.net_t.parameters()}
     optimised = {id(p) for group in model.optimizer_g.param_groups for p in group['params']}
     assert not teacher_params & optimised
-    adapter_params = {id(p) for p in model.net_g.adapters.parameters()}
+    adapter_params = {id(p) for p in model.net_hint.parameters()}
     assert adapter_params and adapter_params <= optimised  # adapters are trained with the student
 
 
@@ -159,15 +158,15 @@ def test_default_hint_layers_adapter_shapes_and_resize(tmp_path, teacher_ckpt):
     # tiny SpikerIR decoders: 4*dim, 2*dim, 2*dim channels at 1/4, 1/2, 1; NAFNet w8: 32, 16, 8 channels
     assert [s for _, s, _ in model.hint_shapes] == [(32, 8, 8), (16, 16, 16), (16, 32, 32)]
     assert [t for _, _, t in model.hint_shapes] == [(32, 8, 8), (16, 16, 16), (8, 32, 32)]
-    assert [(a.in_channels, a.out_channels, a.kernel_size) for a in model.net_g.adapters] == \
+    assert [(a.in_channels, a.out_channels, a.kernel_size) for a in model.net_hint.adapters] == \
         [(32, 32, (1, 1)), (16, 16, (1, 1)), (16, 8, (1, 1))]
     # a pair with different resolutions: student 1/4 level vs teacher full-resolution level -> resized
     opt = distill_opt(tmp_path, teacher_ckpt, hint_layers=[['decoder_level3', 'decoders.3']])
     model = build_model(opt)
     lq, gt = noisy_patches(2, 32)
     _, t_feats = model.teacher_tap.run(model.net_t, lq)
-    out, hints = model.net_g(lq, [f.shape[-2:] for f in t_feats])
-    reset_states(model.net_g)
+    out, s_feats = model.student_tap.run(model.net_g, lq)
+    hints = model.net_hint(s_feats, [f.shape[-2:] for f in t_feats])
     assert out.shape == lq.shape and hints[0].shape == t_feats[0].shape == (2, 8, 32, 32)
 
 
@@ -186,7 +185,6 @@ def test_default_hints_pair_equal_resolutions_for_any_nafnet_depth(levels, expec
     x = torch.rand(1, 3, 32, 32)
     s_feats = FeatureTap(student, [p[0] for p in pairs], 'student').run(student, x)[1]
     t_feats = FeatureTap(teacher, [p[1] for p in pairs], 'teacher').run(teacher, x)[1]
-    reset_states(student)
     assert [f.shape[-2:] for f in s_feats] == [f.shape[-2:] for f in t_feats]
     assert default_hint_layers(student, build_network({'type': 'Restormer', 'dim': 8, 'num_blocks': [1] * 4,
                                                        'num_refinement_blocks': 1, 'heads': [1, 1, 2, 2]})) == \
@@ -243,7 +241,7 @@ def test_speed_section_switches_layout_precision_and_compile(tmp_path, teacher_c
     opt = distill_opt(tmp_path, teacher_ckpt)
     opt['speed'] = {'compile': {'backend': 'eager'}}
     compiled = build_model(opt)
-    assert compiled._net_g_fwd is not compiled.net_g and compiled._net_t_fwd is not compiled.net_t
+    assert compiled.net_g_forward is not compiled.net_g and compiled._net_t_fwd is not compiled.net_t
     for a, b in zip(_train_losses(compiled), reference):
         assert a == pytest.approx(b, rel=1e-5, abs=1e-7)
     # channels_last + bf16: NHWC conv weights in student, adapters and teacher; fp32 neuron state; fp32 losses
@@ -251,20 +249,20 @@ def test_speed_section_switches_layout_precision_and_compile(tmp_path, teacher_c
     opt = distill_opt(tmp_path, teacher_ckpt)
     opt['speed'] = {'channels_last': True, 'bf16': True}
     model = build_model(opt)
-    for net in (model.net_g.student, model.net_g.adapters, model.net_t):
+    for net in (model.net_g, model.net_hint, model.net_t):
         convs = [m for m in net.modules() if isinstance(m, nn.Conv2d) and m.weight.dim() == 4]
         assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
     state_dtypes = set()
-    for m in model.net_g.student.modules():
-        if isinstance(m, BaseNode):
-            m.register_forward_hook(lambda mod, i, o: state_dtypes.add(mod.v.dtype))
+    for m in model.net_g.modules():
+        if isinstance(m, BaseNode):  # a neuron's state takes the dtype of its (pre-hooked) input
+            m.register_forward_hook(lambda mod, i, o: state_dtypes.add(i[0].dtype))
     logs = _train_losses(model)
     assert state_dtypes == {torch.float32} and model.output.dtype == torch.float32
     for a, b in zip(logs, reference):
         assert set(a) == set(b) and all(np.isfinite(v) for v in a.values())
         assert a['l_pix'] == pytest.approx(b['l_pix'], rel=0.05)  # bf16 rounding, same training otherwise
     opt['speed'] = {'cuda_graph': True}
-    with pytest.raises(ValueError, match='speed.cuda_graph is not supported by SpikerIRDistillModel'):
+    with pytest.raises(ValueError, match='speed.cuda_graph is not supported by the training models'):
         build_model(opt)
 
 
@@ -301,7 +299,7 @@ def test_ema_averages_parameters_and_batchnorm_buffers(tmp_path, teacher_ckpt):
     model.optimize_parameters(1)
     ema_before = {k: v.clone() for k, v in model.net_g_ema.state_dict().items()}
     model.optimize_parameters(2)
-    student = model.net_g.student.state_dict()
+    student = model.net_g.state_dict()
     bn_keys = [k for k in student if k.endswith('running_mean')]
     assert bn_keys, 'the tiny student should hold tdBN running statistics'
     for key, value in model.net_g_ema.state_dict().items():
@@ -348,7 +346,7 @@ def test_fine_tuning_from_a_raw_state_dict_initialises_the_ema_from_it(tmp_path,
     opt['path'].update(pretrain_network_g=str(tmp_path / 'official_student.pth'), param_key_g=None)
     model = build_model(opt)
     for key, value in raw.items():
-        assert torch.equal(model.net_g.student.state_dict()[key], value), key
+        assert torch.equal(model.net_g.state_dict()[key], value), key
         assert torch.equal(model.net_g_ema.state_dict()[key], value), key
 
 
@@ -372,22 +370,19 @@ def test_tiled_inference_equals_whole_image_inference():
         torch.testing.assert_close(tiled_forward(up, x, 10, 2), up(x), atol=1e-6, rtol=0)
 
 
-def test_spiking_tiles_are_independent_because_state_is_reset():
-    torch.manual_seed(1)  # a seed whose leftover membrane potential visibly changes a second forward
-    net = build_network(TINY_STUDENT).eval()
+def test_spiking_tiles_are_independent_forwards():
+    torch.manual_seed(1)
+    net = build_network(TINY_STUDENT).train()  # batch statistics: activations at firing scale
     patch = torch.rand(1, 3, 16, 16)
     with torch.no_grad():
         first = net(patch)
-        carried = net(patch)  # no reset: the membrane potential of the first call leaks into the second
-        reset_states(net)
-        assert (first - carried).abs().max() > 1e-6, 'the check below would not detect a missing reset'
         out = tiled_forward(net, torch.cat([patch, patch], dim=-1), 16, 0)
     assert out.shape == (1, 3, 16, 32) and torch.isfinite(out).all()
     torch.testing.assert_close(out[..., :16], out[..., 16:], atol=0, rtol=0)
     torch.testing.assert_close(out[..., :16], first, atol=1e-6, rtol=0)
 
 
-def test_model_validation_with_tiles_uses_bare_net_and_resets(tmp_path, teacher_ckpt):
+def test_model_validation_with_tiles_uses_bare_net_and_repeats(tmp_path, teacher_ckpt):
     opt = distill_opt(tmp_path, teacher_ckpt)
     opt['val'] = {'tile': {'size': 16, 'overlap': 4}, 'metrics': {'psnr': {'type': 'calculate_psnr',
                                                                           'crop_border': 0}}}
@@ -504,7 +499,7 @@ def _ddp_worker(rank, world_size, init_file, teacher_path, out_dir):
     opt.update(dist=True, rank=rank, world_size=world_size)
     opt['val'] = {'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0}}}
     model = build(opt)
-    init_adapters = [p.detach().clone() for p in model.get_bare_model(model.net_g).adapters.parameters()]
+    init_adapters = [p.detach().clone() for p in model.get_bare_model(model.net_hint).parameters()]
     lq, gt = noisy_patches(2, 32, seed=10 + rank)  # different data per rank
     for it in (1, 2):
         model.feed_data({'lq': lq, 'gt': gt})
@@ -512,9 +507,10 @@ def _ddp_worker(rank, world_size, init_file, teacher_path, out_dir):
         if rank == 0:  # rank-0-only inference, as dist_validation does; must not enter DDP collectives
             model.feed_data({'lq': lq[:1]})
             model.test()
-    bare = model.get_bare_model(model.net_g)
-    changed = any(not torch.equal(a, b) for a, b in zip(init_adapters, bare.adapters.parameters()))
-    params = {k: v.detach() for k, v in bare.named_parameters()}  # buffers (BN stats) stay per-rank by design
+    adapters = model.get_bare_model(model.net_hint)
+    changed = any(not torch.equal(a, b) for a, b in zip(init_adapters, adapters.parameters()))
+    params = {k: v.detach() for k, v in model.get_bare_model(model.net_g).named_parameters()}  # not BN stats
+    params.update({f'hint.{k}': v.detach() for k, v in adapters.named_parameters()})
     torch.save({'state': params, 'adapters_changed': changed}, os.path.join(out_dir, f'rank{rank}.pth'))
     dist.barrier()
     dist.destroy_process_group()
@@ -525,7 +521,7 @@ def test_ddp_all_reduces_student_and_adapter_gradients(tmp_path, teacher_ckpt):
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / 'init'), teacher_ckpt, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = torch.load(tmp_path / 'rank0.pth'), torch.load(tmp_path / 'rank1.pth')
     assert r0['adapters_changed'] and r1['adapters_changed']
-    assert any(k.startswith('adapters.') for k in r0['state'])
+    assert any(k.startswith('hint.adapters.') for k in r0['state'])
     for key in r0['state']:
         torch.testing.assert_close(r0['state'][key], r1['state'][key], atol=1e-6, rtol=1e-5, msg=key)
 
@@ -559,10 +555,9 @@ BAD_INPUTS = [
     ('train.kd_schedule', {'type': 'step', 'start': 1, 'steps': 100}, ValueError, r'needs `steps`, a non-empty'),
     ('train.kd_schedule', {'type': 'step', 'start': 1, 'steps': [5], 'start_iter': 3}, ValueError,
      r"keys \['start_iter'\] are not used by type 'step'"),
-    ('path.resume_state', '/tmp/x.state', ValueError, 'ignore_resume_networks must include network_t'),
     ('network_t', _DELETE, ValueError, 'need a teacher: add network_t'),
     ('network_g', {'type': 'SPIDEN', 'width': 8, 'depth': 3, 'T': 2}, ValueError,
-     r"train.hint_layers is required: no default hint layers for student 'SPIDEN' with teacher 'NAFNet'"),
+     r"train.hint_layers is required: SPIDEN declares no hint layers"),
     ('train', {'optim_g': {'type': 'Adam', 'lr': 1e-3}}, ValueError, 'no loss configured'),
     ('num_gpu', 2, ValueError, r'num_gpu: 2 without a launcher means DataParallel.*torchrun.*--launcher pytorch'),
 ]
@@ -571,7 +566,5 @@ BAD_INPUTS = [
 @pytest.mark.parametrize('key, value, error, message', BAD_INPUTS, ids=[f'{b[0]}={b[1]!r}'[:60] for b in BAD_INPUTS])
 def test_bad_input_gives_a_clear_error(tmp_path, teacher_ckpt, key, value, error, message):
     opt = _with(distill_opt(tmp_path, teacher_ckpt), key, value)
-    if key == 'path.resume_state':
-        opt['path']['ignore_resume_networks'] = None
     with pytest.raises(error, match=message):
         build_model(opt)

@@ -11,9 +11,9 @@ from torch import nn
 
 import spikerir_plugin  # noqa: F401  (registers SpikerIR / NAFNet)
 from basicsr.archs import build_network
+from spikerir_plugin.archs.neurons import StatelessLIFNode
 from spikerir_plugin.tools import energy_report
 from spikerir_plugin.tools.energy_report import make_input, measure_energy
-from spikerir_plugin.utils.snn import reset_states
 
 T, B = 3, 2
 
@@ -24,7 +24,7 @@ class TinySNN(nn.Module):
     def __init__(self):
         super().__init__()
         self.T = T
-        lif = lambda: neuron.LIFNode(tau=2.0, decay_input=False, v_threshold=0.15, step_mode='m')  # noqa: E731
+        lif = lambda: StatelessLIFNode(tau=2.0, decay_input=False, v_threshold=0.15, step_mode='m')  # noqa: E731
         self.conv_in = layer.Conv2d(3, 6, 3, padding=1, bias=False, step_mode='m')
         self.lif1, self.lif2, self.lif3 = lif(), lif(), lif()
         self.conv1 = layer.Conv2d(6, 6, 3, padding=1, bias=False, step_mode='m')
@@ -87,7 +87,6 @@ def hand_counts(net, x):
     hs += [m.register_forward_hook(lif_hook) for m in net.modules() if isinstance(m, neuron.BaseNode)]
     with torch.no_grad():
         net(x)
-    reset_states(net)
     for h in hs:
         h.remove()
     return counts, rates

@@ -16,7 +16,8 @@ from conftest import PYTHON, REPO_ROOT, subprocess_env
 TRAIN_SCRIPT = os.path.join(REPO_ROOT, 'spikerir_plugin', 'train.py')
 
 
-def tiny_train_options(name, pairs, total_iter=10, save_freq=5, val_freq=5, network=None, model_type='SRModel'):
+def tiny_train_options(name, pairs, total_iter=10, save_freq=5, val_freq=5, network=None,
+                       model_type='SpikingSRModel'):
     """Options for a seconds-long CPU run: 8 training pairs, batch 2 -> 4 iterations per epoch, random 32x32 crops,
     flips and rotations (so an exact resume must restore the random streams too)."""
     return {
@@ -75,7 +76,7 @@ def test_registries_hold_plugin_names_once():
     import spikerir_plugin  # noqa: F401
     from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
     expected = {ARCH_REGISTRY: ['ESDNet', 'SpikerIR', 'SPIDEN', 'NAFNet', 'Restormer'],
-                MODEL_REGISTRY: ['SpikerIRDistillModel'],
+                MODEL_REGISTRY: ['SpikingSRModel', 'SpikerIRDistillModel'],
                 LOSS_REGISTRY: ['FFTLoss', 'HintLoss', 'PSNRLoss'],
                 DATASET_REGISTRY: ['GaussianDenoiseDataset']}
     for registry, names in expected.items():
@@ -222,7 +223,7 @@ def test_literal_basicsr_train_command_from_a_checkout(tmp_path, tiny_pairs):
     proc = run([PYTHON, 'basicsr/train.py', '-opt', 'options/train_tiny.yml'], cwd=checkout, env=env)
     assert_ok(proc)
     assert (checkout / 'experiments' / 'literal' / 'models' / 'net_g_2.pth').is_file()
-    # resume through basicsr's own script (run as __main__): the plugin's CPU-safe, exact resume is used there too
+    # resume through basicsr's own script (run as __main__): the plugin model's exact resume is used there too
     opt['train']['total_iter'] = 4
     write_options(checkout / 'options' / 'train_tiny.yml', opt)
     proc = run([PYTHON, 'basicsr/train.py', '-opt', 'options/train_tiny.yml', '--auto_resume'], cwd=checkout, env=env)
@@ -242,7 +243,7 @@ def test_resume_keeps_the_frozen_teacher_checkpoint_and_param_key(tmp_path):
     states = tmp_path / 'training_states'
     states.mkdir()
     torch.save({'iter': 20, 'epoch': 1, 'optimizers': [], 'schedulers': []}, states / '20.state')
-    opt = {'auto_resume': True, 'num_gpu': 0, 'rank': 0,
+    opt = {'auto_resume': True, 'num_gpu': 0, 'rank': 0, 'model_type': 'SpikerIRDistillModel',
            'network_g': {'type': 'SpikerIR'}, 'network_t': {'type': 'NAFNet'},
            'path': {'training_states': str(states), 'models': str(tmp_path / 'models'),
                     'pretrain_network_g': None, 'param_key_g': 'params_ema',
@@ -253,3 +254,31 @@ def test_resume_keeps_the_frozen_teacher_checkpoint_and_param_key(tmp_path):
     assert opt['path']['pretrain_network_t'] == 'teachers/nafnet.pth' and opt['path']['param_key_t'] == 'params_ema'
     assert opt['path']['pretrain_network_g'].endswith('net_g_20.pth')  # the student does resume from its save
     assert opt['path']['param_key_g'] == 'params'
+
+
+def test_basicsr_models_keep_basicsr_behaviour_with_the_plugin_installed(tmp_path, tiny_pairs):
+    """A guest changes nothing for runs that do not use its models: an SRModel run trains through basicsr's own
+    train_pipeline, BaseModel.save_training_state and EnlargedSampler, and writes basicsr's state layout."""
+    import spikerir_plugin  # noqa: F401
+    import basicsr.train
+    from basicsr.data.data_sampler import EnlargedSampler
+    from basicsr.models.base_model import BaseModel
+    from basicsr.models.sr_model import SRModel
+    assert BaseModel.save_training_state.__wrapped__.__module__ == 'basicsr.models.base_model'  # inside master_only
+    assert BaseModel.resume_training.__module__ == 'basicsr.models.base_model'
+    assert SRModel.__dict__.get('save') is not None and SRModel.save.__module__ == 'basicsr.models.sr_model'
+    assert EnlargedSampler.__iter__.__module__ == EnlargedSampler.set_epoch.__module__ == 'basicsr.data.data_sampler'
+    assert basicsr.train.train_pipeline.__module__ == 'basicsr.train'
+    opt = tiny_train_options('plain', tiny_pairs, total_iter=6, save_freq=2, model_type='SRModel')
+    yml = write_options(tmp_path / 'plain.yml', opt)
+    assert_ok(run([PYTHON, TRAIN_SCRIPT, '-opt', yml], cwd=tmp_path))
+    state = torch.load(tmp_path / 'experiments' / 'plain' / 'training_states' / '6.state', weights_only=True)
+    assert set(state) == {'epoch', 'iter', 'optimizers', 'schedulers'}  # no plugin keys (rng, ...)
+    # basicsr's own (epoch-restarting) resume, made to load on a CPU-only machine
+    opt['train']['total_iter'] = 8
+    proc = run([PYTHON, TRAIN_SCRIPT, '-opt', write_options(tmp_path / 'plain2.yml', opt), '--auto_resume'],
+               cwd=tmp_path)
+    assert_ok(proc)
+    log = '\n'.join(open(p).read() for p in glob.glob(str(tmp_path / 'experiments' / 'plain' / 'train_*.log')))
+    assert 'Resuming training from epoch: 1, iter: 6' in log and 'skipping' not in log
+    assert (tmp_path / 'experiments' / 'plain' / 'models' / 'net_g_8.pth').is_file()

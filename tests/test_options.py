@@ -48,7 +48,8 @@ def test_every_train_file_has_a_matching_test_file():
 @pytest.mark.parametrize('name', TRAIN_FILES)
 def test_train_options_parse_and_build_the_model(monkeypatch, tmp_path, name):
     opt = parse(monkeypatch, tmp_path, name, is_train=True)
-    assert opt['model_type'] == 'SpikerIRDistillModel' and opt['is_train'] and not opt['dist']
+    expected = 'SpikerIRDistillModel' if 'network_t' in opt else 'SpikingSRModel'
+    assert opt['model_type'] == expected and opt['is_train'] and not opt['dist']
     assert opt['num_gpu'] == torch.cuda.device_count()  # `auto`
     assert opt['train']['optim_g']['type'] == 'AdamW' and opt['train']['scheduler']['type'] == 'CosineAnnealingLR'
     for phase in ('train', 'val'):
@@ -96,7 +97,7 @@ def test_test_options_parse_and_build_the_bare_student(monkeypatch, tmp_path, na
     opt['path']['pretrain_network_g'] = str(tmp_path / 'student.pth')
     opt['num_gpu'] = 0
     model = build_model(opt)
-    assert type(model.net_g).__name__ == net_opt['type'] and model.net_t is None
+    assert type(model.net_g).__name__ == net_opt['type'] and getattr(model, 'net_t', None) is None
     model.feed_data({'lq': torch.rand(1, 3, 24, 40)})
     model.test()
     assert model.output.shape == (1, 3, 24, 40) and torch.isfinite(model.output).all()

@@ -92,6 +92,10 @@ class NAFNet(nn.Module):
             self.decoders.append(nn.Sequential(*[NAFBlock(chan) for _ in range(num)]))
         self.padder_size = 2 ** len(self.encoders)
 
+    def hint_layers(self):
+        """Decoder levels offered as distillation hints, coarse to fine (the depth is a constructor argument)."""
+        return [f'decoders.{i}' for i in range(len(self.decoders))]
+
     def forward(self, inp):
         h, w = inp.shape[-2:]
         inp = pad_to_multiple(inp, self.padder_size, mode='constant')

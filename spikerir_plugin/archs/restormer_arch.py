@@ -117,6 +117,8 @@ class Upsample(nn.Module):
 
 @ARCH_REGISTRY.register()
 class Restormer(nn.Module):
+    # decoder levels offered as distillation hints, coarse to fine (1/4, 1/2, 1 of the input size)
+    hint_layers = ('decoder_level3', 'decoder_level2', 'decoder_level1')
     def __init__(self, inp_channels=3, out_channels=3, dim=48, num_blocks=(4, 6, 6, 8), num_refinement_blocks=4,
                  heads=(1, 2, 4, 8), ffn_expansion_factor=2.66, bias=False, LayerNorm_type='WithBias',
                  dual_pixel_task=False):

@@ -4,13 +4,16 @@ Submodule names follow the official ESDNet model.py (MingTian99/ESDNet), so ESDN
 Neuron and tdBN settings are ESDNet's: LIF tau=2, decay_input=False, v_th=0.15, hard reset to 0, Sigmoid(4)
 surrogate; tdBN alpha=1/sqrt(2).
 """
+import contextlib
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from spikingjelly.activation_based import base, layer, neuron
+from torch.utils.checkpoint import checkpoint
+from spikingjelly.activation_based import base, layer
 
+from spikerir_plugin.archs.neurons import StatelessIFNode, StatelessLIFNode
 from spikerir_plugin.archs.padding import pad_to_multiple
 from spikerir_plugin.utils.snn import time_mean
 
@@ -29,8 +32,8 @@ def check_choice(name, value, valid):
 def make_neuron(kind='lif', v_threshold=V_TH):
     check_choice('neuron', kind, NEURONS)
     if kind == 'lif':
-        return neuron.LIFNode(tau=2.0, decay_input=False, v_threshold=v_threshold, step_mode='m')
-    return neuron.IFNode(v_threshold=v_threshold, step_mode='m')
+        return StatelessLIFNode(tau=2.0, decay_input=False, v_threshold=v_threshold, step_mode='m')
+    return StatelessIFNode(v_threshold=v_threshold, step_mode='m')
 
 
 def conv(in_channels, out_channels, kernel_size=3, stride=1, bias=False):
@@ -119,6 +122,23 @@ def make_attention(kind, T, C, reduction_t=4, reduction_c=16):
     return cls(T=T, C=C, reduction_t=reduction_t, reduction_c=reduction_c, kernel_size=3)
 
 
+@contextlib.contextmanager
+def frozen_batchnorm_statistics(module):
+    """Batch norms inside ``module`` normalise with batch statistics as usual but leave their running statistics
+    (and batch counters) untouched: a recomputed forward must not count the same batch twice."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+             and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(norms, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
+
+
 class SpikingResidualBlock(nn.Module):
     """ESDNet's SRB: attn(residual(x) + shortcut(.)) + x, residual = [neuron, conv, tdBN] x 2.
 
@@ -136,8 +156,21 @@ class SpikingResidualBlock(nn.Module):
                                       make_neuron(neuron), conv(dim, dim), tdbn(dim, V_TH * 0.2))
         self.shortcut = nn.Sequential(conv(dim, dim), tdbn(dim))
         self.attn = make_attention(attention, T, dim, reduction_t, reduction_c)
+        self.activation_checkpoint = False  # speed.checkpoint: recompute in backward instead of storing
 
     def forward(self, x):
+        if self.activation_checkpoint and torch.is_grad_enabled():
+            calls = []
+
+            def block(inp):  # the second call is the recomputation during backward
+                calls.append(None)
+                with frozen_batchnorm_statistics(self) if len(calls) > 1 else contextlib.nullcontext():
+                    return self._forward(inp)
+
+            return checkpoint(block, x, use_reentrant=False, preserve_rng_state=False)
+        return self._forward(x)
+
+    def _forward(self, x):
         if self.spike_shortcut:
             first_neuron, *rest = self.residual
             spikes = y = first_neuron(x)
@@ -205,7 +238,8 @@ class SpikingUNet(nn.Module):
     Level widths dim, 2*dim, 4*dim; level 2 fuses the skip by concat + LIF/1x1 conv/tdBN; level 1 concatenates the
     skip without reduction, so decoder_level1 runs at 2*dim. `enc_blocks`/`dec_blocks` are indexed by level
     (index 0 = level 1). Subclasses define `head(features)` mapping [B, 2*dim, H, W] to the output residual.
-    H and W are reflect-padded to multiples of 4 and cropped back. Spiking state is never reset here.
+    H and W are reflect-padded to multiples of 4 and cropped back. Every neuron starts each call at rest
+    (archs/neurons.py), so the output depends on the input alone.
     """
 
     def __init__(self, in_channels, dim, enc_blocks, dec_blocks, T, neuron='lif', attention='fast',
@@ -254,6 +288,10 @@ class SpikingUNet(nn.Module):
 
     def head(self, features):
         raise NotImplementedError
+
+    def hint_layers(self):
+        """Decoder levels offered as distillation hints, coarse to fine (1/4, 1/2, 1 of the input size)."""
+        return ['decoder_level3', 'decoder_level2', 'decoder_level1']
 
     def forward(self, x):
         if x.dim() != 4:

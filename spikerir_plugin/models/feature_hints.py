@@ -1,8 +1,12 @@
-"""Feature hints for ANN->SNN distillation: forward hooks, 1x1 adapters and the trainable student wrapper.
+"""Feature hints for ANN->SNN distillation: which layers, forward hooks that read them, and the 1x1 adapters.
 
-The adapters are trained with the student, so they must sit inside the module that DDP wraps (their gradients are
-all-reduced with the student's). ``StudentWithAdapters`` is that module: ``forward(x)`` is the plain student and
-``forward(x, hint_sizes)`` also returns the adapted hint features, computed inside the (DDP) forward.
+Archs declare the layers they offer as hints with ``hint_layers``: a method (or a class attribute) returning module
+names, coarse to fine (e.g. SpikerIR's ``['decoder_level3', 'decoder_level2', 'decoder_level1']``). Any registered
+arch, a user's included, can provide it; ``train.hint_layers`` in the options overrides the pairing.
+
+The adapters are trained with the student; ``HintAdapters`` is a module of its own that the model wraps in DDP like
+the student, so its gradients are all-reduced too, while the student stays the bare arch that basicsr saves, loads
+and averages (EMA) as usual.
 """
 import difflib
 
@@ -10,36 +14,46 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from spikerir_plugin.utils.snn import reset_states, time_mean
+from spikerir_plugin.utils.snn import time_mean
 
 _MAX_LISTED = 30
-_ARCHS_WITH_DECODER_LEVELS = ('SpikerIR', 'ESDNet', 'NAFNet', 'Restormer')
 
 
-def decoder_levels(net):
-    """Decoder-level module names of a known arch, coarse to fine (None for other archs).
-
-    NAFNet's depth is a constructor argument, so its levels are read off the built network."""
-    name = type(net).__name__
-    if name in ('SpikerIR', 'ESDNet', 'Restormer'):
-        return ['decoder_level3', 'decoder_level2', 'decoder_level1']
-    if name == 'NAFNet':
-        return [f'decoders.{i}' for i in range(len(net.decoders))]
-    return None
+def declared_hint_layers(net):
+    """The module names ``net`` declares as hint layers (coarse to fine), or None if it declares none."""
+    declared = getattr(net, 'hint_layers', None)
+    if declared is None:
+        return None
+    names = declared() if callable(declared) else declared
+    return [str(n) for n in names]
 
 
 def default_hint_layers(student, teacher):
-    """[[student, teacher], ...]: the finest decoder levels of both networks, paired from full resolution upwards
+    """[[student, teacher], ...]: the finest levels both networks declare, paired from the finest upwards
     (SpikerIR's decoder_level1/2/3 sit at 1, 1/2, 1/4 of the input, as do a NAFNet's last three decoders).
-    A ValueError asks for train.hint_layers when either arch has no known decoder levels."""
-    s, t = decoder_levels(student), decoder_levels(teacher)
+    A ValueError asks for train.hint_layers when either arch declares none."""
+    s, t = declared_hint_layers(student), declared_hint_layers(teacher)
     if not s or not t:
+        missing = [type(n).__name__ for n, d in ((student, s), (teacher, t)) if not d]
         raise ValueError(
-            f'train.hint_layers is required: no default hint layers for student {type(student).__name__!r} with '
-            f'teacher {type(teacher).__name__!r} (defaults exist between {list(_ARCHS_WITH_DECODER_LEVELS)} with '
-            'at least one decoder level). Give a list of [student_module, teacher_module] pairs.')
+            f'train.hint_layers is required: {", ".join(missing)} declares no hint layers. Give a list of '
+            '[student_module, teacher_module] pairs, or define `hint_layers()` on the arch (module names, coarse '
+            'to fine).')
     k = min(len(s), len(t))
     return [[a, b] for a, b in zip(s[len(s) - k:], t[len(t) - k:])]
+
+
+def input_channels(net):
+    """Image channels a network reads: its ``in_channels``-like attribute, else its first convolution's."""
+    for name in ('in_channels', 'inp_channels', 'img_channel', 'num_in_ch'):
+        value = getattr(net, name, None)
+        if isinstance(value, int):
+            return value
+    for module in net.modules():
+        if isinstance(module, (nn.Conv2d, nn.Conv3d, nn.Linear)):
+            return module.in_channels if hasattr(module, 'in_channels') else module.in_features
+    raise ValueError(f'{type(net).__name__}: cannot tell how many input channels it reads (no in_channels '
+                     'attribute and no convolution)')
 
 
 def parse_hint_layers(hint_layers):
@@ -108,40 +122,32 @@ class FeatureTap:
             h.remove()
 
 
-class StudentWithAdapters(nn.Module):
-    """The trained module: the student plus one 1x1 conv adapter per hint layer (student C -> teacher C).
+class HintAdapters(nn.Module):
+    """One 1x1 conv per hint layer (student channels -> teacher channels). ``forward(features, sizes)`` averages
+    each multi-step student feature over T (as the readout does), adapts it and resizes it to the teacher's size."""
 
-    ``state_dict`` keys are ``student.*`` and ``adapters.*``; the model saves them separately so that checkpoints
-    hold the bare student's keys."""
-
-    def __init__(self, student, student_layers, in_channels, out_channels):
+    def __init__(self, in_channels, out_channels):
         super().__init__()
-        self.student = student
         self.adapters = nn.ModuleList(nn.Conv2d(ci, co, 1) for ci, co in zip(in_channels, out_channels))
-        self.tap = FeatureTap(student, student_layers, 'student')
 
-    def forward(self, x, hint_sizes=None):
-        if hint_sizes is None:
-            return self.student(x)
-        out, feats = self.tap.run(self.student, x)
+    def forward(self, features, sizes):
         hints = []
-        for adapter, feat, size in zip(self.adapters, feats, hint_sizes):
-            h = adapter(time_mean(feat))  # spike/membrane features averaged over T, as the readout does
+        for adapter, feat, size in zip(self.adapters, features, sizes):
+            h = adapter(time_mean(feat))
             if tuple(h.shape[-2:]) != tuple(size):
                 h = F.interpolate(h, size=tuple(size), mode='bilinear', align_corners=False)
             hints.append(h)
-        return out, hints
+        return hints
 
 
 @torch.no_grad()
-def probe_channels(net, tap, in_channels, size, device):
+def probe_shapes(net, tap, size, device):
     """Run net once (eval mode, dummy input) and return [(C, H, W)] of the tapped features (T averaged)."""
     was_training = net.training
     net.eval()
     try:
-        _, feats = tap.run(net, torch.zeros(1, in_channels, size, size, device=device))
+        _, feats = tap.run(net, torch.zeros(1, input_channels(net), size, size, device=device))
     finally:
-        reset_states(net)
         net.train(was_training)
     shapes = []
     for name, f in zip(tap.names, feats):

@@ -7,11 +7,9 @@ whole-image inference. Over several tiles the result equals whole-image inferenc
 (receptive-field radius <= O//2, no strided downsampling misaligned with the tile grid, no pooling over the whole
 image); all the plugin's archs pool gates over the image (SpikerIR/ESDNet attention, NAFNet's channel attention,
 Restormer's transposed attention), so for them tiles are an approximation that bounds memory: use large tiles.
-Spiking state is reset after every tile.
+Each tile is an independent forward (the spiking archs keep no state between calls).
 """
 import torch
-
-from spikerir_plugin.utils.snn import reset_states
 
 
 def check_tile_opt(tile_opt):
@@ -55,7 +53,6 @@ def tiled_forward(net, x, size, overlap):
     for r, (r_lo, r_hi) in zip(rows, _owned_ranges(rows, size, h)):
         for c, (c_lo, c_hi) in zip(cols, _owned_ranges(cols, size, w)):
             tile_out = net(x[..., r:r + th, c:c + tw])
-            reset_states(net)
             scale = tile_out.shape[-1] // tw
             if out is None:
                 out = x.new_zeros(x.shape[0], tile_out.shape[1], h * scale, w * scale)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from spikerir_plugin.archs.neurons import check_stateless
 from spikerir_plugin.utils.checkpoint import load_weights
 
 E_MAC_PJ, E_AC_PJ = 4.6, 0.9
@@ -169,11 +170,9 @@ def _self_counts(net, counter):
 
 
 def measure_energy(net, input_shape=(1, 3, 256, 256), inputs=None, e_mac=E_MAC_PJ, e_ac=E_AC_PJ):
-    """Measure one network under torch.no_grad (the net is moved to CPU and set to eval mode; spiking state is
-    reset before and after each pass). Returns a JSON-serialisable dict:
+    """Measure one network under torch.no_grad (the net is moved to CPU and set to eval mode). Returns a JSON-serialisable dict:
     layers (per layer: name, type, kind, fr_in, synops, macs, energy_pj), neurons ({name: firing rate}),
     totals, first_layer (name and how many times it processed the input image), convention."""
-    from spikerir_plugin.utils.snn import reset_states
     from spikingjelly.activation_based.op_counter import DispatchCounterMode
     b, c, h, w = input_shape
     x = inputs if inputs is not None else make_input((h, w), b, channels=c)
@@ -181,13 +180,11 @@ def measure_energy(net, input_shape=(1, 3, 256, 256), inputs=None, e_mac=E_MAC_P
     neuron_types = _spiking_neuron_types()
     spiking = any(isinstance(m, neuron_types) for m in net.modules())
     with torch.no_grad():
-        reset_states(net)
         order, neurons, layers = _hook_pass(net, x, neuron_types)
-        reset_states(net)
+        check_stateless(net)  # the counting pass below must see the same input-only forward
         syn, mac = _make_counters(spiking)
         with DispatchCounterMode([c for c in (syn, mac) if c is not None]):
             net(x)
-        reset_states(net)
     own_syn, own_mac = _self_counts(net, syn), _self_counts(net, mac)
 
     modules = dict(net.named_modules())
@@ -301,8 +298,10 @@ def plot_report(student, path, title=''):
 def build_from_options(opt, which='g', ckpt=None, param_key=None):
     """Network `network_<which>` of a parsed options dict, with weights from ckpt or path.pretrain_network_<which>
     (random init when neither is given)."""
-    from spikerir_plugin.models.spikerir_distill_model import build_registered_network
-    net = build_registered_network(dict(opt[f'network_{which}']), f'network_{which}')
+    from basicsr.archs import build_network
+    from spikerir_plugin.models.spiking_sr_model import check_network_opt
+    check_network_opt(opt.get(f'network_{which}'), f'network_{which}')
+    net = build_network(dict(opt[f'network_{which}']))
     path_opt = opt.get('path') or {}
     ckpt = ckpt or path_opt.get(f'pretrain_network_{which}')
     if ckpt:

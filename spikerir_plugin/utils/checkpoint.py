@@ -1,15 +1,68 @@
-"""Strict, explicit loading of network weights from a checkpoint, with errors that name the option to fix.
+"""The one reader of checkpoints and training states, and strict weight loading with errors that name the option.
 
-Used for the frozen teacher (network_t), by the energy report and by the demo; basicsr's own load_network stays in
-charge of network_g inside the pipeline (resume, EMA keys)."""
+Every file the plugin loads (teacher, student pretrain, EMA, resume state, energy report, demo, restore) goes
+through ``read_checkpoint``, which turns each way a file can be unreadable into one error naming the file, the
+option that pointed at it and the likely fix: missing, empty (a run killed while writing it with a writer that is
+not atomic), truncated or corrupt archive, not a torch file at all, or a pickle that ``torch.load(weights_only=True)``
+refuses (naming the global and how to allow it for a trusted file). ``load_weights`` then loads a state dict from it
+strictly, listing the keys present when the param key or the network does not match.
+"""
 import os
+import re
 
 import torch
 from basicsr.utils import get_root_logger
 
-from spikerir_compat import torch_load
-
 _MAX_LISTED = 20
+_GLOBAL_RE = re.compile(r'GLOBAL ([\w.]+) was not an allowed global')
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or training state that cannot be used; the message names the file, the option and the fix."""
+
+
+def read_checkpoint(path, key='path', kind='checkpoint', fix=None, map_location='cpu'):
+    """torch.load(path, weights_only=True) on the CPU, with a clear error for every kind of unreadable file.
+
+    key: the option that named the file (e.g. ``path.pretrain_network_t``), quoted in the errors.
+    kind: what the file is ('teacher checkpoint', 'training state', ...). fix: a sentence appended to errors about
+    a damaged file (what the user can do, e.g. resume from an earlier state)."""
+    where = f'{key}: {kind} {str(path)!r}'
+    if path is None:
+        raise ValueError(f'{key} is not set: give the path of the {kind}')
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'{where} does not exist (relative paths are resolved against the current '
+                                f'directory {os.getcwd()!r})')
+    if os.path.isdir(path):
+        raise CheckpointError(f'{where} is a directory, not a file')
+    damaged = f' {fix}' if fix else ' Re-create or re-download it.'
+    size = os.path.getsize(path)
+    if size == 0:
+        raise CheckpointError(f'{where} is empty (0 bytes): it was probably cut off while being written (a killed '
+                              f'run or a full disk).{damaged}')
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, EOFError, KeyError, UnpicklingError, ... by case
+        message = str(error)
+        if 'weights_only' in message.lower() or 'weights only' in message.lower():
+            unsafe = _GLOBAL_RE.search(message)
+            if unsafe:
+                name = unsafe.group(1)
+                raise CheckpointError(
+                    f'{where} holds a pickled object of type {name}, which torch.load(weights_only=True) refuses '
+                    f'to load. If you trust the file, allow it before training: `import torch; '
+                    f'torch.serialization.add_safe_globals([{name}])` (import {name.rpartition(".")[0] or name} '
+                    f'first), or save only the state dict: torch.save({{"params": net.state_dict()}}, path)'
+                ) from None
+        with open(path, 'rb') as f:
+            head = f.read(4)
+        if head.startswith(b'PK'):
+            raise CheckpointError(f'{where} is a damaged torch archive ({size} bytes; torch: '
+                                  f'{message.splitlines()[0][:160]}): it was probably truncated or corrupted '
+                                  f'while being written or copied.{damaged}') from None
+        raise CheckpointError(f'{where} is not a torch checkpoint (torch.save file) or is corrupt '
+                              f'({size} bytes, starts with {head!r}; torch: {type(error).__name__}: '
+                              f'{message.splitlines()[0][:160] if message else ""}).{damaged}') from None
 
 
 def _listing(keys):
@@ -22,23 +75,23 @@ def _is_state_dict(obj):
     return isinstance(obj, dict) and bool(obj) and all(torch.is_tensor(v) for v in obj.values())
 
 
-def load_weights(net, path, param_key='params', strict=True, which='t'):
+def load_weights(net, path, param_key='params', strict=True, which='t', option=None):
     """Load checkpoint ``path`` into ``net`` and return ``net``.
 
     param_key: the entry holding the state dict ('params' / 'params_ema' fall back to each other, because basicsr's
     resume rewrites params_ema to params; None = the file is a raw state dict, which is also accepted when the key
     is absent). strict: any missing, unexpected or mis-shaped key is an error listing them; otherwise what fits is
-    loaded. ``which`` ('g' or 't') names the options in the error messages (path.pretrain_network_<which>, ...)."""
+    loaded. ``which`` ('g' or 't') names the options in the error messages (path.pretrain_network_<which>, ...);
+    ``option`` replaces those names for a command-line tool (e.g. '--ckpt')."""
     path_opt, key_opt, strict_opt = f'path.pretrain_network_{which}', f'path.param_key_{which}', \
         f'path.strict_load_{which}'
+    if option is not None:
+        path_opt, key_opt, strict_opt = option, f'{option} param key', f'{option} strict'
     role = {'t': 'teacher', 'g': 'network_g'}.get(which, f'network_{which}')
     if path is None:
         raise ValueError(f'{path_opt} is required when network_{which} is set (a checkpoint of the trained '
                          'network, e.g. basicsr net_g_<iter>.pth or an official NAFNet/Restormer file)')
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'{path_opt}: {role} checkpoint {path!r} does not exist '
-                                f'(relative paths are resolved against the current directory {os.getcwd()!r})')
-    ckpt = torch_load(path)
+    ckpt = read_checkpoint(path, path_opt, f'{role} checkpoint')
     logger = get_root_logger()
     if param_key is not None and not (isinstance(ckpt, dict) and param_key in ckpt):
         available = list(ckpt) if isinstance(ckpt, dict) else []

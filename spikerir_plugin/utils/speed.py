@@ -4,12 +4,14 @@
       channels_last: false   # NHWC weights and inputs for the 2-D convs
       bf16: false            # bf16 autocast; spiking-neuron inputs and state stay fp32
       compile: false         # true, or a dict of torch.compile arguments {backend, mode, fullgraph, dynamic, options}
+      checkpoint: false      # recompute each spiking residual block in backward instead of storing its activations
       cuda_graph: false      # capture forward + loss + backward in one CUDA graph (spikingjelly StaticCudaGraph)
 
-SpikerIRDistillModel reads the section for training (channels_last, bf16, compile; it rejects cuda_graph, which
-only benchmarks/train_step.py uses). Integration order (the training step):  ``net = prepare_model(net, speed)`` once before the optimizer is built;
-``fwd = maybe_compile(net, speed)`` once; per step ``with autocast_context(device, speed): out = fwd(prepare_input(x,
-speed)); loss = ...``, then backward, optimizer step, ``reset_states(net)``.
+SpikingSRModel (and so SpikerIRDistillModel) reads the section for training (channels_last, bf16, compile,
+checkpoint; it rejects cuda_graph, which only benchmarks/train_step.py uses). Integration order (the training step):
+``net = prepare_model(net, speed)`` once before the optimizer is built; ``fwd = maybe_compile(net, speed)`` once;
+per step ``with autocast_context(device, speed): out = fwd(prepare_input(x, speed)); loss = ...``, then backward and
+the optimizer step. No neuron state needs resetting: the plugin's neurons start every call at rest.
 
 What each switch does and what was checked (CPU only; the GPU effect is measured by benchmarks/train_step.py):
 
@@ -26,6 +28,12 @@ What each switch does and what was checked (CPU only; the GPU effect is measured
   forward pre-hook to every spikingjelly neuron that casts a low-precision input to fp32: the state stays fp32, the
   fused kernel is used, spikes come out fp32 (0/1, exact in bf16 for the next conv). The hook does nothing to fp32
   inputs, so it cannot change reference numerics.
+* checkpoint: every module with an ``activation_checkpoint`` attribute (the spiking residual blocks of SpikerIR and
+  ESDNet) is recomputed in backward (``torch.utils.checkpoint``, non-reentrant) instead of keeping its
+  activations, about T x C x H x W x 4 bytes times a dozen per block; the block input alone is kept. Exact: the
+  neurons start each call at rest, the recomputation has no randomness, and batch-norm running statistics are
+  frozen during the recomputation, so outputs, gradients and running statistics equal the plain path (tested).
+  Costs one more forward of the blocks.
 * compile: ``torch.compile`` of the module's ``__call__`` (hooks included), returned as a plain function sharing the
   module's parameters; the module itself is what gets saved, so checkpoints never gain the ``_orig_mod.`` prefix.
   spikingjelly 2.0's LIF op has a fake implementation and traces without graph breaks; the state becomes the Python
@@ -50,7 +58,7 @@ import torch
 from spikingjelly.activation_based import functional
 from spikingjelly.activation_based.neuron.base_node import BaseNode
 
-SPEED_KEYS = ('channels_last', 'bf16', 'compile', 'cuda_graph')
+SPEED_KEYS = ('channels_last', 'bf16', 'compile', 'checkpoint', 'cuda_graph')
 COMPILE_KEYS = ('backend', 'mode', 'fullgraph', 'dynamic', 'options')
 FUSED_LIF_IMPLEMENTATIONS = ('cuda', 'triton')  # 'torch' on CUDA is a per-step loop; CPU is 'torch-reference'
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -62,6 +70,7 @@ class SpeedOptions:
     channels_last: bool = False
     bf16: bool = False
     compile: object = False  # bool or dict of torch.compile keyword arguments
+    checkpoint: bool = False
     cuda_graph: bool = False
 
     @classmethod
@@ -77,7 +86,7 @@ class SpeedOptions:
         if unknown:
             raise KeyError(f'speed: unknown key(s) {unknown}; valid keys: {list(SPEED_KEYS)}')
         speed = {k: v for k, v in speed.items() if v is not None}  # an empty YAML value means the default
-        for key in ('channels_last', 'bf16', 'cuda_graph'):
+        for key in ('channels_last', 'bf16', 'checkpoint', 'cuda_graph'):
             if key in speed and not isinstance(speed[key], bool):
                 raise TypeError(f'speed.{key} must be true or false, got {speed[key]!r}')
         compile_opt = speed.get('compile', False)
@@ -152,6 +161,9 @@ def prepare_model(net, speed=None, device=None):
             conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
     if speed.bf16:
         keep_neuron_state_fp32(net)
+    for module in net.modules():
+        if hasattr(module, 'activation_checkpoint'):
+            module.activation_checkpoint = speed.checkpoint
     return net
 
 

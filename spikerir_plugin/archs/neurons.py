@@ -1,0 +1,54 @@
+"""Spiking neurons whose every multi-step call is a pure function of its input: the one place neuron state is reset.
+
+spikingjelly keeps a neuron's membrane potential in ``_memories`` between calls, so a network built from its
+neurons answers the same input differently depending on what it saw before, and a second ``loss.backward()`` in a
+plain training loop fails ("Trying to backward through the graph a second time") unless every caller remembers
+``functional.reset_net``. A restoration network sees each image as one whole sequence of T time steps, so nothing
+needs to survive a call: these subclasses start each multi-step call from the resting potential and drop the
+final potential when it returns. Outputs, gradients and the fused (Triton/CUDA) kernels are spikingjelly's own;
+only the state handling differs. This is also what makes recomputation (activation checkpointing) of a block
+exact: a recomputed neuron starts from the same resting state as the original call.
+
+Single-step mode (``step_mode='s'``) is left as spikingjelly defines it: there the caller drives time and the state
+must persist between calls.
+"""
+from spikingjelly.activation_based import neuron
+
+
+class _RestingStateMixin:
+    """Multi-step forward from the resting potential, without leaving state behind."""
+
+    def _rest(self):
+        # the registered reset values of LIF/IF are Python floats (v_reset, or 0.0 for a soft reset): assigning
+        # them is what spikingjelly's reset() does, without its deepcopy, so it also traces under torch.compile
+        for key, value in self._memories_rv.items():
+            self._memories[key] = value
+
+    def multi_step_forward(self, x_seq, *args, **kwargs):
+        self._rest()
+        try:
+            return super().multi_step_forward(x_seq, *args, **kwargs)
+        finally:
+            self._rest()
+
+
+class StatelessLIFNode(_RestingStateMixin, neuron.LIFNode):
+    """spikingjelly's LIFNode; each multi-step call starts at rest (see the module docstring)."""
+
+
+class StatelessIFNode(_RestingStateMixin, neuron.IFNode):
+    """spikingjelly's IFNode; each multi-step call starts at rest (see the module docstring)."""
+
+
+def check_stateless(net):
+    """Raise if a neuron of ``net`` kept a membrane potential after a forward (a network built from spikingjelly's
+    stateful neurons): results would depend on what the network saw before."""
+    from spikingjelly.activation_based.base import MemoryModule
+    stateful = [name for name, m in net.named_modules() if isinstance(m, MemoryModule)
+                and any(not isinstance(v, (float, int, type(None))) for v in m._memories.values())]
+    if stateful:
+        shown = ', '.join(stateful[:5]) + (f' ... ({len(stateful) - 5} more)' if len(stateful) > 5 else '')
+        raise ValueError(f'{type(net).__name__} keeps neuron state between calls ({shown}): its output would depend '
+                         'on earlier inputs. Build it from spikerir_plugin.archs.neurons.StatelessLIFNode / '
+                         'StatelessIFNode, or call spikingjelly.activation_based.functional.reset_net(self) at the '
+                         'end of its forward.')

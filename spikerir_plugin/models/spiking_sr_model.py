@@ -1,0 +1,288 @@
+"""SpikingSRModel: basicsr's SRModel with what any spiking restoration run needs.
+
+Built through SRModel's own ``__init__`` (network, DDP, pretrained weights, training settings); on top of it:
+
+    train.optim_g.type     Adam | AdamW | SGD (basicsr 1.4.2 knows only Adam)
+    train.scheduler.type   basicsr's MultiStepLR / CosineAnnealingRestartLR, or CosineAnnealingLR (T_max, eta_min)
+    train.fft_opt          a frequency-domain loss (FFTLoss) next to pixel_opt / perceptual_opt
+    train.ema_decay        EMA of parameters *and* floating buffers (tdBN/BN running statistics; basicsr's EMA
+                           averages parameters only, so a BN student's EMA kept its initial statistics)
+    val.tile               {size, overlap}: tiled validation/test for large images (tiled_inference.py)
+    speed                  {channels_last, bf16, compile, checkpoint}: training fast paths (utils/speed.py)
+
+and exact resume (exact_resume.py): the batch order and random streams continue where the saved run stopped,
+training states and weights are written atomically. Losses are reduced across ranks when they are logged, not in
+every step (a per-step host synchronisation would stall a GPU that could run ahead).
+
+Subclasses extend the training step through ``compute_losses`` and the saved state through
+``extra_training_state`` / ``load_extra_training_state``.
+"""
+from collections import OrderedDict
+
+import torch
+from basicsr.losses import build_loss
+from basicsr.models import lr_scheduler as bsr_lr
+from basicsr.models.sr_model import SRModel
+from basicsr.utils import get_root_logger
+from basicsr.utils.dist_util import master_only
+from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
+from torch.optim import lr_scheduler as torch_lr
+
+from spikerir_plugin.utils import speed as fast
+from spikerir_plugin.utils.atomic import atomic_torch_save
+from spikerir_plugin.utils.checkpoint import load_weights
+from . import exact_resume
+from .tiled_inference import check_tile_opt, tiled_forward
+
+OPTIMIZERS = {'Adam': torch.optim.Adam, 'AdamW': torch.optim.AdamW, 'SGD': torch.optim.SGD}
+SCHEDULERS = {
+    'MultiStepLR': bsr_lr.MultiStepRestartLR,
+    'MultiStepRestartLR': bsr_lr.MultiStepRestartLR,
+    'CosineAnnealingRestartLR': bsr_lr.CosineAnnealingRestartLR,
+    'CosineAnnealingLR': torch_lr.CosineAnnealingLR,  # plain cosine: T_max, eta_min
+}
+
+
+def check_network_opt(net_opt, key):
+    """A clear error for a missing or unknown network ``type`` (basicsr's says only 'No object named ...')."""
+    if not isinstance(net_opt, dict) or 'type' not in net_opt:
+        raise ValueError(f'{key} must be a mapping with a `type` (a registered arch) and its arguments, '
+                         f'got {net_opt!r}')
+    net_type = net_opt['type']
+    if net_type not in ARCH_REGISTRY and f'{net_type}_basicsr' not in ARCH_REGISTRY:
+        names = ', '.join(sorted(ARCH_REGISTRY.keys()))
+        raise KeyError(f'{key}.type: unknown arch {net_type!r}; registered archs: {names}')
+
+
+@MODEL_REGISTRY.register()
+class SpikingSRModel(SRModel):
+    """SRModel for spiking (and any other) restoration networks; see the module docstring."""
+
+    def __init__(self, opt):
+        check_network_opt(opt.get('network_g'), 'network_g')
+        self.speed = fast.SpeedOptions.from_opt(opt)
+        if self.speed.cuda_graph:
+            raise ValueError('speed.cuda_graph is not supported by the training models (the training step logs '
+                             'Python floats and reduces losses across ranks); it is measured by '
+                             'benchmarks/train_step.py --cuda-graph. Use speed.compile: {mode: reduce-overhead} '
+                             'for compiler-managed CUDA graphs.')
+        self.tile = check_tile_opt((opt.get('val') or {}).get('tile'))
+        if opt.get('is_train') and opt['num_gpu'] > 1 and not opt['dist']:
+            # DataParallel replicas share the modules' forward hooks and lose BN/tdBN statistics
+            raise ValueError(f'num_gpu: {opt["num_gpu"]} without a launcher means DataParallel, which '
+                             f'{type(self).__name__} does not support; train on several GPUs with DDP: torchrun '
+                             '--nproc_per_node=N spikerir_plugin/train.py -opt ... --launcher pytorch, or use one '
+                             'GPU (num_gpu: 1 or CUDA_VISIBLE_DEVICES=0)')
+        self._step_losses = OrderedDict()
+        super().__init__(opt)
+
+    # ------------------------------------------------------------------ networks
+    def model_to_device(self, net):
+        """Speed switches (channels_last, bf16 neuron inputs, block checkpointing) act on the bare network before
+        DDP registers its gradient buckets."""
+        return super().model_to_device(fast.prepare_model(net.to(self.device), self.speed))
+
+    def load_network(self, net, load_path, strict=True, param_key='params'):
+        """The plugin's checkpoint reader: clear errors, raw or official state dicts, params/params_ema fallback."""
+        load_weights(self.get_bare_model(net), load_path, param_key, strict, which='g')
+
+    def bare_net_g(self):
+        return self.get_bare_model(self.net_g)
+
+    @property
+    def net_g_forward(self):
+        """The training forward: net_g itself, or its torch.compile'd call (built once, on first use)."""
+        if not hasattr(self, '_net_g_fwd'):
+            self._net_g_fwd = fast.maybe_compile(self.net_g, self.speed)
+        return self._net_g_fwd
+
+    # ------------------------------------------------------------------ training setup
+    def init_training_settings(self):
+        self.net_g.train()
+        train_opt = self.opt['train']
+        self.ema_decay = train_opt.get('ema_decay', 0)
+        if self.ema_decay > 0:
+            get_root_logger().info(f'Use Exponential Moving Average with decay: {self.ema_decay}')
+            self.net_g_ema = self.build_ema_network()
+        self.cri_pix = self.build_loss_opt('pixel_opt')
+        self.cri_perceptual = self.build_loss_opt('perceptual_opt')
+        self.cri_fft = self.build_loss_opt('fft_opt')
+        self.check_losses()
+        self.setup_optimizers()
+        self.setup_schedulers()
+
+    def build_ema_network(self):
+        from basicsr.archs import build_network
+        net = build_network(self.opt['network_g']).to(self.device)
+        load_path = self.opt['path'].get('pretrain_network_g')
+        if load_path is not None:  # params_ema, else params, else a raw state dict (e.g. official weights)
+            load_weights(net, load_path, 'params_ema', self.opt['path'].get('strict_load_g', True), which='g')
+        else:
+            net.load_state_dict(self.bare_net_g().state_dict())
+        return net.eval()
+
+    def build_loss_opt(self, key):
+        spec = self.opt['train'].get(key)
+        return build_loss(dict(spec)).to(self.device) if spec else None
+
+    def check_losses(self):
+        if not any((self.cri_pix, self.cri_perceptual, self.cri_fft)):
+            raise ValueError('train: no loss configured; set at least one of pixel_opt, perceptual_opt, fft_opt')
+
+    def trainable_parameters(self):
+        return [p for p in self.net_g.parameters() if p.requires_grad]
+
+    def get_optimizer(self, optim_type, params, lr, **kwargs):
+        if optim_type not in OPTIMIZERS:
+            raise ValueError(f'train.optim_g.type: unknown optimizer {optim_type!r}; valid: {", ".join(OPTIMIZERS)}')
+        return OPTIMIZERS[optim_type](params, lr, **kwargs)
+
+    def setup_optimizers(self):
+        optim_opt = dict(self.opt['train']['optim_g'])  # a copy: basicsr's pop() made setup non-repeatable
+        optim_type = optim_opt.pop('type', None)
+        self.optimizer_g = self.get_optimizer(optim_type, self.trainable_parameters(), **optim_opt)
+        self.optimizers.append(self.optimizer_g)
+
+    def setup_schedulers(self):
+        sched_opt = dict(self.opt['train'].get('scheduler') or {})
+        if not sched_opt:
+            return
+        sched_type = sched_opt.pop('type', None)
+        if sched_type not in SCHEDULERS:
+            raise ValueError(f'train.scheduler.type: unknown scheduler {sched_type!r}; valid: {", ".join(SCHEDULERS)}')
+        for optimizer in self.optimizers:
+            self.schedulers.append(SCHEDULERS[sched_type](optimizer, **sched_opt))
+
+    # ------------------------------------------------------------------ training step
+    def reconstruction_losses(self, output, gt):
+        """pixel_opt, perceptual_opt and fft_opt terms of ``output`` against ``gt`` (an ordered dict)."""
+        losses = OrderedDict()
+        if self.cri_pix:
+            losses['l_pix'] = self.cri_pix(output, gt)
+        if self.cri_perceptual:
+            l_percep, l_style = self.cri_perceptual(output, gt)
+            for name, value in (('l_percep', l_percep), ('l_style', l_style)):
+                if value is not None:
+                    losses[name] = value
+        if self.cri_fft:
+            losses['l_fft'] = self.cri_fft(output, gt)
+        return losses
+
+    def compute_losses(self, current_iter):
+        """Forward the batch and return (total loss, {name: term}); sets ``self.output``."""
+        lq = fast.prepare_input(self.lq, self.speed)
+        with fast.autocast_context(self.device, self.speed):
+            output = self.net_g_forward(lq)
+        self.output = output.float()  # losses run in fp32
+        losses = self.reconstruction_losses(self.output, self.gt)
+        return sum(losses.values()), losses
+
+    def forward_backward(self, current_iter):
+        """compute_losses + backward; returns the detached terms (and l_total). No host synchronisation."""
+        l_total, losses = self.compute_losses(current_iter)
+        losses['l_total'] = l_total
+        l_total.backward()
+        return OrderedDict((k, v.detach()) for k, v in losses.items())
+
+    def optimize_parameters(self, current_iter):
+        self.optimizer_g.zero_grad()
+        self._step_losses = self.forward_backward(current_iter)
+        self.optimizer_g.step()
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+
+    def get_current_log(self):
+        """The last step's losses averaged over ranks (basicsr's loop calls this on every rank, at print_freq)."""
+        return self.reduce_loss_dict(self._step_losses)
+
+    def model_ema(self, decay=0.999):
+        """EMA over parameters *and* floating buffers (tdBN running stats); integer buffers are copied."""
+        ema_state = self.net_g_ema.state_dict()
+        with torch.no_grad():
+            for key, value in self.bare_net_g().state_dict().items():
+                if ema_state[key].dtype.is_floating_point:
+                    ema_state[key].mul_(decay).add_(value, alpha=1 - decay)
+                else:
+                    ema_state[key].copy_(value)
+
+    # ------------------------------------------------------------------ inference
+    def inference_network(self):
+        return self.net_g_ema if hasattr(self, 'net_g_ema') else self.bare_net_g()
+
+    def test(self):
+        """The bare (never DDP) network: rank-0-only validation through DDP would sync buffers and hang; tiled when
+        val.tile is set."""
+        net = self.inference_network()
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            self.output = tiled_forward(net, self.lq, *self.tile) if self.tile else net(self.lq)
+        net.train(was_training)
+
+    # ------------------------------------------------------------------ checkpoints and resume
+    def networks_to_save(self):
+        """(modules, param keys) written to net_g_<iter>.pth."""
+        nets, keys = [self.bare_net_g()], ['params']
+        if hasattr(self, 'net_g_ema'):
+            nets.append(self.net_g_ema)
+            keys.append('params_ema')
+        return nets, keys
+
+    def save(self, epoch, current_iter):
+        nets, keys = self.networks_to_save()
+        self.save_network(nets, 'net_g', current_iter, param_key=keys)
+        self.save_training_state(epoch, current_iter)
+
+    @master_only
+    def save_network(self, net, net_label, current_iter, param_key='params'):
+        """basicsr's layout ({param_key: state dict}, no 'module.' prefix, CPU tensors), written atomically."""
+        import os
+        label = 'latest' if current_iter == -1 else current_iter
+        nets = net if isinstance(net, list) else [net]
+        keys = param_key if isinstance(param_key, list) else [param_key]
+        if len(nets) != len(keys):
+            raise ValueError('save_network: one param_key per network')
+        payload = {}
+        for net_, key in zip(nets, keys):
+            state = self.get_bare_model(net_).state_dict()
+            payload[key] = {(k[7:] if k.startswith('module.') else k): v.cpu() for k, v in state.items()}
+        atomic_torch_save(payload, os.path.join(self.opt['path']['models'], f'{net_label}_{label}.pth'))
+
+    @master_only
+    def save_training_state(self, epoch, current_iter):
+        """basicsr's state plus the random streams and the subclass's extra state, written atomically."""
+        import os
+        if current_iter == -1:
+            return
+        state = {'epoch': epoch, 'iter': current_iter, 'rng': exact_resume.capture_rng_state(),
+                 'optimizers': [o.state_dict() for o in self.optimizers],
+                 'schedulers': [s.state_dict() for s in self.schedulers]}
+        state.update(self.extra_training_state())
+        atomic_torch_save(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'))
+
+    def resume_training(self, resume_state):
+        super().resume_training(resume_state)
+        self.load_extra_training_state(resume_state)
+        if resume_state.get('rng') is not None:  # epoch-boundary resume: restore before the next loader
+            exact_resume.restore_rng_state(resume_state['rng'])
+
+    def extra_training_state(self):
+        """Entries a subclass adds to the training state (a dict of tensors / plain values)."""
+        return {}
+
+    def load_extra_training_state(self, resume_state):
+        pass
+
+    # hooks called by basicsr's train pipeline through spikerir_compat (see exact_resume.py)
+    @classmethod
+    def frozen_networks(cls, opt):
+        """``network_*`` keys that this model never saves (resume keeps loading them from their checkpoint)."""
+        return ()
+
+    @classmethod
+    def load_resume_state(cls, opt):
+        return exact_resume.load_resume_state(opt, cls.frozen_networks(opt))
+
+    @classmethod
+    def resume_train_loader(cls, train_loader, train_sampler, logger):
+        exact_resume.resume_train_loader(train_loader, train_sampler, logger)

@@ -1,0 +1,71 @@
+"""Atomic file writes: a reader (or a resumed run after a crash) sees either the old file or the complete new one.
+
+Every file the plugin writes during a run (weights, training states, reports, images) goes through ``atomic_write``:
+the content is written to a temporary file in the destination folder, flushed and fsync'ed, then renamed over the
+destination (``os.replace`` is atomic on POSIX and Windows within one file system), and the folder is fsync'ed so
+the rename itself survives a power cut. A killed process leaves at most a ``.<name>.*.tmp`` file, never a
+truncated destination.
+"""
+import contextlib
+import io
+import os
+import tempfile
+
+
+def _fsync_dir(folder):
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode='wb'):
+    """``with atomic_write(path) as f: f.write(...)`` - the destination appears complete or not at all."""
+    if mode not in ('w', 'wb'):
+        raise ValueError(f'atomic_write: mode must be "w" or "wb", got {mode!r}')
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, mode, **({} if 'b' in mode else {'encoding': 'utf-8'})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def atomic_torch_save(obj, path):
+    """torch.save(obj, path), atomically."""
+    import torch
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_write(path) as f:
+        f.write(buffer.getbuffer())
+
+
+def atomic_write_text(path, text):
+    with atomic_write(path, 'w') as f:
+        f.write(text)
+
+
+def atomic_imwrite(path, img, params=None):
+    """cv2.imwrite, atomically; the format comes from the destination's extension. Raises on encoder failure."""
+    import cv2
+    ext = os.path.splitext(path)[1] or '.png'
+    ok, encoded = cv2.imencode(ext, img, params or [])
+    if not ok:
+        raise OSError(f'could not encode an image of shape {getattr(img, "shape", None)} as {ext} for {path!r}')
+    with atomic_write(path) as f:
+        f.write(encoded.tobytes())
