@@ -22,6 +22,8 @@ Checkpoints: net_g_<iter>.pth holds the bare student under ``params`` (and ``par
 into the student arch; the hint adapters go under ``adapters`` in the same file, the KD schedule into the training
 state. The teacher is never saved: resume keeps loading it from its own checkpoint.
 """
+import copy
+
 import torch
 from basicsr.archs import build_network
 from basicsr.utils import get_root_logger
@@ -33,6 +35,28 @@ from spikerir_plugin.utils.snn import time_mean
 from .feature_hints import FeatureTap, HintAdapters, default_hint_layers, parse_hint_layers, probe_shapes
 from .kd_schedule import KDSchedule
 from .spiking_sr_model import SpikingSRModel, check_network_opt
+
+# Option keys that exist only for distillation: removing them (and network_t) gives the same run without a teacher.
+DISTILL_TRAIN_KEYS = ('kd_opt', 'hint_opt', 'hint_layers', 'hint_probe_size', 'kd_schedule')
+DISTILL_PATH_KEYS = ('pretrain_network_t', 'param_key_t', 'strict_load_t')
+
+
+def student_alone_options(opt, name=None):
+    """A copy of distillation options for the same student trained alone: same data, seed, optimizer, schedule,
+    iterations and reconstruction losses; no teacher and no distillation term (model SpikingSRModel)."""
+    alone = copy.deepcopy(opt)
+    alone.pop('network_t', None)
+    alone['model_type'] = 'SpikingSRModel'
+    for key in DISTILL_TRAIN_KEYS:
+        (alone.get('train') or {}).pop(key, None)
+    for key in DISTILL_PATH_KEYS:
+        (alone.get('path') or {}).pop(key, None)
+    ignored = [n for n in (alone.get('path') or {}).get('ignore_resume_networks') or [] if n != 'network_t']
+    if 'path' in alone and 'ignore_resume_networks' in alone['path']:
+        alone['path']['ignore_resume_networks'] = ignored or None
+    if name is not None:
+        alone['name'] = name
+    return alone
 
 
 @MODEL_REGISTRY.register()

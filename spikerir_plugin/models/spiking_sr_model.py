@@ -31,6 +31,7 @@ from torch.optim import lr_scheduler as torch_lr
 from spikerir_plugin.utils import speed as fast
 from spikerir_plugin.utils.atomic import atomic_torch_save
 from spikerir_plugin.utils.checkpoint import load_weights
+from spikerir_plugin.utils.inference import inference_network
 from . import exact_resume
 from .tiled_inference import check_tile_opt, tiled_forward
 
@@ -214,9 +215,9 @@ class SpikingSRModel(SRModel):
         val.tile is set."""
         net = self.inference_network()
         was_training = net.training
-        net.eval()
+        runner = inference_network(net)
         with torch.no_grad():
-            self.output = tiled_forward(net, self.lq, *self.tile) if self.tile else net(self.lq)
+            self.output = tiled_forward(runner, self.lq, *self.tile) if self.tile else runner(self.lq)
         net.train(was_training)
 
     # ------------------------------------------------------------------ checkpoints and resume
