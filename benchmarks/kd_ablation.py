@@ -18,7 +18,8 @@ used only to report the chosen ones). With --opt, any distillation options file:
 validation set.
 
 Variants (--variants FILE, YAML; the built-ins below are the default): name -> patch. A patch is merged into the
-options (mappings merge key by key, `~` deletes a key); a string 'iters' or '<f>*iters' becomes that many iterations.
+options (mappings merge key by key, a mapping with a `type` replaces the old one whole, `~` deletes a key); a
+string 'iters' or '<f>*iters' becomes that many iterations.
 Demo data only: `teacher: {network: {...}, iters: N}` distils from another teacher, trained here once.
 
 Output (under --workdir): one table on the console (noisy input, teachers, student alone, each variant: mean +- std
@@ -56,12 +57,13 @@ VARIANTS = {
 
 # ---------------------------------------------------------------------------------------------- options
 def merge(base, patch):
-    """A copy of ``base`` with ``patch`` merged in: mappings key by key, None deletes, other values replace."""
+    """A copy of ``base`` with ``patch`` merged in: mappings key by key, None deletes, other values replace. A
+    mapping that names a ``type`` (a loss, a schedule, a network) replaces the old one whole."""
     out = copy.deepcopy(base)
     for key, value in patch.items():
         if value is None:
             out.pop(key, None)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+        elif isinstance(value, dict) and isinstance(out.get(key), dict) and 'type' not in value:
             out[key] = merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -202,7 +204,8 @@ def describe_net(net):
     if net.get('type') == 'NAFNet':
         return f'NAFNet-w{net.get("width", 16)}'
     if net.get('type') == 'SpikerIR':
-        return f'SpikerIR-{net.get("preset", "tiny")}-T{net.get("T", 4)}'
+        twin = ' twin (rate)' if net.get('neuron') == 'rate' else ''
+        return f'SpikerIR-{net.get("preset", "tiny")}-T{net.get("T", 4)}{twin}'
     return net.get('type', '?')
 
 
@@ -230,7 +233,7 @@ def train(opt, run_dir, threads, device):
     return os.path.join(run_dir, 'experiments', opt['name'], 'models', 'net_g_latest.pth')
 
 
-_ITER = re.compile(r'iter:\s*([\d,]+)')
+_ITER = re.compile(r'\[epoch:\s*\d+, iter:\s*([\d,]+)')
 _VALID = re.compile(r'Validation (\S+)\n\s+# psnr: ([\d.]+)')
 
 
@@ -372,7 +375,7 @@ def summarise(arms, results, seeds):
             row['gain_psnr'] = mean_std(gains)
             row['gain_psnr_per_seed'] = gains
             spread = max(row['gain_psnr'][1], row['psnr'][1], rows_by(rows, ref)['psnr'][1])
-            row['gain_exceeds_2std'] = bool(row['gain_psnr'][0] > 2 * spread)
+            row['gain_exceeds_2std'] = bool(row['gain_psnr'][0] > 2 * spread) if len(seeds) > 1 else None
         row['wall_s'] = float(np.mean([per_seed[s]['wall_s'] for s in seeds]))
         row['curve'] = mean_curve([per_seed[s]['curve'] for s in seeds])
         rows.append(row)
@@ -391,19 +394,21 @@ def mean_curve(curves):
 
 
 def format_table(rows, fixed, header):
-    lines = [header, f'{"":28s} {"PSNR dB":>15s} {"SSIM":>17s} {"gain dB (paired)":>17s}  {"min/run":>7s}']
+    labels = [name for name, _ in fixed] + [r['arm'] if r['reference'] in (None, 'alone')
+                                            else f'{r["arm"]} (vs {r["reference"]})' for r in rows]
+    width = max(len(label) for label in labels)
+    lines = [header, f'{"":{width}s}  {"PSNR dB":>14s}  {"SSIM":>16s}  {"gain dB (paired)":>17s}  {"min/run":>7s}']
     for name, scores in fixed:
-        ssim = f'{scores["ssim"]:.4f}' if 'ssim' in scores else ''
-        lines.append(f'{name:28s} {scores["psnr"]:9.2f}       {ssim:>11s}')
-    for r in rows:
+        ssim = f'{scores["ssim"]:.4f}' + ' ' * 10 if 'ssim' in scores else ''
+        lines.append(f'{name:{width}s}  {scores["psnr"]:6.2f}{"":8s}  {ssim:>16s}')
+    for label, r in zip(labels[len(fixed):], rows):
         psnr = f'{r["psnr"][0]:6.2f} +- {r["psnr"][1]:.2f}'
         ssim = f'{r["ssim"][0]:.4f} +- {r["ssim"][1]:.4f}' if 'ssim' in r else ''
         gain = ''
         if r['reference'] is not None:
-            mark = ' *' if r['gain_exceeds_2std'] else '  '
+            mark = ' *' if r['gain_exceeds_2std'] else '  '  # never with one seed (no spread to compare)
             gain = f'{r["gain_psnr"][0]:+6.2f} +- {r["gain_psnr"][1]:.2f}{mark}'
-        label = r['arm'] if r['reference'] in (None, 'alone') else f'{r["arm"]} (vs {r["reference"]})'
-        lines.append(f'{label[:28]:28s} {psnr:>15s} {ssim:>17s} {gain:>17s}  {r["wall_s"] / 60:7.1f}')
+        lines.append(f'{label:{width}s}  {psnr:>14s}  {ssim:>16s}  {gain:>17s}  {r["wall_s"] / 60:7.1f}')
     lines.append('mean +- std over seeds; gain = PSNR minus the student alone of the same seed; '
                  '* gain > 2x the largest std (gain, arm, alone)')
     return '\n'.join(lines)
@@ -498,7 +503,7 @@ def main(argv=None):
         eval_set = args.eval
 
         def teacher_of(opt, teacher):
-            spec = merge(default_teacher, teacher or {})
+            spec = dict(default_teacher, **(teacher or {}))
             opt['network_t'] = copy.deepcopy(spec['network'])
             opt['path']['pretrain_network_t'] = train_demo_teacher(workdir, spec, train_dir, val_dir, args.device,
                                                                    max(args.threads, 1))
@@ -509,7 +514,7 @@ def main(argv=None):
         for patch in variants.values():
             patch = resolve_iters(copy.deepcopy(patch), iters)
             if merge(base, {k: v for k, v in patch.items() if k != 'teacher'}).get('network_t'):
-                spec = merge(default_teacher, patch.get('teacher') or {})
+                spec = dict(default_teacher, **(patch.get('teacher') or {}))
                 specs[digest(spec)] = spec
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
             list(pool.map(lambda spec: train_demo_teacher(workdir, spec, train_dir, val_dir, args.device,
