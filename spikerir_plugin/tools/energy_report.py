@@ -170,8 +170,8 @@ def _self_counts(net, counter):
 
 
 def measure_energy(net, input_shape=(1, 3, 256, 256), inputs=None, e_mac=E_MAC_PJ, e_ac=E_AC_PJ):
-    """Measure one network under torch.no_grad (the net is moved to CPU and set to eval mode). Returns a JSON-serialisable dict:
-    layers (per layer: name, type, kind, fr_in, synops, macs, energy_pj), neurons ({name: firing rate}),
+    """Measure one network under torch.no_grad (the net is moved to CPU and set to eval mode). Returns a
+    JSON-serialisable dict: layers (per layer: name, type, kind, fr_in, synops, macs, energy_pj), neurons ({name: firing rate}),
     totals, first_layer (name and how many times it processed the input image), convention."""
     from spikingjelly.activation_based.op_counter import DispatchCounterMode
     b, c, h, w = input_shape
