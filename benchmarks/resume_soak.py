@@ -84,6 +84,8 @@ def start_run(workdir, yml, log_path, resume, write_delay):
         return pid
     code = 1
     try:
+        import torch
+        torch.set_num_threads(1)  # no OpenMP team in a forked child (as DataLoader workers do)
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         os.dup2(fd, 1)
         os.dup2(fd, 2)

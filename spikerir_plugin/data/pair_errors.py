@@ -4,12 +4,14 @@ basicsr's PairedImageDataset reports a GT/LQ size mismatch as "Scale mismatches.
 multiplication of LQ (h, w)" (training crops) and validation as the metric's "Image shapes are different", neither
 naming the files. For plugin runs, ``name_pairs_in_errors(dataset)`` makes that one dataset object (never the
 class) re-raise such errors with the LQ and GT paths and the options that point at them; ``check_pair_sizes``
-does the same for a batch a model receives (validation and test, where basicsr does not crop).
+does the same for a batch a model receives (validation and test: basicsr crops a larger GT to the LQ there, but a
+smaller one reaches the metric).
 
-The dataset keeps its class's behaviour in everything else; it stays picklable (DataLoader workers started with
-``spawn``) through ``__reduce_ex__``.
+The object's class becomes a subclass of its own class with the same name and layout, overriding only
+``__getitem__`` (the same trick the exact resume uses for the train sampler); it stays picklable for DataLoader
+workers started with ``spawn``.
 """
-_SIZE_ERRORS = ('Scale mismatches', 'is smaller than patch size')
+_SIZE_ERRORS = ('Scale mismatches',)  # basicsr's 'smaller than patch size' already names the GT file
 _checked_classes = {}
 
 

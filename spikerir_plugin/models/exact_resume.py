@@ -26,6 +26,7 @@ import contextlib
 import glob
 import os
 import random
+import shlex
 import sys
 
 import numpy as np
@@ -139,7 +140,8 @@ def newest_loadable_state(opt, networks):
 
 def archived_runs(opt):
     """[(folder, newest iteration)] of ``<experiments_root>_archived_*`` siblings holding training states, newest
-    folder first (basicsr renames an experiment folder so when a run starts under the same name)."""
+    folder first (basicsr renames an experiment folder that way when a run starts under its name without
+    --auto_resume)."""
     root = opt['path'].get('experiments_root')
     if not root:
         return []
@@ -159,7 +161,9 @@ def refuse_silent_restart(opt):
         return
     root = opt['path']['experiments_root']
     folder, iteration = runs[0]
-    move = (f'mv {root} {root}_empty && mv {folder} {root}' if os.path.exists(root) else f'mv {folder} {root}')
+    q = shlex.quote
+    move = (f'mv {q(root)} {q(root + "_empty")} && mv {q(folder)} {q(root)}' if os.path.exists(root) else
+            f'mv {q(folder)} {q(root)}')
     others = f' (other archived runs: {", ".join(f for f, _ in runs[1:])})' if len(runs) > 1 else ''
     raise ResumeError(
         f'--auto_resume found no training state in {root}, but {folder} holds this experiment\'s run up to '
