@@ -10,10 +10,11 @@ a checkpoint (net_g_<iter>.pth + <iter>.state) every ``--save-freq`` iterations,
 
 Each run is a real basicsr ``train_pipeline`` in a child process forked from this one (the imports are done once
 here, so a cycle costs training time, not interpreter start-up); the child is killed with SIGKILL, never asked to
-stop. Kill points alternate between a random delay after the start and the moment a checkpoint write is seen in
-progress (its temporary file exists). ``--write-delay`` widens each write in the child (a sleep in ``os.fsync``,
-which the atomic writer calls between writing the temporary file and renaming it) so that kills land inside writes
-often enough to count; the plugin's code is not changed.
+stop. Kill points alternate between a random delay (from 0.3x the reference run's time to its first checkpoint up
+to two checkpoints later) and the moment the 1st-4th checkpoint write of that run is seen in progress (its
+temporary file exists). ``--write-delay`` widens each write in the child (a sleep in ``os.fsync``, which the atomic
+writer calls between writing the temporary file and renaming it) so that kills land inside writes often enough to
+count; the plugin's code is not changed.
 
 After every kill: every ``net_g_<iter>.pth`` / ``<iter>.state`` seen so far must still exist and load through the
 plugin's checkpoint reader, and no complete file may have changed unless the resumed run wrote that iteration

@@ -1,6 +1,5 @@
 """Fault injection: every failure names the file, the option that pointed at it and the fix; writes are atomic;
 resume never loses or hides work. Each case also checks that the checkpoints already on disk keep their sha256."""
-import copy
 import glob
 import hashlib
 import os
@@ -23,7 +22,6 @@ from basicsr.data import build_dataset
 from basicsr.models import build_model
 from conftest import REPO_ROOT, photo_crops, write_noisy_pairs
 from spikerir_plugin.data.pair_errors import name_pairs_in_errors
-from spikerir_plugin.models import exact_resume
 from spikerir_plugin.models.exact_resume import ResumeError
 from spikerir_plugin.models.spiking_sr_model import SpikingSRModel
 from spikerir_plugin.utils.checkpoint import CheckpointError, load_weights, read_checkpoint

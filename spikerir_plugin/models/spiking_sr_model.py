@@ -13,8 +13,8 @@ Built through SRModel's own ``__init__`` (network, DDP, pretrained weights, trai
 and exact resume (exact_resume.py): the batch order and random streams continue where the saved run stopped,
 training states, weights and validation images are written atomically, damaged checkpoints are skipped or named.
 Device, dataset-path and channel mistakes fail before training with the option to change (run_checks.py); a
-GT/LQ size mismatch names the pair of files (data/pair_errors.py). Losses are reduced across ranks when they are logged, not in
-every step (a per-step host synchronisation would stall a GPU that could run ahead).
+GT/LQ size mismatch names the pair of files (data/pair_errors.py). Losses are reduced across ranks when they are
+logged, not in every step (a per-step host synchronisation would stall a GPU that could run ahead).
 
 Subclasses extend the training step through ``compute_losses`` and the saved state through
 ``extra_training_state`` / ``load_extra_training_state``.
