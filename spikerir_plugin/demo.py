@@ -37,14 +37,14 @@ def _photo(name):
 
 def write_demo_images(folder, photos, size, per_side):
     """Crops on a regular grid of each photo, saved as PNG (BGR for OpenCV)."""
-    import cv2
+    from spikerir_plugin.utils.atomic import atomic_imwrite
     os.makedirs(folder, exist_ok=True)
     for name in photos:
         img = _photo(name)
         h, w = img.shape[:2]
         for i, y in enumerate(np.linspace(0, h - size, per_side).astype(int)):
             for j, x in enumerate(np.linspace(0, w - size, per_side).astype(int)):
-                cv2.imwrite(os.path.join(folder, f'{name}_{i}{j}.png'), img[y:y + size, x:x + size, ::-1])
+                atomic_imwrite(os.path.join(folder, f'{name}_{i}{j}.png'), img[y:y + size, x:x + size, ::-1])
     return folder
 
 
@@ -94,8 +94,8 @@ def student_options(iters, train_lmdb, val_dir, teacher_ckpt):
 
 
 def write_yaml(path, opt):
-    with open(path, 'w') as f:
-        yaml.safe_dump(opt, f, sort_keys=False)
+    from spikerir_plugin.utils.atomic import atomic_write_text
+    atomic_write_text(path, yaml.safe_dump(opt, sort_keys=False))
     return path
 
 

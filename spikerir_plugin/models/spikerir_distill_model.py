@@ -203,6 +203,18 @@ class SpikerIRDistillModel(SpikingSRModel):
             get_root_logger().warning('train.kd_schedule differs from the resumed training state; the saved '
                                       f'schedule is kept: {self.kd_schedule.config()}')
 
+    def networks_reading_the_input(self):
+        nets = super().networks_reading_the_input()
+        if self.net_t is not None:
+            nets['network_t'] = self.net_t
+        return nets
+
+    @classmethod
+    def launch_checks(cls, opt):
+        super().launch_checks(opt)
+        if opt.get('network_t'):
+            check_network_opt(opt['network_t'], 'network_t')
+
     @classmethod
     def frozen_networks(cls, opt):
         return ('network_t',)
