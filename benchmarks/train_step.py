@@ -282,10 +282,6 @@ def run_case(name, batch, side, dtype, args, device, lif_info):
         record['speedup_vs_official'] = round(official / record['step_ms'], 2)
         record['peak_fraction_of_official'] = round(
             record['peak_mem_mib'] / 1024 / OFFICIAL_ESDNET_H100_PEAK_GIB[(batch, side)], 3)
-    del model, student, optimizer, batches
-    gc.collect()
-    if device.type == 'cuda':
-        torch.cuda.empty_cache()
     return record
 
 
@@ -391,12 +387,12 @@ def main(argv=None):
                     except Exception as error:  # e.g. out of memory: report it and measure the other cases
                         record = {'name': name, 'batch': batch, 'size': side, 'dtype': dtype,
                                   'error': f'{type(error).__name__}: {str(error).splitlines()[0][:300]}'}
-                        gc.collect()
-                        if device.type == 'cuda':
-                            torch.cuda.empty_cache()
                     else:
                         records.append(record)
                     emit(record, sink)
+                    gc.collect()  # the case's model and tensors are unreachable once run_case returned
+                    if device.type == 'cuda':
+                        torch.cuda.empty_cache()
         for ratio in ratio_records(records, args.tiny, device):
             emit(ratio, sink)
     finally:

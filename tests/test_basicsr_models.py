@@ -9,6 +9,7 @@ import torch
 import yaml
 
 import spikerir_plugin  # noqa: F401
+from conftest import LogLines
 
 SPIKING_ARCHS = {
     'SpikerIR': {'type': 'SpikerIR', 'preset': 'tiny', 'T': 2, 'reduction_t': 2},
@@ -18,15 +19,6 @@ SPIKING_ARCHS = {
 }
 
 
-class _Lines(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
 def _pipeline(monkeypatch, root, yml, which):
     """Run basicsr's own pipeline in this process; returns the messages it logged (basicsr's log file exists only
     for the first pipeline of a process: its logger is initialised once)."""
@@ -34,7 +26,7 @@ def _pipeline(monkeypatch, root, yml, which):
     from basicsr.train import train_pipeline
     monkeypatch.setattr(sys, 'argv', [f'{which}.py', '-opt', yml])
     logger = logging.getLogger('basicsr')
-    level, handler = logger.level, _Lines()
+    level, handler = logger.level, LogLines()
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     try:
