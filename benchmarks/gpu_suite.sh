@@ -30,7 +30,7 @@ part() {  # part NAME SECONDS COMMAND...: run with a time limit, log its status
 }
 {
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-    $PY -c "import torch, spikingjelly; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'spikingjelly', getattr(spikingjelly, '__version__', '?'))"
+    $PY -c "import torch; from importlib.metadata import version; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'spikingjelly', version('spikingjelly'))"
     C="esdnet_fast,spikerir_tiny,spikerir_base,kd_tiny,kd_base"
     part eager 120 $B --cases $C --sizes $SIZES --dtypes fp32,bf16 $ITERS --out "$OUT/eager.jsonl"
     part reference 45 $B --cases esdnet_sj --sizes $SJ_SIZES --dtypes fp32 $SJ_ITERS --out "$OUT/reference.jsonl"

@@ -403,9 +403,8 @@ def main(argv=None):
 
 
 def environment(device, lif_info):
-    import spikingjelly
-    env = {'device': device_name(device), 'torch': torch.__version__,
-           'spikingjelly': getattr(spikingjelly, '__version__', None),
+    from importlib.metadata import version
+    env = {'device': device_name(device), 'torch': torch.__version__, 'spikingjelly': version('spikingjelly'),
            'lif_implementation': lif_info[0], 'fused': lif_info[1]}
     if device.type == 'cuda':
         env.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
