@@ -2,12 +2,13 @@
 
 NAFNet's simplified channel attention averages each feature map over the whole image. Trained on crops of
 ``train_size``, every such average covered one crop; on a much larger test image (a 1280x720 GoPro frame) it covers
-far more. The test-time local converter of megvii-research/NAFNet (``NAFNetLocal``; "Improving Image Restoration by
-Revisiting Global Information Aggregation", Chu et al., ECCV 2022) keeps the statistics at training scale: at every
-level the global average becomes a sliding average over a window of ``base_size / train_size`` times the feature map
-that a ``train_size`` crop gives at that level (``base_size`` defaults to 1.5 x ``train_size``, the official choice),
-replicate-padded back to the feature size. Where the window covers the whole feature map the pool stays global, so
-for inputs up to ``base_size`` NAFNetLocal equals NAFNet exactly.
+far more. The test-time local converter of megvii-research/NAFNet (``NAFNetLocal``; Chu et al., "Improving Image
+Restoration by Revisiting Global Information Aggregation", ECCV 2022, arXiv 2112.04491) keeps the statistics at
+training scale: at every level the global average becomes a sliding average over a window of
+``base_size / train_size`` times the feature map that a ``train_size`` crop gives at that level (``base_size``
+defaults to 1.5 x ``train_size``, the official choice), replicate-padded back to the feature size. Where the window
+covers the whole feature map the pool stays global, so for inputs up to ``base_size`` NAFNetLocal equals NAFNet
+exactly.
 
 The pools have no parameters: the state dict is NAFNet's, key for key, and the same checkpoints load strictly.
 """
