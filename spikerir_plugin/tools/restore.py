@@ -16,7 +16,8 @@ own input is refused. Images are handled as users expect:
   * gray into a 3-channel net: the gray channel is repeated three times and the mean of the output channels is
     written back as a gray image; color into a 1-channel net: each channel is restored on its own;
   * 16-bit images are read and written at 16 bits (.png/.tif; 8-bit formats such as .jpg get 8 bits);
-  * an alpha channel is kept untouched and re-attached (resized when the net changes the scale);
+  * an alpha channel is kept untouched and re-attached (resized when the net changes the scale; formats without
+    alpha such as .jpg drop it);
   * JPEG EXIF orientation is applied, as image viewers show it; other depths (float EXR/TIFF) are reported and
     skipped.
 A file that cannot be read or restored is reported by name and skipped; the rest are still done, and the exit
@@ -41,6 +42,7 @@ import numpy as np
 from spikerir_plugin.tools.lmdb_writing import IMAGE_EXTENSIONS, natural_key
 
 SIXTEEN_BIT_EXTENSIONS = ('.png', '.tif', '.tiff', '.ppm', '.pgm')
+NO_ALPHA_EXTENSIONS = ('.jpg', '.jpeg', '.ppm', '.pgm', '.bmp')
 CHANNEL_KEYS = ('in_channels', 'inp_channels', 'img_channel', 'num_in_ch', 'in_chans', 'in_nc')
 ENERGY_FIELDS = ('file', 'height', 'width', 'synops', 'macs', 'energy_mJ', 'mean_firing_rate', 'spiking')
 
@@ -232,6 +234,8 @@ def from_batch(y, layout, peak):
 def to_file_layout(img, alpha, peak, ext):
     """RGB(A)/gray array -> what cv2 writes for this extension (BGR order, alpha re-attached, 8 bits if needed)."""
     import cv2
+    if ext in NO_ALPHA_EXTENSIONS:
+        alpha = None
     if alpha is not None and alpha.shape[:2] != img.shape[:2]:
         alpha = cv2.resize(alpha, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
     if img.ndim == 3:
