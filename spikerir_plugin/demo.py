@@ -4,7 +4,8 @@
    crops into an LMDB, held-out validation crops into a folder;
 2. trains a small NAFNet teacher with BasicSR's own SRModel and train pipeline;
 3. distills a SpikerIR student from it with SpikerIRDistillModel (hint + output KD);
-4. trains the same student for the same iterations without a teacher (the "student alone" arm);
+4. trains the same student for the same iterations without a teacher (the "student alone" arm; it needs no teacher,
+   so it runs beside steps 2 and 3, each training on its share of the cores);
 5. validates PSNR/SSIM of the noisy input, the teacher and both students on the held-out crops, and writes a
    comparison image (noisy | teacher | student | clean);
 6. measures the energy (SynOps, MACs, firing rates, mJ) of student and teacher.
@@ -20,9 +21,11 @@ import argparse
 import contextlib
 import json
 import os
+import queue
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -131,14 +134,14 @@ class DemoLog:
         os.makedirs(os.path.join(workdir, 'logs'), exist_ok=True)
         self.path = os.path.join(workdir, 'logs', 'demo.log')
         self.file = open(self.path, 'a', encoding='utf-8')
-        self.verbose = verbose
+        self.verbose, self.console = verbose, sys.stdout  # the real console, also while capture() redirects
 
     def write(self, text):
         self.file.write(text)
         self.file.flush()
         if self.verbose:
-            sys.stdout.write(text)
-            sys.stdout.flush()
+            self.console.write(text)
+            self.console.flush()
 
     @contextlib.contextmanager
     def capture(self):
@@ -156,29 +159,66 @@ def with_progress_lines(opt, iters):
     return opt
 
 
-def run_training(options_file, workdir, log, number, title, iters):
-    """spikerir-train in a child process; its output goes to the log, its iteration lines drive a progress bar."""
-    cmd = [sys.executable, '-m', 'spikerir_plugin.train', '-opt', options_file] + (['--verbose'] if log.verbose else [])
-    log.write(f'\n$ (cd {workdir}; {" ".join(cmd)})\n')
-    bar = stage_bar(number, title, iters, 'iters')
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
-    with subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          bufsize=1) as proc:
+def _pump(stream, lines):
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
+def threads_per_run(parallel_runs):
+    """Threads for each of `parallel_runs` concurrent trainings: the cores shared out (OMP_NUM_THREADS wins).
+    Small networks gain little from a second thread, and busy cores make OpenMP's spinning threads very slow."""
+    if os.environ.get('OMP_NUM_THREADS'):
+        return int(os.environ['OMP_NUM_THREADS'])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    return max(1, cores // parallel_runs)
+
+
+class Training:
+    """spikerir-train in a child process, started at once; follow() shows its progress as one stage line (its
+    iteration lines drive the bar) and sends its output to the demo log."""
+
+    def __init__(self, options_file, workdir, log, iters, threads):
+        self.options_file, self.log, self.iters = options_file, log, iters
+        cmd = [sys.executable, '-m', 'spikerir_plugin.train', '-opt', options_file] + \
+            (['--verbose'] if log.verbose else [])
+        self.header = f'\n$ (cd {workdir}; OMP_NUM_THREADS={threads} {" ".join(cmd)})\n'
+        env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS=str(threads))
+        self.proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, bufsize=1)
+        self.lines = queue.Queue()
+        threading.Thread(target=_pump, args=(self.proc.stdout, self.lines), daemon=True).start()
+
+    def follow(self, number, title):
+        self.log.write(self.header)
+        bar = stage_bar(number, title, self.iters, 'iters')
         tail = []
-        for line in proc.stdout:
-            log.write(line)
+        while True:
+            try:
+                line = self.lines.get(timeout=1.0)
+            except queue.Empty:  # nothing printed for a second (start-up, validation): keep the clock moving
+                bar.refresh()
+                continue
+            if line is None:
+                break
+            self.log.write(line)
             tail = (tail + [line])[-25:]
             found = _ITER.search(line)
             if found:
                 bar.update(int(found.group(1).replace(',', '')) - bar.n)
-        proc.wait()
-    if proc.returncode != 0:
+        self.proc.wait()
+        if self.proc.returncode != 0:
+            bar.close()
+            sys.stderr.write(''.join(tail))
+            raise SystemExit(f'spikerir-demo: training {self.options_file} failed (exit {self.proc.returncode}); '
+                             f'full output: {self.log.path}')
+        bar.update(self.iters - bar.n)
         bar.close()
-        sys.stderr.write(''.join(tail))
-        raise SystemExit(f'spikerir-demo: training {options_file} failed (exit {proc.returncode}); '
-                         f'full output: {log.path}')
-    bar.update(iters - bar.n)
-    bar.close()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait()
 
 
 # ------------------------------------------------------------------------------------------------------ evaluation
@@ -300,22 +340,27 @@ def main(argv=None):
     stage_done(1, 'data', started, f'{len(os.listdir(train_png))} training crops (LMDB), {len(os.listdir(val_dir))} '
                                    f'validation crops')
 
+    # The student trained alone needs no teacher: it runs beside the teacher and the distillation, on its own share
+    # of the cores, and its line follows theirs.
     experiments = os.path.join(workdir, 'experiments')
     t_opt = with_progress_lines(teacher_options(args.teacher_iters, train_lmdb, val_dir), args.teacher_iters)
-    run_training(write_yaml(os.path.join(workdir, 'train_demo_teacher.yml'), t_opt), workdir, log, 2,
-                 'teacher NAFNet', args.teacher_iters)
     teacher_ckpt = os.path.join(experiments, t_opt['name'], 'models', 'net_g_latest.pth')
-
     s_opt = with_progress_lines(student_options(args.student_iters, train_lmdb, val_dir, teacher_ckpt),
                                 args.student_iters)
-    student_yml = write_yaml(os.path.join(workdir, 'train_demo_student.yml'), s_opt)
-    run_training(student_yml, workdir, log, 3, 'student distilled', args.student_iters)
     student_ckpt = os.path.join(experiments, s_opt['name'], 'models', 'net_g_latest.pth')
-
     a_opt = student_alone_options(s_opt, name=s_opt['name'] + '_alone')
-    run_training(write_yaml(os.path.join(workdir, 'train_demo_student_alone.yml'), a_opt), workdir, log, 4,
-                 'student alone', args.student_iters)
     alone_ckpt = os.path.join(experiments, a_opt['name'], 'models', 'net_g_latest.pth')
+    student_yml = write_yaml(os.path.join(workdir, 'train_demo_student.yml'), s_opt)
+    threads = threads_per_run(2)
+    alone = Training(write_yaml(os.path.join(workdir, 'train_demo_student_alone.yml'), a_opt), workdir, log,
+                     args.student_iters, threads)
+    try:
+        Training(write_yaml(os.path.join(workdir, 'train_demo_teacher.yml'), t_opt), workdir, log, args.teacher_iters,
+                 threads).follow(2, 'teacher NAFNet')
+        Training(student_yml, workdir, log, args.student_iters, threads).follow(3, 'student distilled')
+        alone.follow(4, 'student alone')
+    finally:
+        alone.stop()
 
     with log.capture():
         nets = load_demo_networks(teacher_ckpt, student_ckpt, alone_ckpt)

@@ -130,10 +130,16 @@ def test_distil_your_own_teacher_guide_runs_as_written(workspace, tmp_path, monk
         argv = tiny_sizes(argv)
         cmd = [PYTHON, '-m', 'torch.distributed.run', *argv[1:]] if argv[0] == 'torchrun' else \
             [PYTHON, '-m', scripts[argv[0]], *argv[1:]]
-        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        output = open(tmp_path / f'{argv[0]}_{len(os.listdir(tmp_path))}.out', 'w+')  # a file: never a full pipe
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT, text=True)
+        proc.output = output
+        return proc
 
     def finish(proc, what):
-        out, _ = proc.communicate(timeout=600)
+        proc.wait(timeout=600)
+        proc.output.seek(0)
+        out = proc.output.read()
+        proc.output.close()
         assert proc.returncode == 0, f'{what} failed:\n{out[-4000:]}'
         return out
 
