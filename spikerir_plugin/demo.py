@@ -165,6 +165,13 @@ def _pump(stream, lines):
     lines.put(None)
 
 
+def _children_cpu():
+    """CPU seconds of the finished children waited for so far (a child's share: the difference around its wait)."""
+    import resource
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def threads_per_run(parallel_runs):
     """Threads for each of `parallel_runs` concurrent trainings: the cores shared out (OMP_NUM_THREADS wins).
     Small networks gain little from a second thread, and busy cores make OpenMP's spinning threads very slow."""
@@ -184,6 +191,7 @@ class Training:
             (['--verbose'] if log.verbose else [])
         self.header = f'\n$ (cd {workdir}; OMP_NUM_THREADS={threads} {" ".join(cmd)})\n'
         env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS=str(threads))
+        self.started = time.time()
         self.proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, bufsize=1)
         self.lines = queue.Queue()
@@ -206,7 +214,10 @@ class Training:
             found = _ITER.search(line)
             if found:
                 bar.update(int(found.group(1).replace(',', '')) - bar.n)
+        before = _children_cpu()
         self.proc.wait()
+        self.log.write(f'-- {title}: {time.time() - self.started:.0f} s since its start, '
+                       f'{_children_cpu() - before:.0f} s CPU\n')
         if self.proc.returncode != 0:
             bar.close()
             sys.stderr.write(''.join(tail))
@@ -383,7 +394,10 @@ def main(argv=None):
     print(f'\ncomparison image (noisy | teacher | student | clean): {comparison}')
     print(f'energy plot: {os.path.join(energy_dir, "energy.png")} (full report: energy.txt, energy.json)')
     print(f'logs: {log.path}; options dumps and network printouts: {experiments}/<name>/train_*.log')
-    print(f'demo finished in {time.time() - start:.0f} s; everything is under {workdir}')
+    import resource
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = own.ru_utime + own.ru_stime + _children_cpu()
+    print(f'demo finished in {time.time() - start:.0f} s ({cpu:.0f} s CPU in all); everything is under {workdir}')
     return 0
 
 

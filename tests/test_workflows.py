@@ -170,17 +170,18 @@ def test_distil_your_own_teacher_guide_runs_as_written(workspace, tmp_path, monk
     log = open(next((ws / 'experiments' / EXPERIMENT).glob('train_*.log'))).read()
     assert 'datasets:[' in log and 'decoder_level1' in log and 'Validation my-val' in log
 
-    # 4. validate the saved student, while 5. and 6. run here
-    test_run = start(commands[5], ws)
+    # 4. validate the saved student, 5. restore with it (both as programs: `python -m <module>` of the console
+    # script), while 6. runs here
+    test_run, restore_run = start(commands[5], ws), start(commands[6], ws)
     capsys.readouterr()
-    assert in_process(tiny_sizes(commands[6])) == 0
+    assert in_process(tiny_sizes(commands[7])) == 0
+    assert 'energy ratio teacher/student' in capsys.readouterr().out
+    assert (ws / 'results' / 'energy' / EXPERIMENT / 'energy.png').is_file()
+    assert 'restored 2 of 2 images' in finish(restore_run, 'spikerir-restore')
     restored = ws / 'results' / 'my_student'
     assert sorted(os.listdir(restored)) == ['000.png', '001.png', 'compare', 'energy.csv']
     rows = open(restored / 'energy.csv').read().splitlines()
     assert len(rows) == 3 and rows[0].startswith('file,height,width,synops')
-    assert in_process(tiny_sizes(commands[7])) == 0
-    assert 'energy ratio teacher/student' in capsys.readouterr().out
-    assert (ws / 'results' / 'energy' / EXPERIMENT / 'energy.png').is_file()
     out = finish(test_run, 'spikerir-test')
     assert re.search(r'Validation my-val\s+# psnr: [\d.]+', out), out[-2000:]
     assert len(os.listdir(ws / 'results' / 'test_my_student' / 'visualization' / 'my-val')) == 2

@@ -112,11 +112,16 @@ def network_spec(a):
     return net_opt, a.ckpt, a.param_key or 'params_ema', True, '--ckpt', None
 
 
-def build_restore_network(net_opt, ckpt, param_key, strict, option):
+def build_restore_network(net_opt, ckpt, param_key, strict, option, source):
+    """The network of `net_opt` (named `source` in errors: network_g or --arch) with the weights of `ckpt`."""
     from basicsr.archs import build_network
+    from basicsr.utils.registry import ARCH_REGISTRY
     from spikerir_plugin.models.spiking_sr_model import check_network_opt
     from spikerir_plugin.utils.checkpoint import load_weights
-    check_network_opt(net_opt, 'network_g' if option is None else '--arch')
+    if source == '--arch' and net_opt['type'] not in ARCH_REGISTRY:
+        raise KeyError(f'--arch: unknown arch {net_opt["type"]!r}; registered archs: '
+                       f'{", ".join(sorted(ARCH_REGISTRY.keys()))}')
+    check_network_opt(net_opt, source)
     try:
         net = build_network(dict(net_opt))
     except TypeError as e:
@@ -361,7 +366,7 @@ def main(argv=None):
 
     try:
         net_opt, ckpt, param_key, strict, option, tile_opt = network_spec(a)
-        net = build_restore_network(net_opt, ckpt, param_key, strict, option)
+        net = build_restore_network(net_opt, ckpt, param_key, strict, option, 'network_g' if a.opt else '--arch')
         channels = input_channels(net, net_opt)
         tile = (a.tile, a.overlap) if a.tile is not None else check_tile_opt(tile_opt)
     except (OSError, KeyError, ValueError) as e:
