@@ -285,22 +285,26 @@ def print_table(scores, nets, count):
 
 
 def comparison_image(images, path, names=('noisy input', 'teacher (NAFNet)', 'student (SpikerIR)', 'clean'),
-                     rows=2):
-    """Crops side by side (noisy | teacher | student | clean), one row per validation photo, labelled columns."""
+                     rows=2, zoom=2):
+    """Crops side by side (noisy | teacher | student | clean), labelled columns, enlarged `zoom` times (nearest) so
+    the noise shows. One row per validation photo (the crops come photo by photo): its most textured crop."""
     import cv2
     from spikerir_plugin.utils.atomic import atomic_imwrite
-    picks = images[::max(1, len(images) // rows)][:rows]
-    h, w = picks[0]['clean'].shape[:2]
+    per_photo = max(1, len(images) // rows)
+    picks = [max(images[i:i + per_photo], key=lambda crop: crop['clean'].std())
+             for i in range(0, per_photo * rows, per_photo)]
+    h, w = (side * zoom for side in picks[0]['clean'].shape[:2])
     gap = 4
-    header = np.full((22, len(names) * (w + gap) - gap, 3), 255, np.uint8)
+    header = np.full((24, len(names) * (w + gap) - gap, 3), 255, np.uint8)
     for j, name in enumerate(names):
-        cv2.putText(header, name.split(' (')[0], (j * (w + gap) + 3, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.38,
+        cv2.putText(header, name.split(' (')[0], (j * (w + gap) + 4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
                     (0, 0, 0), 1, cv2.LINE_AA)
     strips = [header]
     for crop in picks:
         row = []
         for name in names:
-            row += [crop[name], np.full((h, gap, 3), 255, np.uint8)]
+            row += [cv2.resize(crop[name], (w, h), interpolation=cv2.INTER_NEAREST), np.full((h, gap, 3), 255,
+                                                                                            np.uint8)]
         strips += [np.concatenate(row[:-1], axis=1), np.full((gap, header.shape[1], 3), 255, np.uint8)]
     atomic_imwrite(path, np.concatenate(strips[:-1], axis=0))
     return path

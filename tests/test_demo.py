@@ -5,6 +5,7 @@ import re
 import subprocess
 
 import cv2
+import numpy as np
 import yaml
 
 from conftest import PYTHON, subprocess_env
@@ -37,12 +38,16 @@ def test_demo_trains_teacher_distills_student_and_reports(tmp_path):
     assert student['student']['totals']['synops'] > 0 and student['teacher']['totals']['synops'] == 0
     assert (workdir / 'results' / 'energy' / 'energy.png').stat().st_size > 0
     assert 'energy ratio teacher/student' in out
-    # the comparison image: a header row and two rows of noisy | teacher | student | clean 96x96 crops
+    # the comparison image: a header, then per validation photo noisy | teacher | student | clean, enlarged 2x
     comparison = re.search(r'^comparison image .*: (\S+)$', out, re.M).group(1)
     img = cv2.imread(comparison)
-    assert img.shape == (22 + 2 * 96 + 4, 4 * 96 + 3 * 4, 3)
-    clean = cv2.imread(str(workdir / 'datasets' / 'photos_val' / 'camera_00.png'))
-    assert (img[22:22 + 96, 300:396] == clean).all()  # first row, last column: the clean crop
+    assert img.shape == (24 + 2 * 192 + 4, 4 * 192 + 3 * 4, 3)
+    for row, photo in ((24, 'camera'), (24 + 192 + 4, 'coffee')):
+        clean = img[row:row + 192:2, 3 * 196::2]  # last column: the clean crop, one of that photo's
+        crops = [cv2.imread(str(p)) for p in (workdir / 'datasets' / 'photos_val').glob(f'{photo}_*.png')]
+        assert any((clean == crop).all() for crop in crops)
+        noisy = img[row:row + 192:2, 0:192:2].astype(float)
+        assert 15 < 10 * np.log10(255 ** 2 / ((noisy - clean) ** 2).mean()) < 25  # the noisy input, ~20 dB
     assert re.search(r'^energy plot: (\S+)', out, re.M).group(1) == str(workdir / 'results' / 'energy' / 'energy.png')
     # a page a person reads: the console has the stages and results; dumps and printouts are in the log files
     assert len(out.splitlines()) < 30 and 'Network structure' not in out + proc.stderr
