@@ -46,8 +46,9 @@ def test_registered_and_state_dict_keys_equal_nafnet():
     assert ARCH_REGISTRY.get('NAFNetLocal') is NAFNetLocal
     with torch.device('meta'):  # the official GoPro size, without allocating 68M parameters twice
         plain, local = NAFNet(preset='gopro-width64'), NAFNetLocal(preset='gopro-width64')
-    assert list(plain.state_dict()) == list(local.state_dict())
-    assert all(plain.state_dict()[k].shape == v.shape for k, v in local.state_dict().items())
+    plain_state, local_state = plain.state_dict(), local.state_dict()
+    assert list(plain_state) == list(local_state)
+    assert all(plain_state[k].shape == v.shape for k, v in local_state.items())
     assert local.hint_layers() == plain.hint_layers()
 
 

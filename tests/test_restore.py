@@ -2,6 +2,9 @@
 tiles; networks from test options or --arch/--ckpt with BasicSR, raw and official-style checkpoints."""
 import csv
 import os
+import runpy
+import sys
+import warnings
 
 import cv2
 import numpy as np
@@ -185,15 +188,19 @@ def test_bad_command_lines_exit_2_with_a_clear_message(photos, naf_ckpt, tmp_pat
     assert not (tmp_path / 'o').exists()
 
 
-def test_never_overwrites_its_input_and_reports_missing_inputs(photos, naf_ckpt, tmp_path, capsys):
+def test_never_overwrites_its_input_and_reports_missing_inputs(photos, naf_ckpt, tmp_path, capsys, monkeypatch):
     src = tmp_path / 'src'
     src.mkdir()
     cv2.imwrite(str(src / 'a.png'), photos['rgb'])
     before = (src / 'a.png').read_bytes()
-    rc = main(['-i', str(src), str(tmp_path / 'nothing_here.png'), '-o', str(src), '--arch', 'NAFNet',
-               '--arch-args', NAF_ARGS, '--ckpt', str(naf_ckpt[1])])
+    argv = ['spikerir-restore', '-i', str(src), str(tmp_path / 'nothing_here.png'), '-o', str(src), '--arch', 'NAFNet',
+            '--arch-args', NAF_ARGS, '--ckpt', str(naf_ckpt[1])]
+    monkeypatch.setattr(sys, 'argv', argv)  # as `python -m spikerir_plugin.tools.restore ...`: its exit status
+    with pytest.raises(SystemExit) as exit_info, warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)  # runpy: the module is already imported
+        runpy.run_module('spikerir_plugin.tools.restore', run_name='__main__', alter_sys=True)
     err = capsys.readouterr().err
-    assert rc == 1 and 'would overwrite the input' in err and 'nothing_here.png: no such file' in err
+    assert exit_info.value.code == 1 and 'would overwrite the input' in err and 'nothing_here.png: no such file' in err
     assert (src / 'a.png').read_bytes() == before
     assert main(['-i', str(src), '-o', str(src), '--suffix', '_out', '--arch', 'NAFNet', '--arch-args', NAF_ARGS,
                  '--ckpt', str(naf_ckpt[1])]) == 0
