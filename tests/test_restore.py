@@ -212,3 +212,14 @@ def test_arch_args_forms():
         {'preset': 'tiny', 'T': 4, 'enc_blk_nums': [1, 1, 28], 'x': None}
     assert parse_arch_args('{"width": 16, "dec": [1, 2]}') == {'width': 16, 'dec': [1, 2]}
     assert parse_arch_args('') == {}
+
+
+def test_jpeg_is_restored_as_viewers_show_it(photos, naf_ckpt, tmp_path):
+    from PIL import Image
+    image = Image.fromarray(photos['rgb'])  # 40 x 56, stored with "rotate 90 degrees clockwise to display"
+    exif = image.getexif()
+    exif[0x0112] = 6
+    image.save(tmp_path / 'phone.jpg', exif=exif.tobytes(), quality=95)
+    assert main(['-i', str(tmp_path / 'phone.jpg'), '-o', str(tmp_path / 'out'), '--arch', 'NAFNet',
+                 '--arch-args', NAF_ARGS, '--ckpt', str(naf_ckpt[1])]) == 0
+    assert read(tmp_path / 'out' / 'phone.png').shape == (56, 40, 3)
