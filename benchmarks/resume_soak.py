@@ -159,6 +159,14 @@ def kill_at(pid, exp, deadline, write_number=None):
     return wait(pid)
 
 
+def wait_for_new_archive_name(exp, last_end):
+    """With no training state to resume from, basicsr's train_pipeline renames the experiment folder to
+    ``<name>_archived_<timestamp>`` (one-second resolution) and fails if a run killed in the same second already
+    took that name. A person restarting a killed run never does so within a second; the soak waits as long."""
+    if not glob.glob(os.path.join(exp, 'training_states', '*.state')):
+        time.sleep(max(0.0, last_end + 1.05 - time.time()))
+
+
 def timed_reference(workdir, yml, exp):
     """Run the reference to the end; returns (seconds to its first checkpoint, seconds per checkpoint after)."""
     start = time.time()
@@ -202,15 +210,18 @@ def run_soak(workdir, cycles=50, total_iter=200, save_freq=2, seed=0, write_dela
     seen = {}  # path -> sha256 of every complete checkpoint file seen so far
     soak_log = os.path.join(workdir, 'soak.log')
     finished = False
+    last_end = 0.0
     while figures['cycles'] < cycles and not finished:
         figures['cycles'] += 1
         targeted = figures['cycles'] % 2 == 0
         before = set(checkpoint_files(exp))
+        wait_for_new_archive_name(exp, last_end)
         pid = start_run(workdir, soak_yml, soak_log, resume=True, write_delay=write_delay)
         if targeted:  # the 1st to 4th write of this run (a net_g_<iter>.pth or an <iter>.state)
             code = kill_at(pid, exp, time.time() + to_first + 6 * per_save, rng.randint(1, 4))
         else:  # anywhere from model building to about two checkpoints in
             code = kill_at(pid, exp, time.time() + rng.uniform(0.3 * to_first, to_first + 2 * per_save))
+        last_end = time.time()
         killed = code == -signal.SIGKILL
         if code == 0:
             finished = True
@@ -250,6 +261,7 @@ def run_soak(workdir, cycles=50, total_iter=200, save_freq=2, seed=0, write_dela
             f'{"kill inside a write" if killed and in_write else ""}'
             f'{"  LOST " + str(lost) if lost else ""}{"  UNREADABLE " + str(unreadable) if unreadable else ""}')
     if not finished:
+        wait_for_new_archive_name(exp, last_end)
         code = wait(start_run(workdir, soak_yml, soak_log, resume=True, write_delay=0))
         if code != 0:
             raise RuntimeError(f'the final resumed run failed (exit {code}); see {soak_log}')
