@@ -83,10 +83,15 @@ class FastMultiDimensionalAttention(nn.Module, base.MultiStepModule):
     and outputs): temporal -> channel -> spatial gating, then ReLU, on [T, B, C, H, W].
 
     The library pools with adaptive_avg/max_pool3d after transposing to [B, T, C, H, W]; that max pool took 84% of
-    an ESDNet GPU training step (anchors.md). Here the same statistics come from plain mean/amax reductions over the
-    untransposed tensor, and the MLPs run as matrix products on the pooled vectors. Only difference: on exactly tied
-    maxima amax splits the gradient evenly where max-pooling gives it to one element (ties do not occur on
-    real-valued activations in practice; the tests check gradients on random data).
+    an ESDNet training step on an H100. Here the work on the full tensor is cut to what the maths needs:
+    - one mean and one max per (t, b, c) plane give both the temporal and the channel statistics: the temporal gate
+      g_t > 0 (a sigmoid) commutes with the channel max, max(g_t * x) = g_t * max(x), and scales the channel mean,
+      so the gated tensor x * g_t is never materialised for them;
+    - the temporal and channel gates are applied together, as one [T, B, C] weight, in one multiplication;
+    - maxima come from max-with-indices reductions, whose backward scatters the gradient once, instead of amax's
+      mask-and-count backward (several passes over the full tensor). On exactly tied maxima the gradient goes to
+      one element, as with the library's max pooling.
+    The MLPs run as matrix products on the pooled vectors.
     """
 
     def __init__(self, T, C, reduction_t=16, reduction_c=16, kernel_size=3,
@@ -103,14 +108,20 @@ class FastMultiDimensionalAttention(nn.Module, base.MultiStepModule):
     def forward(self, x):
         if x.dim() != 5 or (self.ta is not None and x.shape[0] != self.T):
             raise ValueError(f'expected [T={self.T}, B, C, H, W], got {tuple(x.shape)}')
-        if self.ta is not None:  # one weight per (t, b), pooled over C, H, W
-            gate = self.ta(x.mean((2, 3, 4)).t(), x.amax((2, 3, 4)).t())
-            x = x * gate.t()[:, :, None, None, None]
-        if self.ca is not None:  # one weight per (b, c), pooled over T, H, W
-            gate = self.ca(x.mean((0, 3, 4)), x.amax((0, 3, 4)))
-            x = x * gate[None, :, :, None, None]
+        weight = None  # product of the temporal and channel gates, broadcast as [T, B, C]
+        if self.ta is not None or self.ca is not None:
+            plane_mean = x.mean((3, 4))  # [T, B, C]
+            plane_max = x.flatten(3).max(-1).values
+            if self.ta is not None:  # one weight per (t, b), pooled over C, H, W
+                gate_t = self.ta(plane_mean.mean(2).t(), plane_max.amax(2).t()).t()[:, :, None]
+                plane_mean, plane_max, weight = plane_mean * gate_t, plane_max * gate_t, gate_t
+            if self.ca is not None:  # one weight per (b, c), pooled over T, H, W of the temporally gated x
+                gate_c = self.ca(plane_mean.mean(0), plane_max.amax(0))[None]
+                weight = gate_c if weight is None else weight * gate_c
+            x = x * weight[..., None, None]
         if self.sa is not None:  # one weight per (b, h, w), pooled over T and C
-            stats = torch.stack((x.mean((0, 2)), x.amax((0, 2))), dim=1)
+            peak = x.max(2).values.max(0).values
+            stats = torch.stack((x.mean((0, 2)), peak), dim=1)
             x = x * torch.sigmoid(self.sa.conv(stats))[None]
         return F.relu(x)
 
