@@ -20,7 +20,10 @@ validation set.
 Variants (--variants FILE, YAML; the built-ins below are the default): name -> patch. A patch is merged into the
 options (mappings merge key by key, a mapping with a `type` replaces the old one whole, `~` deletes a key); a
 string 'iters' or '<f>*iters' becomes that many iterations.
-Demo data only: `teacher: {network: {...}, iters: N}` distils from another teacher, trained here once.
+A patch may set `alone: true` (a control: the patched run without its teacher) and `iters: N` (that variant trains N iterations, its schedules scaled; e.g. a student alone given the
+compute another variant spends on its teacher). Demo data only: `teacher: {network: {...}, iters: N}` distils from
+another teacher, trained here once, by basicsr's SRModel on the training photos, or with `distil: {patch}` by
+SpikerIRDistillModel from the default teacher (a teacher assistant; the patch applies to the distillation keys).
 
 Output (under --workdir): one table on the console (noisy input, teachers, student alone, each variant: mean +- std
 PSNR/SSIM over seeds and the paired gain over the student alone), results.json, curves.png (validation PSNR against
@@ -185,11 +188,17 @@ def train_demo_teacher(workdir, spec, train_dir, val_dir, device, threads):
     """Train (once) a teacher on the demo data with basicsr's SRModel; returns its checkpoint."""
     from spikerir_plugin import demo
     iters = int(spec['iters'])
-    opt = demo.teacher_options(iters, train_dir, val_dir)
+    if spec.get('distil'):  # a teacher assistant: itself distilled from the default teacher (`distil` patches it)
+        default = {'network': demo.TEACHER_NET, 'iters': spec['distil_teacher_iters']}
+        opt = demo.student_options(iters, train_dir, val_dir, train_demo_teacher(workdir, default, train_dir,
+                                                                                 val_dir, device, threads))
+        opt['train'] = merge(opt['train'], spec['distil'])
+    else:
+        opt = demo.teacher_options(iters, train_dir, val_dir)
     opt['datasets']['train']['io_backend'] = {'type': 'disk'}
     opt['network_g'] = copy.deepcopy(spec['network'])
     opt['train'] = merge(opt['train'], spec.get('train') or {})
-    name = f'teacher-{digest([opt["network_g"], opt["train"], os.path.basename(train_dir)])}'
+    name = f'teacher-{digest([opt["network_g"], opt["train"], os.path.basename(train_dir)] + ([opt["network_t"], opt["path"]["pretrain_network_t"]] if spec.get("distil") else []))}'
     ckpt = os.path.join(workdir, 'teachers', name, 'experiments', name, 'models', 'net_g_latest.pth')
     if not os.path.isfile(ckpt):
         opt = prepare_run_options(opt, name, 0, iters, 1, device)
@@ -346,7 +355,13 @@ def build_arms(base, variants, iters, teacher_of):
     for name, patch in variants.items():
         patch = resolve_iters(copy.deepcopy(patch), iters)
         teacher = patch.pop('teacher', None)
+        own_iters = patch.pop('iters', None)
+        without_teacher = patch.pop('alone', False)
         opt = merge(base, patch)
+        if without_teacher:  # a control: this variant's student alone (e.g. with more iterations)
+            opt = student_alone_options(opt)
+        if own_iters is not None:  # e.g. a student alone given the compute a variant spends elsewhere
+            opt = rescale_iterations(opt, int(own_iters))
         if opt.get('network_t'):
             opt, label = teacher_of(opt, teacher)
             teachers[label] = (opt['network_t'], opt['path']['pretrain_network_t'])
@@ -497,7 +512,8 @@ def main(argv=None):
         iters = args.iters or 600
         base, train_dir, val_dir, photos = demo_base_options(workdir, args.eval, iters)
         from spikerir_plugin import demo
-        default_teacher = {'network': demo.TEACHER_NET, 'iters': args.teacher_iters}
+        default_teacher = {'network': demo.TEACHER_NET, 'iters': args.teacher_iters,
+                           'distil_teacher_iters': args.teacher_iters}
         data_note = (f'demo photos, sigma {SIGMA}; eval {args.eval}: {len(os.listdir(val_dir))} crops of '
                      f'{", ".join(photos)}')
         eval_set = args.eval
@@ -507,7 +523,8 @@ def main(argv=None):
             opt['network_t'] = copy.deepcopy(spec['network'])
             opt['path']['pretrain_network_t'] = train_demo_teacher(workdir, spec, train_dir, val_dir, args.device,
                                                                    max(args.threads, 1))
-            return opt, f'{describe_net(spec["network"])} ({spec["iters"]} it)'
+            how = ', distilled from the default teacher' if spec.get('distil') else ''
+            return opt, f'{describe_net(spec["network"])} ({spec["iters"]} it{how})'
 
         # train the teachers the variants need, in parallel, before the students
         specs = {}
@@ -523,20 +540,22 @@ def main(argv=None):
     arms, teachers = build_arms(base, variants, iters, teacher_of)
     jobs = []
     for name, (opt, role, ref) in arms.items():
+        run_iters = int(opt['train']['total_iter'])
         for seed in args.seeds:
-            run_opt = prepare_run_options(opt, f'{name}_s{seed}', seed, iters, args.curve_points, args.device)
+            run_opt = prepare_run_options(opt, f'{name}_s{seed}', seed, run_iters, args.curve_points, args.device)
             jobs.append((name, seed, run_opt, os.path.join(workdir, 'runs', f'{name}-{training_key(run_opt)}')))
 
     results = {name: {} for name in arms}
     todo = [j for j in jobs if not os.path.isfile(os.path.join(j[3], 'result.json'))]
     print(f'{len(arms)} arms x {len(args.seeds)} seeds = {len(jobs)} runs of {iters} iterations '
           f'({len(jobs) - len(todo)} already trained); logs under {os.path.join(workdir, "runs")}', flush=True)
-    progress = Progress(iters * len(todo))
+    progress = Progress(sum(int(j[2]['train']['total_iter']) for j in todo))
     eval_lock = threading.Lock()
     device = 'cuda' if args.device == 'cuda' else 'cpu'
 
     def run_one(job):
         name, seed, run_opt, run_dir = job
+        iters = int(run_opt['train']['total_iter'])
         result_path = os.path.join(run_dir, 'result.json')
         if os.path.isfile(result_path):
             with open(result_path) as f:
