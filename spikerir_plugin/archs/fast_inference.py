@@ -28,6 +28,7 @@ output is the same to ~1e-6 except at the few pixels near a flipped spike, where
 and IF neurons; the first call per input shape compiles, and on the CPU it needs a C++ compiler).
 """
 import copy
+import types
 import weakref
 
 import torch
@@ -68,9 +69,10 @@ class InferenceNeuron(nn.Module):
             raise TypeError(f'{type(node).__name__} is not a LIF/IF neuron with spikingjelly 2.0 dynamics')
         self.surrogate_function = node.surrogate_function  # for spikingjelly's CUDA kernels
         self.compiled = compiled
+        self.inplace = False  # set by the conversion where the input is a fresh tensor nothing else reads
 
     def extra_repr(self):
-        return f'{self.spec}, compiled={self.compiled}'
+        return f'{self.spec}, compiled={self.compiled}, inplace={self.inplace}'
 
     def forward(self, x, out=None):
         if x.requires_grad and torch.is_grad_enabled():
@@ -78,8 +80,11 @@ class InferenceNeuron(nn.Module):
                                '(train the original network instead)')
         if x.device.type == 'cuda':  # spikingjelly's fused kernels, exactly what the arch's own neurons run there
             return self._cuda(x, out)
-        kernel = compiled_multi_step_spikes if self.compiled else multi_step_spikes
-        return kernel(x, self.spec, out=_empty_like_dense(x) if out is None else out)
+        if self.compiled:  # one fused kernel returns a fresh tensor; copied only into a caller's buffer
+            return compiled_multi_step_spikes(x, self.spec, out=out)
+        if out is None:  # step t reads x[t] before writing out[t], so the spikes may overwrite the input
+            out = x if self.inplace else _empty_like_dense(x)
+        return multi_step_spikes(x, self.spec, out=out)
 
     @torch.no_grad()
     def _cuda(self, x, out):
@@ -126,10 +131,22 @@ class InferenceBatchNorm(nn.Module):
         self.register_buffer('running_mean', norm.running_mean.detach())
         self.register_buffer('running_var', norm.running_var.detach())
         self.eps = norm.eps
+        self.inplace = False  # set by the conversion where the input is a fresh tensor nothing else reads
+
+    def extra_repr(self):
+        return f'inplace={self.inplace}'
 
     def forward(self, x):
-        return _seq_apply(lambda y: F.batch_norm(y, self.running_mean, self.running_var, self.weight, self.bias,
-                                                 False, 0.0, self.eps), x)
+        return _seq_apply(self._normalise, x)
+
+    def _normalise(self, x):
+        if not self.inplace:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        # the kernel F.batch_norm runs (element-wise in eval mode), writing over its input
+        torch.ops.aten.native_batch_norm.out(x, self.weight, self.bias, self.running_mean, self.running_var, False,
+                                             0.0, self.eps, out=x, save_mean=x.new_empty(0),
+                                             save_invstd=x.new_empty(0))
+        return x
 
 
 class InferenceAttention(nn.Module):
@@ -262,7 +279,30 @@ class _Converter:
             else:
                 seq._modules[names[i]] = self(child)
                 i += 1
+        _mark_inplace(seq)
         return seq
+
+
+def _mark_inplace(seq):
+    """Inside a Sequential a layer's output goes to the next layer alone: a batch norm right after a convolution
+    and a neuron right after a batch norm or convolution (Identity placeholders skipped) may overwrite their input.
+    The first layer never does (its input may be read elsewhere, e.g. by the block's residual)."""
+    previous = None
+    for module in seq:
+        if isinstance(module, nn.Identity):
+            continue
+        if isinstance(module, InferenceBatchNorm) and isinstance(previous, InferenceConv2d):
+            module.inplace = True
+        if isinstance(module, InferenceNeuron) and isinstance(previous, (InferenceConv2d, InferenceBatchNorm)):
+            module.inplace = True
+        previous = module
+
+
+def _expanded_encode(self, x):
+    """SpikingUNet.encode without materialising the T copies: the image conv's output seen T times (a view with
+    stride 0 over T; the blocks only read it), in its own layout (channels-last with exact=False)."""
+    embedded = self.patch_embed(x.unsqueeze(0))
+    return embedded.expand(self.T, *embedded.shape[1:])
 
 
 _HOOK_DICTS = ('_forward_hooks', '_forward_pre_hooks', '_backward_hooks', '_backward_pre_hooks',
@@ -280,6 +320,8 @@ def build_inference_network(net, exact=True, compile=False):
                 hooks.clear()
     for p in fast.parameters():
         p.requires_grad_(False)
+    if hasattr(fast, 'encode') and hasattr(fast, 'patch_embed'):  # a SpikingUNet: no copies of the embedding
+        fast.encode = types.MethodType(_expanded_encode, fast)
     fast.eval()
     fast._inference_copy = True  # for_inference() on the copy returns the copy itself
     return fast

@@ -18,9 +18,25 @@ On CUDA spikingjelly's fused kernels (Triton / CUDA) run as before, and so does 
 Single-step mode (``step_mode='s'``) is left as spikingjelly defines it: there the caller drives time and the state
 must persist between calls.
 """
+import contextlib
+
 from spikingjelly.activation_based import neuron
 
 from spikerir_plugin.archs.neuron_kernels import fused_cpu_eligible, fused_multi_step, neuron_spec
+
+
+_fused_cpu_loops = [True]
+
+
+@contextlib.contextmanager
+def spikingjelly_loops():
+    """Inside this block the neurons run spikingjelly's own multi-step code on the CPU too: the reference the fused
+    loops are tested and benchmarked against."""
+    _fused_cpu_loops.append(False)
+    try:
+        yield
+    finally:
+        _fused_cpu_loops.pop()
 
 
 class _RestingStateMixin:
@@ -35,7 +51,8 @@ class _RestingStateMixin:
     def multi_step_forward(self, x_seq, *args, **kwargs):
         self._rest()
         try:
-            if not (args or kwargs or self.store_v_seq or self._neuron_precision is not None):
+            plain_call = not (args or kwargs or self.store_v_seq or self._neuron_precision is not None)
+            if _fused_cpu_loops[-1] and plain_call:
                 spec = neuron_spec(self)
                 if fused_cpu_eligible(spec, x_seq):
                     return fused_multi_step(x_seq, spec)
