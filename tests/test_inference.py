@@ -122,8 +122,9 @@ def test_inference_copy_equals_eval_forward(name):
     fast = inference_network(net)
     assert net.training and fast is not net  # the arch keeps its mode
     net.eval()
-    for size, batch in [((32, 32), 2), ((21, 26), 1), ((9, 13), 2)]:
-        x = make_input(size, batch, sigma=15)
+    for size, batch, layout in [((32, 32), 2, torch.channels_last), ((21, 26), 1, torch.contiguous_format),
+                                ((9, 13), 2, torch.channels_last)]:
+        x = make_input(size, batch, sigma=15).contiguous(memory_format=layout)  # photos arrive channels-last
         with torch.no_grad():
             ref, out = net(x), fast(x)
         assert torch.equal(out, ref), f'{name} {size}: max abs diff {(out - ref).abs().max().item():.3g}'

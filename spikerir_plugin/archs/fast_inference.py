@@ -62,17 +62,19 @@ def _seq_apply(fn, x):
 class InferenceNeuron(nn.Module):
     """No-grad multi-step LIF/IF layer starting at rest; ``forward(x, out=None)`` writes spikes into ``out``."""
 
-    def __init__(self, node, compiled=False):
+    def __init__(self, node, compiled=False, exact=True):
         super().__init__()
         self.spec = neuron_spec(node)
         if self.spec is None:
             raise TypeError(f'{type(node).__name__} is not a LIF/IF neuron with spikingjelly 2.0 dynamics')
         self.surrogate_function = node.surrogate_function  # for spikingjelly's CUDA kernels
         self.compiled = compiled
+        # exact: contiguous spikes like the arch's neurons (the next conv sees the same layout); else x's layout
+        self.exact = exact
         self.inplace = False  # set by the conversion where the input is a fresh tensor nothing else reads
 
     def extra_repr(self):
-        return f'{self.spec}, compiled={self.compiled}, inplace={self.inplace}'
+        return f'{self.spec}, compiled={self.compiled}, exact={self.exact}, inplace={self.inplace}'
 
     def forward(self, x, out=None):
         if x.requires_grad and torch.is_grad_enabled():
@@ -82,8 +84,10 @@ class InferenceNeuron(nn.Module):
             return self._cuda(x, out)
         if self.compiled:  # one fused kernel returns a fresh tensor; copied only into a caller's buffer
             return compiled_multi_step_spikes(x, self.spec, out=out)
-        if out is None:  # step t reads x[t] before writing out[t], so the spikes may overwrite the input
-            out = x if self.inplace else _empty_like_dense(x)
+        if out is None and self.inplace and (x.is_contiguous() or not self.exact):
+            out = x  # step t reads x[t] before writing out[t]: the spikes may overwrite a dead input
+        if out is None and not self.exact:
+            out = _empty_like_dense(x)
         return multi_step_spikes(x, self.spec, out=out)
 
     @torch.no_grad()
@@ -247,7 +251,7 @@ class _Converter:
         from spikingjelly.activation_based.neuron import BaseNode
         from spikerir_plugin.archs.spiking_blocks import FastMultiDimensionalAttention, SpikingResidualBlock
         if isinstance(module, BaseNode):
-            return InferenceNeuron(module, self.compiled) if neuron_spec(module) else module
+            return InferenceNeuron(module, self.compiled, self.exact) if neuron_spec(module) else module
         if isinstance(module, SpikingResidualBlock):
             return InferenceResidualBlock(module, self)
         if isinstance(module, FastMultiDimensionalAttention):
@@ -300,7 +304,13 @@ def _mark_inplace(seq):
 
 def _expanded_encode(self, x):
     """SpikingUNet.encode without materialising the T copies: the image conv's output seen T times (a view with
-    stride 0 over T; the blocks only read it), in its own layout (channels-last with exact=False)."""
+    stride 0 over T; the blocks only read it), each step contiguous as in the repeated tensor."""
+    embedded = self.patch_embed(x.unsqueeze(0)).contiguous()
+    return embedded.expand(self.T, *embedded.shape[1:])
+
+
+def _expanded_encode_any_layout(self, x):
+    """As _expanded_encode, keeping the conv's output layout (channels-last with exact=False)."""
     embedded = self.patch_embed(x.unsqueeze(0))
     return embedded.expand(self.T, *embedded.shape[1:])
 
@@ -320,8 +330,8 @@ def build_inference_network(net, exact=True, compile=False):
                 hooks.clear()
     for p in fast.parameters():
         p.requires_grad_(False)
-    if hasattr(fast, 'encode') and hasattr(fast, 'patch_embed'):  # a SpikingUNet: no copies of the embedding
-        fast.encode = types.MethodType(_expanded_encode, fast)
+    if hasattr(fast, 'encode') and hasattr(fast, 'patch_embed'):  # a SpikingUNet: no T copies of the embedding
+        fast.encode = types.MethodType(_expanded_encode if exact else _expanded_encode_any_layout, fast)
     fast.eval()
     fast._inference_copy = True  # for_inference() on the copy returns the copy itself
     return fast

@@ -20,7 +20,10 @@ Why the results are the same bits as spikingjelly's loop:
 - gradients: autograd through spikingjelly's loop accumulates at most two non-zero terms per tensor, and a sum of
   two terms does not depend on their order, so the backward below repeats its products and sums op by op
   (surrogate ``(1 - sigmoid(a z)) * sigmoid(a z) * a`` with z = h - v_th, reset path ``-(g_v * h)``, leak
-  ``g_h - g_h / tau``); results may differ from spikingjelly's only in the sign of a zero.
+  ``g_h - g_h / tau``); results may differ from spikingjelly's only in the sign of a zero. The one transcendental
+  op, the surrogate's sigmoid, runs per time step on membrane tensors laid out as spikingjelly's (its vectorised
+  body and scalar tail can differ in the last bit, so the layout decides which elements get which).
+- layout: the spikes come out contiguous, as spikingjelly's stacked output, whatever the input's strides.
 The equalities are checked against spikingjelly's neuron in tests/test_inference.py.
 
 ``neuron_spec(node)`` says whether a neuron can use these loops; ``multi_step_spikes`` is the no-grad inference
@@ -105,9 +108,10 @@ def _reset(h, spikes, spec, out):
 # ----------------------------------------------------------------------------------------------------- inference
 @torch.no_grad()
 def multi_step_spikes(x, spec, out=None):
-    """Spikes [T, ...] of a neuron layer that starts at rest, for inputs x [T, ...] (any strides; x is not
-    modified). ``out``: a preallocated output (e.g. a channel slice of a larger buffer) of x's shape and dtype."""
-    out = torch.empty_like(x) if out is None else out
+    """Spikes [T, ...] of a neuron layer that starts at rest, for inputs x [T, ...] of any strides. The spikes are
+    written into ``out`` (x's shape and dtype, any strides; it may be x itself: step t reads x[t] before writing
+    out[t]), by default a new contiguous tensor, as spikingjelly's stacked output."""
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device) if out is None else out
     v = torch.full_like(x[0], spec.rest)
     for t in range(x.shape[0]):
         _charge(v, x[t], spec, out=v)
@@ -161,32 +165,34 @@ def _surrogate_sigmoid_grad(h, spec):
 class _FusedNeuron(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, spec):
-        spikes, charged = torch.empty_like(x), torch.empty_like(x)
+        spikes = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # contiguous, as spikingjelly's stack
+        # one membrane tensor per step laid out as x[t], as spikingjelly's: the surrogate's sigmoid in backward
+        # gives the same bits only on the same layout (vectorised body and scalar tail can differ in the last bit)
+        charged = []
         v = torch.full_like(x[0], spec.rest)
         for t in range(x.shape[0]):
-            h = _charge(v, x[t], spec, out=charged[t])
+            h = _charge(v, x[t], spec, out=torch.empty_like(x[t]))
+            charged.append(h)
             torch.ge(h, spec.v_threshold, out=spikes[t])
             if t + 1 < x.shape[0]:
                 v = _reset(h, spikes[t], spec, out=v)
-        ctx.save_for_backward(charged)
+        ctx.save_for_backward(*charged)
         ctx.spec = spec
         return spikes
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_spikes):
-        (h,), spec = ctx.saved_tensors, ctx.spec
-        fired = h >= spec.v_threshold
-        grad_x = torch.empty_like(h)
+        h, spec = ctx.saved_tensors, ctx.spec
+        grad_x = torch.empty(grad_spikes.shape, dtype=h[0].dtype, device=h[0].device)
         grad_v = None  # gradient reaching v after step t from step t + 1 (none after the last step)
-        for t in reversed(range(h.shape[0])):
+        for t in reversed(range(len(h))):
             grad_spike = grad_spikes[t]
             if grad_v is not None and not spec.detach_reset:  # reset path: d(s*0 + (1-s)*h)/ds = -h
                 grad_spike = grad_spike - grad_v * h[t]
-            # per step, as spikingjelly: sigmoid's vectorised and scalar-tail code can differ in the last bit
             grad_h = torch.mul(grad_spike, _surrogate_sigmoid_grad(h[t], spec), out=grad_x[t])
             if grad_v is not None:  # d(s*0 + (1-s)*h)/dh = 1 - s
-                grad_h.add_(grad_v.masked_fill_(fired[t], 0.0))
+                grad_h.add_(grad_v.masked_fill_(h[t] >= spec.v_threshold, 0.0))
             if spec.tau is None:  # IF: h = v + x
                 grad_v = grad_h.clone()
             else:  # LIF: dh/dv = 1 - 1/tau; dh/dx = 1 (or 1/tau with input decay)
