@@ -11,14 +11,17 @@ spiking network (``--modes``):
     compiled      inference_network(net, compile=True): exact, neuron loops through torch.compile
 For every spiking run it also reports the max abs difference from the eval forward on the same real photo
 (scikit-image's astronaut) and the time of the run's convolutions alone (``conv_ms``, timed inside one extra forward:
-the dense-convolution floor of that run). Peak memory: CUDA ``max_memory_allocated``; CPU the peak growth of the
-process's resident memory during one extra forward (sampled every millisecond from /proc/self/statm). ``--profile``
+the dense-convolution floor of that run). Peak memory: on CUDA ``max_memory_allocated`` during one more forward;
+on the CPU ``--memory`` runs each network in a fresh process and reports the growth of its peak resident memory
+during one forward (in a long-lived process the allocator keeps freed memory, hiding a run's own peak). ``--profile``
 prints the top operators of the given runs (torch.profiler, self CPU/CUDA time).
 
 Examples (see benchmarks/README.md, "Inference"):
     python benchmarks/inference.py --threads 1,2 --sizes 256,512 --out inference_cpu.jsonl
     python benchmarks/inference.py --cases nafnet32,esdnet --modes eval,exact --sizes 256 --repeats 1
-    python benchmarks/inference.py --device cuda --threads 0 --out inference_cuda.jsonl
+    python benchmarks/inference.py --device cuda --out inference_cuda.jsonl
+    python benchmarks/inference.py --memory --sizes 256,512 --modes eval,exact,fast
+    python benchmarks/inference.py --numerics --cases tiny,base --sizes 256 --threads 1
 """
 import argparse
 import contextlib
@@ -26,7 +29,6 @@ import json
 import os
 import statistics
 import sys
-import threading
 import time
 
 import torch
@@ -99,44 +101,45 @@ def conv_time_ms(fn, module, x, device):
     return total[0] * 1e3
 
 
-class PeakRSS(contextlib.AbstractContextManager):
-    """Peak growth of the resident set size (MiB) while the block runs, sampled every millisecond."""
-    page = os.sysconf('SC_PAGE_SIZE')
-
-    def _rss(self):
-        with open('/proc/self/statm') as f:
-            return int(f.read().split()[1]) * self.page
-
-    def __enter__(self):
-        self.base = self.peak = self._rss()
-        self.running = True
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self):
-        while self.running:
-            self.peak = max(self.peak, self._rss())
-            time.sleep(0.001)
-
-    def __exit__(self, *exc):
-        self.running = False
-        self.thread.join()
-        self.peak = max(self.peak, self._rss())
-        self.mib = (self.peak - self.base) / 2 ** 20
+def cuda_peak_memory_mib(fn, x, device):
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn(x)
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
 
 
-def peak_memory_mib(fn, x, device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
+def cpu_peak_memory(args, sink):
+    """Peak resident-memory growth of one forward (MiB), each (case, mode, size) in a fresh process: the network
+    and its inference copy are built first, then ru_maxrss is read before and after the forward. In a long-lived
+    process freed memory stays with the allocator, so only a fresh process shows a run's own peak."""
+    import subprocess
+    for size in args.sizes:
+        for case in args.cases:
+            for mode in (args.modes if case in SPIKING else ('eval',)):
+                child = subprocess.run([sys.executable, __file__, '--memory-child', f'{case}:{mode}:{size}'],
+                                       capture_output=True, text=True, check=True)
+                record = json.loads(child.stdout.strip().splitlines()[-1])
+                print(f"{case:9s} {mode:12s} {size:4d} peak memory growth {record['peak_rss_growth_mib']:.0f} MiB",
+                      flush=True)
+                if sink:
+                    sink.write(json.dumps(record) + '\n')
+
+
+def memory_child(spec):
+    import resource
+    case, mode, size = spec.split(':')
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    net = BUILDERS[case]().eval()
+    fn, _ = runner(net, mode)
+    x = make_input(int(size))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with torch.no_grad():
         fn(x)
-        torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
-    with PeakRSS() as rss:
-        fn(x)
-    return rss.mib
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(json.dumps({'memory': case, 'mode': mode, 'size': int(size), 'peak_rss_growth_mib': (after - before) / 1024}))
 
 
 def run_config(args, device, threads, size, sink):
@@ -154,16 +157,22 @@ def run_config(args, device, threads, size, sink):
     load_before = os.getloadavg()
     times = {(c, m): [] for c, m, *_ in runs}
     extra = {}
+    reference = {}  # case -> output of the arch in eval mode
     with torch.no_grad():
         for case, mode, fn, module, net in runs:  # warm-up (oneDNN primitives, compilation) and checks
             out = fn(x)
             sync(device)
             info = {}
             if case in SPIKING:
-                info['max_abs_diff_vs_eval'] = float((out - net(x)).abs().max())
+                if case not in reference:
+                    reference[case] = out if mode == 'eval' else net(x)
+                info['max_abs_diff_vs_eval'] = float((out - reference[case]).abs().max())
+            if case in SPIKING:  # one more forward with the convolutions timed inside it
                 info['conv_ms'] = conv_time_ms(fn, module, x, device)
-            info['peak_mem_mib'] = peak_memory_mib(fn, x, device)
+            if device.type == 'cuda':
+                info['peak_mem_mib'] = cuda_peak_memory_mib(fn, x, device)
             extra[(case, mode)] = info
+        reference.clear()
         for _ in range(args.repeats):  # round-robin: every run sees the same load
             for case, mode, fn, *_ in runs:
                 sync(device)
@@ -195,6 +204,61 @@ def run_config(args, device, threads, size, sink):
     return records
 
 
+def with_batch_norm_statistics(net, device):
+    """Random-init nets have identity batch norms in eval mode; give them non-trivial affines and running statistics
+    (collected in train mode on noisy real photos) so that the numerics check sees trained-like conditions."""
+    torch.manual_seed(0)
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None
+            with torch.no_grad():
+                m.weight.mul_(1 + 0.3 * torch.randn_like(m.weight))
+                m.bias.normal_(0, 0.05)
+    net.train()
+    with torch.no_grad():
+        net(make_input(64, 4, sigma=15).to(device))
+    return net.eval()
+
+
+def numerics(args, device, size, sink):
+    """exact and fast copies against the eval forward on four real photos: max abs difference, pixels off by more
+    than 1e-5, spikes that differ, PSNR between the outputs."""
+    from spikingjelly.activation_based.neuron import BaseNode
+    from spikerir_plugin.archs.fast_inference import InferenceNeuron
+    x = make_input(size, 4, sigma=15).to(device)
+    for case in [c for c in args.cases if c in SPIKING]:
+        torch.manual_seed(0)
+        net = with_batch_norm_statistics(BUILDERS[case]().to(device), device)
+        spikes = {}
+
+        def record(tag, name):
+            return lambda m, i, o: spikes.setdefault(name, {}).__setitem__(tag, o.clone())
+        hooks = [m.register_forward_hook(record('eval', n)) for n, m in net.named_modules() if isinstance(m, BaseNode)]
+        with torch.no_grad():
+            ref = net(x)
+        for h in hooks:
+            h.remove()
+        for mode in ('exact', 'fast'):
+            fast = inference_network(net, exact=mode == 'exact')
+            hooks = [m.register_forward_hook(record(mode, n)) for n, m in fast.named_modules()
+                     if isinstance(m, InferenceNeuron)]
+            with torch.no_grad():
+                out = fast(x)
+            for h in hooks:
+                h.remove()
+            diff = (out - ref).abs()
+            flips = sum(int((v['eval'] != v[mode]).sum()) for v in spikes.values() if mode in v)
+            total = sum(v['eval'].numel() for v in spikes.values())
+            mse = float(diff.double().square().mean())
+            record_ = {'numerics': case, 'mode': mode, 'size': size, 'photos': 4, 'max_abs_diff': float(diff.max()),
+                       'pixels_off_1e-5': int((diff > 1e-5).sum()), 'pixels': diff.numel(), 'spike_flips': flips,
+                       'spikes_total': total, 'psnr_vs_eval_db': 10 * torch.log10(torch.tensor(1 / mse)).item()
+                       if mse else float('inf')}
+            print(json.dumps(record_), flush=True)
+            if sink:
+                sink.write(json.dumps(record_) + '\n')
+
+
 def profile_table(fn, x, device, rows):
     from torch.profiler import ProfilerActivity, profile
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
@@ -217,9 +281,10 @@ def emit(record, sink):
     ratio = f"{record['ratio_vs_nafnet32']:.3f}x" if 'ratio_vs_nafnet32' in record else '-'
     conv = f"{record['conv_ms']:.0f}" if 'conv_ms' in record else '-'
     diff = f"{record['max_abs_diff_vs_eval']:.1e}" if 'max_abs_diff_vs_eval' in record else '-'
+    mem = f"mem {record['peak_mem_mib']:.0f} MiB  " if 'peak_mem_mib' in record else ''
     print(f"{record['case']:9s} {record['mode']:12s} {record['size']:4d} thr {record['threads'] or '-'}  "
           f"{record['ms_median']:9.1f} ms (min {record['ms_min']:.1f}, max {record['ms_max']:.1f})  "
-          f"vs nafnet32 {ratio}  conv {conv} ms  mem {record['peak_mem_mib']:.0f} MiB  diff {diff}  "
+          f"vs nafnet32 {ratio}  conv {conv} ms  {mem}diff {diff}  "
           f"load {record['load_avg_1min'][0]:.1f}/{record['load_avg_1min'][1]:.1f}", flush=True)
 
 
@@ -241,6 +306,11 @@ def parse_args(argv):
     p.add_argument('--repeats', type=int, default=3, help='timed forwards per run, after one warm-up')
     p.add_argument('--profile', default='tiny:exact,tiny:fast', help='CASE:MODE runs to profile (empty: none)')
     p.add_argument('--profile-rows', type=int, default=12)
+    p.add_argument('--memory', action='store_true', help='CPU peak memory of one forward per run, each in a fresh '
+                   'process, instead of timing')
+    p.add_argument('--memory-child', default=None, help=argparse.SUPPRESS)
+    p.add_argument('--numerics', action='store_true', help='compare exact/fast copies with the eval forward on '
+                   'real photos (trained-like batch-norm statistics) instead of timing')
     p.add_argument('--out', default=None, help='JSON lines file')
     a = p.parse_args(argv)
     a.cases = parse_list(a.cases, BUILDERS, '--cases')
@@ -253,6 +323,8 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.memory_child:
+        return memory_child(args.memory_child)
     device = torch.device(args.device)
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise SystemExit('--device cuda: no CUDA device is visible to torch')
@@ -263,7 +335,16 @@ def main(argv=None):
     try:
         for threads in args.threads:
             for size in args.sizes:
-                records += run_config(args, device, threads, size, sink)
+                if args.memory:
+                    if threads == args.threads[0]:
+                        cpu_peak_memory(args, sink)
+                    break
+                if args.numerics:
+                    if device.type == 'cpu':
+                        torch.set_num_threads(threads)
+                    numerics(args, device, size, sink)
+                else:
+                    records += run_config(args, device, threads, size, sink)
     finally:
         if sink:
             sink.close()
