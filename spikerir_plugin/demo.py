@@ -113,6 +113,7 @@ def evaluate(val_dir, teacher_ckpt, student_ckpt):
     from basicsr.metrics import calculate_psnr, calculate_ssim
     from basicsr.utils import tensor2img
     from spikerir_plugin.utils.checkpoint import load_weights
+    from spikerir_plugin.utils.inference import inference_network
 
     dataset = build_dataset({'name': 'val', 'type': 'GaussianDenoiseDataset', 'dataroot_gt': val_dir,
                              'io_backend': {'type': 'disk'}, 'sigma': SIGMA, 'noise_seed': 0, 'phase': 'val',
@@ -126,7 +127,7 @@ def evaluate(val_dir, teacher_ckpt, student_ckpt):
             gt = tensor2img(sample['gt'])
             outputs = {'noisy input': sample['lq']}
             for name, net in nets.items():
-                outputs[name] = net(sample['lq'][None])[0]
+                outputs[name] = inference_network(net)(sample['lq'][None])[0]
             for name, out in outputs.items():
                 img = tensor2img(out)
                 scores[name].append((calculate_psnr(img, gt, 0), calculate_ssim(img, gt, 0)))

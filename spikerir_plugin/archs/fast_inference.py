@@ -9,7 +9,11 @@ layers and its weights frozen (``requires_grad=False``):
 - each spiking residual block -> ``InferenceResidualBlock``: the same convs and norms, then the attention
   (``InferenceAttention``) and the block's residual applied in the block output's own storage: one plane
   mean/max pass for the temporal and channel gates, max reductions without indices, gates, ReLU and residual
-  in place, no copies of the feature map.
+  in place, no copies of the feature map;
+- where a layer's input is a fresh tensor that nothing else reads (a batch norm after its convolution, a neuron
+  after its batch norm, inside one Sequential) the layer writes its output over its input: fewer large
+  allocations, each of which costs page faults on the CPU;
+- the image convolution's output is seen T times through a stride-0 view instead of being copied T times.
 
 Numerics. By default (``exact=True``) every convolution, batch norm, reduction and transcendental op is the same
 ATen call on the same shapes and strides as in the arch's eval forward, and every other step is exact
@@ -258,8 +262,8 @@ class _Converter:
             return InferenceAttention(module)
         if _is_plain_conv(module):
             return InferenceConv2d.from_conv(module, channels_last=not self.exact)
-        if _is_norm(module) and type(module) in (nn.BatchNorm2d, layer.BatchNorm2d,
-                                                 layer.ThresholdDependentBatchNorm2d):
+        if type(module) in (nn.BatchNorm2d, layer.BatchNorm2d, layer.ThresholdDependentBatchNorm2d) and \
+                module.track_running_stats and module.running_mean is not None:
             return InferenceBatchNorm(module)
         if isinstance(module, nn.Sequential):
             return self._sequential(module)
