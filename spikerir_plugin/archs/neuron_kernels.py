@@ -84,6 +84,11 @@ def _fast_lif(spec):
     return spec.tau == 2.0 and not spec.decay_input and spec.v_reset == 0.0
 
 
+def _first_charge_is_input(spec):
+    """From rest at 0, without input decay, the first charge is the input itself (0 - 0 / tau + x, 0 + x)."""
+    return spec.rest == 0.0 and not spec.decay_input
+
+
 def _charge(v, x, spec, out):
     """h = charge(v, x) written into ``out`` (``out`` may be ``v``)."""
     if spec.tau is None:  # IF: v + x
@@ -112,9 +117,13 @@ def multi_step_spikes(x, spec, out=None):
     written into ``out`` (x's shape and dtype, any strides; it may be x itself: step t reads x[t] before writing
     out[t]), by default a new contiguous tensor, as spikingjelly's stacked output."""
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device) if out is None else out
-    v = torch.full_like(x[0], spec.rest)
+    v = None
     for t in range(x.shape[0]):
-        _charge(v, x[t], spec, out=v)
+        if v is None and _first_charge_is_input(spec):
+            v = x[0].clone()  # charge(0, x) = x (a -0 input becomes +0 there, which fires the same)
+        else:
+            v = torch.full_like(x[0], spec.rest) if v is None else v
+            _charge(v, x[t], spec, out=v)
         torch.ge(v, spec.v_threshold, out=out[t])
         if t + 1 < x.shape[0]:
             _reset(v, out[t], spec, out=v)
