@@ -10,8 +10,9 @@ spiking network (``--modes``):
     fast          inference_network(net, exact=False): batch norms folded, channels-last convolutions
     compiled      inference_network(net, compile=True): exact, neuron loops through torch.compile
 For every spiking run it also reports the max abs difference from the eval forward on the same real photo
-(scikit-image's astronaut) and the time of the run's convolutions alone (``conv_ms``, timed inside one extra forward:
-the dense-convolution floor of that run). Peak memory: on CUDA ``max_memory_allocated`` during one more forward;
+(scikit-image's astronaut), and for every run the time of its convolutions alone (``conv_ms``, the median over the
+timed forwards of the summed convolution calls, measured by hooks around them; on CUDA in a forward of its own):
+the dense-convolution floor of that run. Peak memory: on CUDA ``max_memory_allocated`` during one more forward;
 on the CPU ``--memory`` runs each network in a fresh process and reports the growth of its peak resident memory
 during one forward (in a long-lived process the allocator keeps freed memory, hiding a run's own peak). ``--profile``
 prints the top operators of the given runs (torch.profiler, self CPU/CUDA time).
@@ -79,26 +80,31 @@ def conv_modules(module):
     return [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
 
 
-def conv_time_ms(fn, module, x, device):
-    """Summed wall time of the convolution modules inside one forward (pre/post hooks around each call)."""
-    total, start = [0.0], {}
+class ConvTimer(contextlib.AbstractContextManager):
+    """Sums the wall time of the convolution modules of ``module`` while the block runs (pre/post hooks around
+    each call; on CUDA each hook synchronises, so time CUDA convolutions in a forward of their own)."""
 
-    def pre(m, _inp):
-        sync(device)
-        start[m] = time.perf_counter()
+    def __init__(self, module, device):
+        self.module, self.device, self.ms = module, device, 0.0
 
-    def post(m, _inp, _out):
-        sync(device)
-        total[0] += time.perf_counter() - start.pop(m)
+    def __enter__(self):
+        start = {}
 
-    handles = [h for m in conv_modules(module) for h in (m.register_forward_pre_hook(pre),
-                                                          m.register_forward_hook(post))]
-    try:
-        fn(x)
-    finally:
-        for h in handles:
+        def pre(m, _inp):
+            sync(self.device)
+            start[m] = time.perf_counter()
+
+        def post(m, _inp, _out):
+            sync(self.device)
+            self.ms += (time.perf_counter() - start.pop(m)) * 1e3
+
+        self.handles = [h for m in conv_modules(self.module) for h in (m.register_forward_pre_hook(pre),
+                                                                       m.register_forward_hook(post))]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
             h.remove()
-    return total[0] * 1e3
 
 
 def cuda_peak_memory_mib(fn, x, device):
@@ -167,19 +173,27 @@ def run_config(args, device, threads, size, sink):
                 if case not in reference:
                     reference[case] = out if mode == 'eval' else net(x)
                 info['max_abs_diff_vs_eval'] = float((out - reference[case]).abs().max())
-            if case in SPIKING:  # one more forward with the convolutions timed inside it
-                info['conv_ms'] = conv_time_ms(fn, module, x, device)
-            if device.type == 'cuda':
+            if device.type == 'cuda':  # convolutions timed in a forward of their own (the hooks synchronise)
+                with ConvTimer(module, device) as timer:
+                    fn(x)
+                info['conv_ms'] = timer.ms
                 info['peak_mem_mib'] = cuda_peak_memory_mib(fn, x, device)
             extra[(case, mode)] = info
         reference.clear()
+        conv_times = {key: [] for key in times}
         for _ in range(args.repeats):  # round-robin: every run sees the same load
-            for case, mode, fn, *_ in runs:
-                sync(device)
-                start = time.perf_counter()
-                fn(x)
-                sync(device)
-                times[(case, mode)].append((time.perf_counter() - start) * 1e3)
+            for case, mode, fn, module, _net in runs:
+                with ConvTimer(module, device) if device.type == 'cpu' else contextlib.nullcontext() as timer:
+                    sync(device)
+                    start = time.perf_counter()
+                    fn(x)
+                    sync(device)
+                    times[(case, mode)].append((time.perf_counter() - start) * 1e3)
+                if timer is not None:
+                    conv_times[(case, mode)].append(timer.ms)
+        for key, values in conv_times.items():
+            if values:
+                extra[key]['conv_ms'] = statistics.median(values)
     load_after = os.getloadavg()
     base_times = times.get((BASELINE, 'eval'))
     records = []
@@ -192,7 +206,7 @@ def run_config(args, device, threads, size, sink):
         if base_times:
             ratios = [a / b for a, b in zip(t, base_times)]  # same round, same load
             record.update(ratio_vs_nafnet32=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios))
-            if 'conv_ms' in record:
+            if 'conv_ms' in record:  # the time of this run's convolutions alone, over the baseline's whole time
                 record['conv_floor_ratio_vs_nafnet32'] = record['conv_ms'] / statistics.median(base_times)
         records.append(record)
         emit(record, sink)
