@@ -24,6 +24,15 @@ SPIKING = {  # small configurations covering both neuron kinds, the three attent
 }
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: a second thread only adds start-up cost, and oversubscribes a busy 2-core CI box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def trained_like(name):
     """A registered spiking arch with non-trivial batch-norm affines and running statistics (collected in train
     mode on noisy real photos), in eval mode: a stand-in for trained weights."""
