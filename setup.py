@@ -70,6 +70,7 @@ setup(
         'spikerir-prepare=spikerir_plugin.tools.prepare_data:main',
         'spikerir-energy=spikerir_plugin.tools.energy_report:main',
         'spikerir-demo=spikerir_plugin.demo:main',
+        'spikerir-restore=spikerir_plugin.tools.restore:main',
     ]},
     cmdclass={'build_py': BuildPyWithHook, 'editable_wheel': EditableWheelWithHook},
 )

@@ -224,7 +224,8 @@ def lif_state_dtype(module):
 def run_case(name, batch, side, dtype, args, device, lif_info):
     torch.manual_seed(0)
     speed = {'bf16': dtype == 'bf16', 'channels_last': args.channels_last, 'compile': compile_opt(args),
-             'checkpoint': args.checkpoint}
+             'checkpoint': args.checkpoint, 'teacher_bf16': args.teacher_bf16,
+             'teacher_cuda_graph': args.teacher_cuda_graph}
     with tempfile.TemporaryDirectory() as workdir:
         model = build_model(case_options(name, args, device, speed, workdir))
     student = model.bare_net_g()
@@ -265,6 +266,7 @@ def run_case(name, batch, side, dtype, args, device, lif_info):
     record = {
         'name': name, 'device': str(device), 'device_name': device_name(device), 'dtype': dtype,
         'compile': compile_opt(args), 'channels_last': args.channels_last, 'checkpoint': args.checkpoint,
+        'teacher_bf16': args.teacher_bf16, 'teacher_cuda_graph': args.teacher_cuda_graph,
         'cuda_graph': args.cuda_graph, 'tiny': args.tiny, 'batch': batch, 'size': side, 'T': student.T,
         'params': n_params, 'teacher_params': n_teacher,
         'step_ms': round(statistics.median(times), 2), 'step_ms_min': round(min(times), 2), 'iters': len(times),
@@ -280,10 +282,6 @@ def run_case(name, batch, side, dtype, args, device, lif_info):
         record['speedup_vs_official'] = round(official / record['step_ms'], 2)
         record['peak_fraction_of_official'] = round(
             record['peak_mem_mib'] / 1024 / OFFICIAL_ESDNET_H100_PEAK_GIB[(batch, side)], 3)
-    del model, student, optimizer, batches
-    gc.collect()
-    if device.type == 'cuda':
-        torch.cuda.empty_cache()
     return record
 
 
@@ -341,6 +339,8 @@ def parse_args(argv=None):
     p.add_argument('--compile-mode', help='torch.compile mode, e.g. max-autotune-no-cudagraphs')
     p.add_argument('--channels-last', action='store_true', help='speed.channels_last')
     p.add_argument('--checkpoint', action='store_true', help='speed.checkpoint (recompute blocks in backward)')
+    p.add_argument('--teacher-bf16', action='store_true', help='speed.teacher_bf16 (KD cases)')
+    p.add_argument('--teacher-cuda-graph', action='store_true', help='speed.teacher_cuda_graph (KD cases)')
     p.add_argument('--cuda-graph', action='store_true', help='capture forward+loss+backward in a CUDA graph')
     p.add_argument('--threads', type=int, help='torch.set_num_threads on cpu (default: torch\'s; 1 with --tiny, '
                    'where thread start-up dominates and a busy 2-core box oversubscribes badly)')
@@ -375,23 +375,49 @@ def main(argv=None):
         except (RuntimeError, ValueError) as error:
             raise SystemExit(f'--cuda-graph: {error}')
     lif_info = fast.check_fused_lif(device)
-    print(json.dumps({'lif_implementation': lif_info[0], 'fused': lif_info[1], 'device': device_name(device),
-                      'torch': torch.__version__}), flush=True)
     sink = open(args.out, 'w') if args.out else None
+    emit(environment(device, lif_info), sink)
     records = []
     try:
         for batch, side in args.sizes:
             for dtype in args.dtypes:
                 for name in args.cases:
-                    record = run_case(name, batch, side, dtype, args, device, lif_info)
-                    records.append(record)
+                    try:
+                        record = run_case(name, batch, side, dtype, args, device, lif_info)
+                    except Exception as error:  # e.g. out of memory: report it and measure the other cases
+                        record = {'name': name, 'batch': batch, 'size': side, 'dtype': dtype,
+                                  'error': f'{type(error).__name__}: {str(error).splitlines()[0][:300]}'}
+                    else:
+                        records.append(record)
                     emit(record, sink)
+                    gc.collect()  # the case's model and tensors are unreachable once run_case returned
+                    if device.type == 'cuda':
+                        torch.cuda.empty_cache()
         for ratio in ratio_records(records, args.tiny, device):
             emit(ratio, sink)
     finally:
         if sink:
             sink.close()
+    print_table(records, file=sys.stderr)
     return records
+
+
+def environment(device, lif_info):
+    from importlib.metadata import version
+    env = {'device': device_name(device), 'torch': torch.__version__, 'spikingjelly': version('spikingjelly'),
+           'lif_implementation': lif_info[0], 'fused': lif_info[1]}
+    if device.type == 'cuda':
+        env.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                   tf32_matmul=torch.backends.cuda.matmul.allow_tf32, tf32_cudnn=torch.backends.cudnn.allow_tf32)
+    return env
+
+
+def print_table(records, file):
+    """The cases as a short table for a person (the JSON lines above are for machines)."""
+    print(f'{"case":15s} {"size":>7s} {"dtype":5s} {"step ms":>9s} {"peak MiB":>9s}', file=file)
+    for r in records:
+        print(f'{r["name"]:15s} {r["batch"]}x{r["size"]:<5d} {r["dtype"]:5s} {r["step_ms"]:9.1f} '
+              f'{r["peak_mem_mib"]:9.0f}', file=file)
 
 
 def emit(record, sink):

@@ -1,21 +1,31 @@
-"""The one-command demo (CPU, a few minutes): ANN teacher -> SpikerIR student on real photos.
+"""The one-command demo (CPU, about 3 minutes on 2 cores): ANN teacher -> SpikerIR student on real photos.
 
 1. builds a small Gaussian-denoising set (sigma 25) from the photos bundled with scikit-image: clean training
    crops into an LMDB, held-out validation crops into a folder;
 2. trains a small NAFNet teacher with BasicSR's own SRModel and train pipeline;
 3. distills a SpikerIR student from it with SpikerIRDistillModel (hint + output KD);
-4. validates PSNR/SSIM of the noisy input, the teacher and the student on the held-out crops;
-5. prints the energy report (SynOps, MACs, firing rates, mJ) for student and teacher.
+4. trains the same student for the same iterations without a teacher (the "student alone" arm; it needs no teacher,
+   so it runs beside steps 2 and 3, each training on its share of the cores);
+5. validates PSNR/SSIM of the noisy input, the teacher and both students on the held-out crops, and writes a
+   comparison image (noisy | teacher | student | clean);
+6. measures the energy (SynOps, MACs, firing rates, mJ) of student and teacher.
 
-    spikerir-demo [--workdir demo_work] [--teacher-iters 300] [--student-iters 300]
+    spikerir-demo [--workdir demo_work] [--teacher-iters 300] [--student-iters 300] [--verbose]
 
-Everything is written under --workdir; the options files it writes there are plain BasicSR YAML and can be rerun
-with `spikerir-train -opt <file>` from that folder.
+The console shows one line per stage (with a progress bar) and the results; everything else (basicsr's options
+dumps and network printouts, the full energy report) goes to the log files under --workdir (--verbose: also to the
+console). The options files it writes there are plain BasicSR YAML and can be rerun with
+`spikerir-train -opt <file>` from that folder.
 """
 import argparse
+import contextlib
+import json
 import os
+import queue
+import re
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -37,14 +47,14 @@ def _photo(name):
 
 def write_demo_images(folder, photos, size, per_side):
     """Crops on a regular grid of each photo, saved as PNG (BGR for OpenCV)."""
-    import cv2
+    from spikerir_plugin.utils.atomic import atomic_imwrite
     os.makedirs(folder, exist_ok=True)
     for name in photos:
         img = _photo(name)
         h, w = img.shape[:2]
         for i, y in enumerate(np.linspace(0, h - size, per_side).astype(int)):
             for j, x in enumerate(np.linspace(0, w - size, per_side).astype(int)):
-                cv2.imwrite(os.path.join(folder, f'{name}_{i}{j}.png'), img[y:y + size, x:x + size, ::-1])
+                atomic_imwrite(os.path.join(folder, f'{name}_{i}{j}.png'), img[y:y + size, x:x + size, ::-1])
     return folder
 
 
@@ -94,50 +104,223 @@ def student_options(iters, train_lmdb, val_dir, teacher_ckpt):
 
 
 def write_yaml(path, opt):
-    with open(path, 'w') as f:
-        yaml.safe_dump(opt, f, sort_keys=False)
+    from spikerir_plugin.utils.atomic import atomic_write_text
+    atomic_write_text(path, yaml.safe_dump(opt, sort_keys=False))
     return path
 
 
-def run_training(options_file, workdir):
-    cmd = [sys.executable, '-m', 'spikerir_plugin.train', '-opt', options_file]
-    print('$', ' '.join(cmd), flush=True)
-    subprocess.run(cmd, cwd=workdir, check=True)
+# ------------------------------------------------------------------------------------------ console: one line per stage
+STAGES = 6
+_ITER = re.compile(r'\biter:\s*([\d,]+)')
 
 
-def evaluate(val_dir, teacher_ckpt, student_ckpt):
-    """PSNR/SSIM (RGB, basicsr's metrics on uint8 images) of noisy input, teacher and student."""
-    import torch
+def stage_bar(number, title, total, unit):
+    """A tqdm line `[n/6] title |bar| done/total unit elapsed` on stderr."""
+    from tqdm import tqdm
+    return tqdm(total=total, desc=f'[{number}/{STAGES}] {title:<18s} ', file=sys.stderr, dynamic_ncols=True,
+                bar_format='{desc}|{bar:24}| {n_fmt}/{total_fmt} ' + unit + ' {elapsed}', mininterval=0.5)
+
+
+def stage_done(number, title, started, info):
+    """The line of a short stage without a count: `[n/6] title info (s)`."""
+    sys.stderr.write(f'[{number}/{STAGES}] {title:<18s} {info} ({time.time() - started:.0f} s)\n')
+    sys.stderr.flush()
+
+
+class DemoLog:
+    """The demo's own log file (workdir/logs/demo.log): children's console output, data and energy details."""
+
+    def __init__(self, workdir, verbose):
+        os.makedirs(os.path.join(workdir, 'logs'), exist_ok=True)
+        self.path = os.path.join(workdir, 'logs', 'demo.log')
+        self.file = open(self.path, 'a', encoding='utf-8')
+        self.verbose, self.console = verbose, sys.stdout  # the real console, also while capture() redirects
+
+    def write(self, text):
+        self.file.write(text)
+        self.file.flush()
+        if self.verbose:
+            self.console.write(text)
+            self.console.flush()
+
+    @contextlib.contextmanager
+    def capture(self):
+        """Send what a library call prints (stdout and stderr) to the log instead of the console."""
+        with contextlib.redirect_stdout(self), contextlib.redirect_stderr(self):
+            yield
+
+    def flush(self):
+        self.file.flush()
+
+
+def with_progress_lines(opt, iters):
+    """basicsr logs a progress line every print_freq iterations; the demo's bars advance on those lines."""
+    opt['logger']['print_freq'] = max(1, iters // 25)
+    return opt
+
+
+def _pump(stream, lines):
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
+def _children_cpu():
+    """CPU seconds of the finished children waited for so far (a child's share: the difference around its wait)."""
+    import resource
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def threads_per_run(parallel_runs):
+    """Threads for each of `parallel_runs` concurrent trainings: the cores shared out (OMP_NUM_THREADS wins).
+    Small networks gain little from a second thread, and busy cores make OpenMP's spinning threads very slow."""
+    if os.environ.get('OMP_NUM_THREADS'):
+        return int(os.environ['OMP_NUM_THREADS'])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    return max(1, cores // parallel_runs)
+
+
+class Training:
+    """spikerir-train in a child process, started at once; follow() shows its progress as one stage line (its
+    iteration lines drive the bar) and sends its output to the demo log."""
+
+    def __init__(self, options_file, workdir, log, iters, threads):
+        self.options_file, self.log, self.iters = options_file, log, iters
+        cmd = [sys.executable, '-m', 'spikerir_plugin.train', '-opt', options_file] + \
+            (['--verbose'] if log.verbose else [])
+        self.header = f'\n$ (cd {workdir}; OMP_NUM_THREADS={threads} {" ".join(cmd)})\n'
+        env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS=str(threads))
+        self.started = time.time()
+        self.proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, bufsize=1)
+        self.lines = queue.Queue()
+        threading.Thread(target=_pump, args=(self.proc.stdout, self.lines), daemon=True).start()
+
+    def follow(self, number, title):
+        self.log.write(self.header)
+        bar = stage_bar(number, title, self.iters, 'iters')
+        tail = []
+        while True:
+            try:
+                line = self.lines.get(timeout=1.0)
+            except queue.Empty:  # nothing printed for a second (start-up, validation): keep the clock moving
+                bar.refresh()
+                continue
+            if line is None:
+                break
+            self.log.write(line)
+            tail = (tail + [line])[-25:]
+            found = _ITER.search(line)
+            if found:
+                bar.update(int(found.group(1).replace(',', '')) - bar.n)
+        before = _children_cpu()
+        self.proc.wait()
+        self.log.write(f'-- {title}: {time.time() - self.started:.0f} s since its start, '
+                       f'{_children_cpu() - before:.0f} s CPU\n')
+        if self.proc.returncode != 0:
+            bar.close()
+            sys.stderr.write(''.join(tail))
+            raise SystemExit(f'spikerir-demo: training {self.options_file} failed (exit {self.proc.returncode}); '
+                             f'full output: {self.log.path}')
+        bar.update(self.iters - bar.n)
+        bar.close()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait()
+
+
+# ------------------------------------------------------------------------------------------------------ evaluation
+def load_demo_networks(teacher_ckpt, student_ckpt, alone_ckpt):
     from basicsr.archs import build_network
+    from spikerir_plugin.utils.checkpoint import load_weights
+    return {'teacher (NAFNet)': load_weights(build_network(dict(TEACHER_NET)), teacher_ckpt, which='t'),
+            'student (SpikerIR)': load_weights(build_network(dict(STUDENT_NET)), student_ckpt, which='g'),
+            'student alone (SpikerIR)': load_weights(build_network(dict(STUDENT_NET)), alone_ckpt, which='g')}
+
+
+def evaluate(val_dir, nets, number=5):
+    """PSNR/SSIM (RGB, basicsr's metrics on uint8 images) of the noisy input and each network; also returns the
+    uint8 images (per crop: noisy, each network, clean) for the comparison image."""
+    import torch
     from basicsr.data import build_dataset
     from basicsr.metrics import calculate_psnr, calculate_ssim
     from basicsr.utils import tensor2img
-    from spikerir_plugin.utils.checkpoint import load_weights
     from spikerir_plugin.utils.inference import inference_network
 
+    runners = {name: inference_network(net) for name, net in nets.items()}
     dataset = build_dataset({'name': 'val', 'type': 'GaussianDenoiseDataset', 'dataroot_gt': val_dir,
                              'io_backend': {'type': 'disk'}, 'sigma': SIGMA, 'noise_seed': 0, 'phase': 'val',
                              'scale': 1})
-    nets = {'teacher (NAFNet)': load_weights(build_network(dict(TEACHER_NET)), teacher_ckpt, which='t').eval(),
-            'student (SpikerIR)': load_weights(build_network(dict(STUDENT_NET)), student_ckpt, which='g').eval()}
     scores = {name: [] for name in ['noisy input', *nets]}
+    images = []
+    bar = stage_bar(number, 'evaluate', len(dataset), 'crops')
     with torch.no_grad():
         for i in range(len(dataset)):
             sample = dataset[i]
             gt = tensor2img(sample['gt'])
-            outputs = {'noisy input': sample['lq']}
-            for name, net in nets.items():
-                outputs[name] = inference_network(net)(sample['lq'][None])[0]
-            for name, out in outputs.items():
-                img = tensor2img(out)
+            outputs = {'noisy input': tensor2img(sample['lq'])}
+            for name, runner in runners.items():
+                outputs[name] = tensor2img(runner(sample['lq'][None])[0])
+            for name, img in outputs.items():
                 scores[name].append((calculate_psnr(img, gt, 0), calculate_ssim(img, gt, 0)))
+            images.append({**outputs, 'clean': gt})
+            bar.update()
+    bar.close()
+    return {name: tuple(np.mean(vals, axis=0)) for name, vals in scores.items()}, len(dataset), images
+
+
+def print_table(scores, nets, count):
     params = {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()}
-    print(f'\n== validation on {len(dataset)} held-out crops ({", ".join(VAL_PHOTOS)}), Gaussian sigma {SIGMA}')
-    print(f'{"":22s} {"PSNR dB":>8s} {"SSIM":>7s} {"params":>10s}')
-    for name, vals in scores.items():
-        psnr, ssim = np.mean(vals, axis=0)
-        print(f'{name:22s} {psnr:8.2f} {ssim:7.4f} {params.get(name, 0):>10,d}')
-    return {name: tuple(np.mean(vals, axis=0)) for name, vals in scores.items()}
+    print(f'\n== {count} held-out crops ({", ".join(VAL_PHOTOS)}), Gaussian noise sigma {SIGMA}')
+    print(f'{"":26s} {"PSNR dB":>8s} {"SSIM":>7s} {"params":>10s}')
+    for name, (psnr, ssim) in scores.items():
+        count_str = f'{params[name]:,}' if name in params else ''
+        print(f'{name:26s} {psnr:8.2f} {ssim:7.4f} {count_str:>10s}')
+    gain = scores['student (SpikerIR)'][0] - scores['student alone (SpikerIR)'][0]
+    print(f'student: distilled from the teacher; student alone: the same student, data and iterations without a '
+          f'teacher (distillation {gain:+.2f} dB)')
+
+
+def comparison_image(images, path, names=('noisy input', 'teacher (NAFNet)', 'student (SpikerIR)', 'clean'),
+                     rows=2, zoom=2):
+    """Crops side by side (noisy | teacher | student | clean), labelled columns, enlarged `zoom` times (nearest) so
+    the noise shows. One row per validation photo (the crops come photo by photo): its most textured crop."""
+    import cv2
+    from spikerir_plugin.utils.atomic import atomic_imwrite
+    per_photo = max(1, len(images) // rows)
+    picks = [max(images[i:i + per_photo], key=lambda crop: crop['clean'].std())
+             for i in range(0, per_photo * rows, per_photo)]
+    h, w = (side * zoom for side in picks[0]['clean'].shape[:2])
+    gap = 4
+    header = np.full((24, len(names) * (w + gap) - gap, 3), 255, np.uint8)
+    for j, name in enumerate(names):
+        cv2.putText(header, name.split(' (')[0], (j * (w + gap) + 4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                    (0, 0, 0), 1, cv2.LINE_AA)
+    strips = [header]
+    for crop in picks:
+        row = []
+        for name in names:
+            row += [cv2.resize(crop[name], (w, h), interpolation=cv2.INTER_NEAREST), np.full((h, gap, 3), 255,
+                                                                                            np.uint8)]
+        strips += [np.concatenate(row[:-1], axis=1), np.full((gap, header.shape[1], 3), 255, np.uint8)]
+    atomic_imwrite(path, np.concatenate(strips[:-1], axis=0))
+    return path
+
+
+def energy_summary(report):
+    student, teacher = report['student'], report['teacher']
+    side = 'x'.join(str(v) for v in student['input_shape'][-2:])
+    print(f'\n== energy per {side} image (E = {student["convention"]["e_mac_pJ"]} pJ x MAC + '
+          f'{student["convention"]["e_ac_pJ"]} pJ x SynOp)')
+    for label, r in (('teacher (NAFNet)', teacher), ('student (SpikerIR)', student)):
+        t = r['totals']
+        rate = f', mean firing rate {t["mean_firing_rate"]:.3f}' if t['mean_firing_rate'] is not None else ''
+        print(f'{label:26s} {t["energy_mJ"]:8.3f} mJ  ({t["macs"] / 1e6:,.1f} M MACs, {t["synops"] / 1e6:,.1f} M '
+              f'SynOps{rate})')
+    print(f'energy ratio teacher/student: {report["ratio_teacher_over_student"]:.2f}')
 
 
 def main(argv=None):
@@ -147,37 +330,78 @@ def main(argv=None):
     parser.add_argument('--teacher-iters', type=int, default=300)
     parser.add_argument('--student-iters', type=int, default=300)
     parser.add_argument('--energy-size', type=int, default=128, help='input side for the energy report')
+    parser.add_argument('--verbose', action='store_true', help='also print the logs (basicsr\'s console output)')
     args = parser.parse_args(argv)
-
-    import spikerir_plugin  # noqa: F401
-    from spikerir_plugin.tools import energy_report
-    from spikerir_plugin.tools.prepare_data import prepare_folder_lmdb
 
     start = time.time()
     workdir = os.path.abspath(args.workdir)
-    os.makedirs(workdir, exist_ok=True)
-    data = os.path.join(workdir, 'datasets')
-    train_png = write_demo_images(os.path.join(data, 'photos_train_png'), TRAIN_PHOTOS, 96, 4)
-    val_dir = write_demo_images(os.path.join(data, 'photos_val'), VAL_PHOTOS, 96, 2)
-    train_lmdb = os.path.join(data, 'photos_train.lmdb')
-    if not os.path.isdir(train_lmdb):
-        prepare_folder_lmdb(train_png, train_lmdb)
-    print(f'data: {len(os.listdir(train_png))} training crops -> {train_lmdb}; {len(os.listdir(val_dir))} val crops')
+    log = DemoLog(workdir, args.verbose)
+    print(f'spikerir-demo: NAFNet teacher -> SpikerIR student, Gaussian denoising (sigma {SIGMA}) on photos bundled '
+          f'with scikit-image; logs in {os.path.join(workdir, "logs")} and {os.path.join(workdir, "experiments")}',
+          flush=True)
 
-    t_opt = teacher_options(args.teacher_iters, train_lmdb, val_dir)
-    run_training(write_yaml(os.path.join(workdir, 'train_demo_teacher.yml'), t_opt), workdir)
-    teacher_ckpt = os.path.join(workdir, 'experiments', t_opt['name'], 'models', 'net_g_latest.pth')
+    started = time.time()
+    with log.capture():
+        import spikerir_plugin  # noqa: F401
+        from spikerir_plugin.models.spikerir_distill_model import student_alone_options
+        from spikerir_plugin.tools import energy_report
+        from spikerir_plugin.tools.prepare_data import prepare_folder_lmdb
+        data = os.path.join(workdir, 'datasets')
+        train_png = write_demo_images(os.path.join(data, 'photos_train_png'), TRAIN_PHOTOS, 96, 4)
+        val_dir = write_demo_images(os.path.join(data, 'photos_val'), VAL_PHOTOS, 96, 2)
+        train_lmdb = os.path.join(data, 'photos_train.lmdb')
+        if not os.path.isdir(train_lmdb):
+            prepare_folder_lmdb(train_png, train_lmdb)
+    stage_done(1, 'data', started, f'{len(os.listdir(train_png))} training crops (LMDB), {len(os.listdir(val_dir))} '
+                                   f'validation crops')
 
-    s_opt = student_options(args.student_iters, train_lmdb, val_dir, teacher_ckpt)
+    # The student trained alone needs no teacher: it runs beside the teacher and the distillation, on its own share
+    # of the cores, and its line follows theirs.
+    experiments = os.path.join(workdir, 'experiments')
+    t_opt = with_progress_lines(teacher_options(args.teacher_iters, train_lmdb, val_dir), args.teacher_iters)
+    teacher_ckpt = os.path.join(experiments, t_opt['name'], 'models', 'net_g_latest.pth')
+    s_opt = with_progress_lines(student_options(args.student_iters, train_lmdb, val_dir, teacher_ckpt),
+                                args.student_iters)
+    student_ckpt = os.path.join(experiments, s_opt['name'], 'models', 'net_g_latest.pth')
+    a_opt = student_alone_options(s_opt, name=s_opt['name'] + '_alone')
+    alone_ckpt = os.path.join(experiments, a_opt['name'], 'models', 'net_g_latest.pth')
     student_yml = write_yaml(os.path.join(workdir, 'train_demo_student.yml'), s_opt)
-    run_training(student_yml, workdir)
-    student_ckpt = os.path.join(workdir, 'experiments', s_opt['name'], 'models', 'net_g_latest.pth')
+    threads = threads_per_run(2)
+    alone = Training(write_yaml(os.path.join(workdir, 'train_demo_student_alone.yml'), a_opt), workdir, log,
+                     args.student_iters, threads)
+    try:
+        Training(write_yaml(os.path.join(workdir, 'train_demo_teacher.yml'), t_opt), workdir, log, args.teacher_iters,
+                 threads).follow(2, 'teacher NAFNet')
+        Training(student_yml, workdir, log, args.student_iters, threads).follow(3, 'student distilled')
+        alone.follow(4, 'student alone')
+    finally:
+        alone.stop()
 
-    evaluate(val_dir, teacher_ckpt, student_ckpt)
-    print()
-    energy_report.main(['-opt', student_yml, '--ckpt', student_ckpt, '--size', str(args.energy_size),
-                        '--sigma', str(SIGMA), '--out', os.path.join(workdir, 'results', 'energy')])
-    print(f'\ndemo finished in {time.time() - start:.0f} s; everything is under {workdir}')
+    with log.capture():
+        nets = load_demo_networks(teacher_ckpt, student_ckpt, alone_ckpt)
+    scores, count, images = evaluate(val_dir, nets)
+    results = os.path.join(workdir, 'results')
+    comparison = comparison_image(images, os.path.join(results, 'comparison.png'))
+
+    started = time.time()
+    energy_dir = os.path.join(results, 'energy')
+    with log.capture():
+        energy_report.main(['-opt', student_yml, '--ckpt', student_ckpt, '--size', str(args.energy_size),
+                            '--sigma', str(SIGMA), '--out', energy_dir])
+    with open(os.path.join(energy_dir, 'energy.json')) as f:
+        report = json.load(f)
+    stage_done(6, 'energy', started, f"student {report['student']['totals']['energy_mJ']:.3f} mJ, teacher "
+                                     f"{report['teacher']['totals']['energy_mJ']:.3f} mJ per image")
+
+    print_table(scores, nets, count)
+    energy_summary(report)
+    print(f'\ncomparison image (noisy | teacher | student | clean): {comparison}')
+    print(f'energy plot: {os.path.join(energy_dir, "energy.png")} (full report: energy.txt, energy.json)')
+    print(f'logs: {log.path}; options dumps and network printouts: {experiments}/<name>/train_*.log')
+    import resource
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = own.ru_utime + own.ru_stime + _children_cpu()
+    print(f'demo finished in {time.time() - start:.0f} s ({cpu:.0f} s CPU in all); everything is under {workdir}')
     return 0
 
 

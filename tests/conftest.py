@@ -1,4 +1,5 @@
 """Shared fixtures: tiny restoration sets made from the real photos bundled with scikit-image."""
+import logging
 import os
 import sys
 
@@ -55,3 +56,14 @@ def subprocess_env(**extra):
 
 
 PYTHON = sys.executable
+
+
+class LogLines(logging.Handler):
+    """Collects the messages of a logger (basicsr writes its log file only for the first pipeline of a process)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())

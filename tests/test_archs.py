@@ -20,6 +20,7 @@ TINY = {
     'SpikerIR-sj-attn': dict(dim=4, attention='spikingjelly', T=4, reduction_c=2),
     'SPIDEN': dict(width=8, depth=4, T=2),
     'NAFNet': dict(width=8, middle_blk_num=1, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1]),
+    'NAFNetLocal': dict(width=8, middle_blk_num=1, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1], train_size=8),
     'Restormer': dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 2, 2]),
 }
 SPIKING = [name for name in TINY if name.split('-')[0] in ('ESDNet', 'SpikerIR', 'SPIDEN')]
@@ -40,7 +41,7 @@ def n_params(net):
 
 
 def test_registry_lists_all_archs():
-    assert {'ESDNet', 'SpikerIR', 'SPIDEN', 'NAFNet', 'Restormer'} <= set(ARCH_REGISTRY._obj_map)
+    assert {'ESDNet', 'SpikerIR', 'SPIDEN', 'NAFNet', 'NAFNetLocal', 'Restormer'} <= set(ARCH_REGISTRY._obj_map)
 
 
 @pytest.mark.parametrize('name', TINY)

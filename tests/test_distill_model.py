@@ -22,6 +22,8 @@ from spikerir_plugin.models.feature_hints import FeatureTap, default_hint_layers
 from spikerir_plugin.models.kd_schedule import KDSchedule
 from spikerir_plugin.models.tiled_inference import tiled_forward
 
+from conftest import LogLines
+
 TINY_STUDENT = {'type': 'SpikerIR', 'preset': 'tiny', 'T': 2, 'reduction_t': 2}
 TINY_TEACHER = {'type': 'NAFNet', 'width': 8, 'middle_blk_num': 1, 'enc_blk_nums': [1, 1, 1, 1],
                 'dec_blk_nums': [1, 1, 1, 1]}
@@ -437,19 +439,10 @@ def _pipeline_yaml(root, name, total_iter, save_freq, teacher_path):
     return str(path)
 
 
-class _Lines(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
 def _run_pipeline(monkeypatch, root, yml, *flags):
     from basicsr.train import train_pipeline
     monkeypatch.setattr(sys, 'argv', ['train.py', '-opt', yml, *flags])
-    handler = _Lines()
+    handler = LogLines()
     logger = logging.getLogger('basicsr')
     level = logger.level
     # basicsr sets the INFO level only when its logger is first created with a log file (earlier tests created it)

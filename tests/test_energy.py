@@ -1,6 +1,5 @@
 """spikerir-energy: op counts checked against exact hand counts, energy formula, firing rates, report files, CLI."""
 import json
-import os
 
 import pytest
 import torch

@@ -5,7 +5,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -243,6 +242,8 @@ def test_resume_keeps_the_frozen_teacher_checkpoint_and_param_key(tmp_path):
     states = tmp_path / 'training_states'
     states.mkdir()
     torch.save({'iter': 20, 'epoch': 1, 'optimizers': [], 'schedulers': []}, states / '20.state')
+    (tmp_path / 'models').mkdir()  # a state comes with its weights: resume reads the pair before using it
+    torch.save({'params': {}}, tmp_path / 'models' / 'net_g_20.pth')
     opt = {'auto_resume': True, 'num_gpu': 0, 'rank': 0, 'model_type': 'SpikerIRDistillModel',
            'network_g': {'type': 'SpikerIR'}, 'network_t': {'type': 'NAFNet'},
            'path': {'training_states': str(states), 'models': str(tmp_path / 'models'),

@@ -18,6 +18,7 @@ OPTIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TRAIN_FILES = ['train_SpikerIR_SIDD.yml', 'train_SpikerIR_GoPro.yml', 'train_SpikerIR_GaussianDenoise_sigma25.yml',
                'train_ESDNet_Rain200L.yml']
 TEST_FILES = ['test_' + f[len('train_'):] for f in TRAIN_FILES]
+TEACHER_TEST_FILES = ['test_NAFNetLocal_GoPro.yml']  # a teacher tested as published, to compare with its student
 
 # Architecture-size keys replaced by tiny values; every other key (type, LayerNorm_type, ...) comes from the file.
 TINY_ARGS = {
@@ -25,6 +26,7 @@ TINY_ARGS = {
     'ESDNet': {'dim': 8, 'en_num_blocks': [1, 1, 1, 1], 'de_num_blocks': [1, 1, 1, 1], 'T': 2, 'reduction_t': 2,
                'reduction_c': 4},
     'NAFNet': {'width': 8, 'middle_blk_num': 1, 'enc_blk_nums': [1, 1, 1, 1], 'dec_blk_nums': [1, 1, 1, 1]},
+    'NAFNetLocal': {'width': 8, 'middle_blk_num': 1, 'enc_blk_nums': [1, 1, 1, 1], 'dec_blk_nums': [1, 1, 1, 1]},
     'Restormer': {'dim': 8, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1, 'heads': [1, 1, 2, 2]},
 }
 
@@ -42,7 +44,7 @@ def shrink(net_opt):
 
 def test_every_train_file_has_a_matching_test_file():
     found = sorted(os.path.basename(f) for f in glob.glob(os.path.join(OPTIONS, '*.yml')))
-    assert found == sorted(TRAIN_FILES + TEST_FILES)
+    assert found == sorted(TRAIN_FILES + TEST_FILES + TEACHER_TEST_FILES)
 
 
 @pytest.mark.parametrize('name', TRAIN_FILES)
@@ -98,6 +100,23 @@ def test_test_options_parse_and_build_the_bare_student(monkeypatch, tmp_path, na
     opt['num_gpu'] = 0
     model = build_model(opt)
     assert type(model.net_g).__name__ == net_opt['type'] and getattr(model, 'net_t', None) is None
+    model.feed_data({'lq': torch.rand(1, 3, 24, 40)})
+    model.test()
+    assert model.output.shape == (1, 3, 24, 40) and torch.isfinite(model.output).all()
+
+
+@pytest.mark.parametrize('name', TEACHER_TEST_FILES)
+def test_teacher_test_options_build_basicsr_srmodel_with_local_statistics(monkeypatch, tmp_path, name):
+    opt = parse(monkeypatch, tmp_path, name, is_train=False)
+    assert opt['model_type'] == 'SRModel' and opt['network_g']['type'] == 'NAFNetLocal'
+    assert opt['network_g']['train_size'] == [1, 3, 256, 256]
+    net_opt = shrink(opt['network_g'])
+    net_opt['train_size'] = 16  # windows of 24 at full resolution: the 24x40 input below pools locally
+    torch.save({'params': build_network(copy.deepcopy(net_opt)).state_dict()}, tmp_path / 'teacher.pth')
+    opt['path']['pretrain_network_g'] = str(tmp_path / 'teacher.pth')
+    opt['num_gpu'] = 0
+    model = build_model(opt)
+    assert type(model.net_g).__name__ == 'NAFNetLocal'
     model.feed_data({'lq': torch.rand(1, 3, 24, 40)})
     model.test()
     assert model.output.shape == (1, 3, 24, 40) and torch.isfinite(model.output).all()

@@ -210,4 +210,5 @@ def test_train_step_benchmark_tiny_end_to_end(tmp_path):
     esd = ratios['esdnet_fast/esdnet_sj']
     assert esd['step_ms_ratio'] == pytest.approx(cases[1]['step_ms'] / cases[0]['step_ms'], rel=1e-2)
     assert 'target_met' in ratios['kd_tiny/spikerir_tiny']
-    assert out_file.read_text().splitlines() == proc.stdout.splitlines()[1:]
+    assert out_file.read_text().splitlines() == proc.stdout.splitlines()
+    assert header['torch'] == torch.__version__ and header['spikingjelly'].startswith('2.')

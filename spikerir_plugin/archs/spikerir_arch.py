@@ -1,11 +1,14 @@
-"""SpikerIR: the spiking student of H-KD ("Bridge the Gap between SNN and ANN for Image Restoration").
+"""SpikerIR: the spiking student of H-KD ("Bridge the Gap between SNN and ANN for Image Restoration", arXiv
+2504.01755).
 
-The paper does not define the block, so this is our disclosed choice (papers.md 1.2): ESDNet's spiking
-residual-block U-Net at a much smaller width, direct encoding (image conv repeated over T), mean over T, one conv
-head and a global residual. One change to ESDNet's block: by default its shortcut conv reads the block's spikes
+The paper does not define the block (it names a "Spiking Block", a "Spike Convolution Unit" and a
+"Multi-dimensional Attention", the parts of ESDNet's spiking residual block), so this is our disclosed choice:
+ESDNet's spiking residual-block U-Net at a much smaller width, direct encoding (image conv repeated over T), mean
+over T, one conv head and a global residual. One change to ESDNet's block: by default its shortcut conv reads the block's spikes
 instead of the real-valued block input (shortcut='spike'), so every conv inside the blocks is spike-driven; with
 ESDNet's analog shortcut those convs were dense MACs at every time step and most of the student's energy.
-`decoder_level3/2/1` output [T, B, C, H, W] and are the distillation hook points (C = 4*dim, 2*dim, 2*dim).
+`decoder_level3/2/1` output [T, B, C, H, W] and are the declared hint layers (``hint_layers()``; C = 4*dim, 2*dim,
+2*dim).
 """
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn

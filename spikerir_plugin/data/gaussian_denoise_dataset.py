@@ -71,8 +71,13 @@ class GaussianDenoiseDataset(data.Dataset):
     def _scan(self):
         if self.backend == 'lmdb':
             if not self.gt_root.endswith('.lmdb') or not os.path.isfile(os.path.join(self.gt_root, 'meta_info.txt')):
-                raise FileNotFoundError(f'dataroot_gt {self.gt_root!r} is not an LMDB made by spikerir-prepare '
-                                        '(a folder ending in .lmdb with meta_info.txt)')
+                missing = ('does not exist' if not os.path.isdir(self.gt_root) else
+                           'does not end in .lmdb' if not self.gt_root.endswith('.lmdb') else 'has no meta_info.txt')
+                raise FileNotFoundError(
+                    f'dataroot_gt of dataset {self.opt.get("name")!r}: {self.gt_root!r} is not an LMDB made by '
+                    f'spikerir-prepare (it {missing}; it must be a folder ending in .lmdb with meta_info.txt): make '
+                    f'it with spikerir-prepare folder-lmdb --src <folder of clean images> --out <name>.lmdb, or use '
+                    'io_backend: {type: disk} for a folder of images')
             self.io_backend_opt.update(db_paths=[self.gt_root], client_keys=['gt'])
             paths = paths_from_lmdb(self.gt_root)
         else:

@@ -6,9 +6,15 @@ with fresh random streams. For runs whose model is a ``SpikingSRModel`` (or a su
 calls the two class hooks below (through ``spikerir_compat``'s launch fixes, which delegate to a model class that
 defines them); every other model keeps basicsr's own resume:
 
-- ``load_resume_state(opt)``: finds the state (``--auto_resume``: the newest in the experiment's own
-  ``training_states`` folder), loads it on the CPU, keeps frozen networks (a teacher) out of basicsr's
-  ``check_resume`` rewrite, and remembers it for the loader hook;
+- ``load_resume_state(opt)``: finds the state, loads it on the CPU, keeps frozen networks (a teacher) out of
+  basicsr's ``check_resume`` rewrite, and remembers it for the loader hook. It never loses or hides work:
+  ``--auto_resume`` takes the newest state that loads together with its ``net_<x>_<iter>.pth`` weights, skipping
+  damaged pairs with a warning naming them (and refusing to start at iteration 0 when every state is damaged);
+  when the experiment folder holds no state but an ``<name>_archived_<time>`` sibling does (basicsr moves the
+  folder aside when a run starts under the same name without ``--auto_resume``), it stops and says how to move
+  that run back instead of starting at iteration 0; a fresh start that is about to move a run aside says so
+  loudly; an explicit ``path.resume_state`` and its weights are read before the experiment starts. Partial files
+  of writes that were cut off are removed;
 - ``resume_train_loader(train_loader, train_sampler, logger)``: derives the epoch and the batches of that epoch
   already consumed from the iteration, and makes this run's sampler skip them (only this sampler object changes
   class; basicsr's ``EnlargedSampler`` itself is untouched).
@@ -16,19 +22,25 @@ defines them); every other model keeps basicsr's own resume:
 The model's ``save_training_state`` adds the Python/numpy/torch random states (``capture_rng_state``) and its extra
 state, and writes atomically; ``resume_training`` restores them.
 """
+import contextlib
+import glob
 import os
 import random
+import shlex
+import sys
 
 import numpy as np
 import torch
 from basicsr.data.data_sampler import EnlargedSampler
 from basicsr.utils import check_resume
 
-from spikerir_plugin.utils.checkpoint import read_checkpoint
+from spikerir_plugin.utils.atomic import stale_temp_files
+from spikerir_plugin.utils.checkpoint import CheckpointError, read_checkpoint
 
 # A state travels from load_resume_state to resume_train_loader, which run at different points of one start of
 # basicsr's train_pipeline. Only ever set during that start.
 _pending = None
+_notices = []
 
 
 def capture_rng_state():
@@ -59,27 +71,163 @@ def state_iterations(state_dir):
     return sorted((int(n) for n in names if n.isdigit()), reverse=True)
 
 
+class ResumeError(RuntimeError):
+    """A resume that would lose or hide work (e.g. start at iteration 0 next to an archived run)."""
+
+
+def _notice(opt, message):
+    """A warning of this start: printed at once (basicsr's logger does not exist yet when the resume hook runs)
+    and written to the run's log by resume_train_loader."""
+    if opt.get('rank', 0) == 0:
+        print(f'WARNING (spikerir-plugin): {message}', file=sys.stderr, flush=True)
+        _notices.append(message)
+
+
+def saved_networks(opt, frozen_networks=()):
+    """Suffixes x of the ``network_x`` a run saves as net_x_<iter>.pth and resume loads back (not the ignored or
+    frozen ones)."""
+    ignored = set(opt['path'].get('ignore_resume_networks') or []) | set(frozen_networks)
+    return [k[len('network_'):] for k in opt if k.startswith('network_') and k not in ignored]
+
+
+def read_state(path, key='path.resume_state', fix=None):
+    """A training state read through the checkpoint reader; anything without an iteration is refused."""
+    state = read_checkpoint(path, key, 'training state', fix=fix)
+    if not (isinstance(state, dict) and isinstance(state.get('iter'), int)):
+        keys = ', '.join(map(str, state)) if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f'{key}: {str(path)!r} is not a training state (it holds {keys}): point {key} at a '
+                              'training_states/<iter>.state file', 'not a training state', path)
+    return state
+
+
+def _read_weights(opt, networks, iteration, key_note, fix):
+    for name in networks:
+        path = os.path.join(opt['path']['models'], f'net_{name}_{iteration}.pth')
+        read_checkpoint(path, f'path.pretrain_network_{name} ({key_note})', 'weights saved with that training state',
+                        fix=fix)
+
+
+def _why(error):
+    return getattr(error, 'reason', None) or str(error)
+
+
+def newest_loadable_state(opt, networks):
+    """(path, state) of the newest ``<iter>.state`` that loads together with its net_<x>_<iter>.pth files, or
+    (None, None) when the folder holds no state. Damaged pairs are skipped with a warning naming them and left
+    as they are; if every state is damaged, the error lists them (a fresh start would hide the run)."""
+    state_dir = opt['path'].get('training_states')
+    skipped = []
+    for iteration in state_iterations(state_dir):
+        path = os.path.join(state_dir, f'{iteration}.state')
+        try:
+            state = read_state(path, 'path.resume_state (--auto_resume)')
+            _read_weights(opt, networks, state['iter'], '--auto_resume', None)
+        except (CheckpointError, FileNotFoundError) as error:
+            skipped.append(f'{getattr(error, "checkpoint_path", None) or path} ({_why(error)})')
+            continue
+        if skipped:
+            _notice(opt, f'--auto_resume skipped damaged checkpoints in {os.path.dirname(state_dir)}: '
+                         f'{"; ".join(skipped)}. Resuming from {path} (iteration {state["iter"]}); the skipped '
+                         'files are left as they are and are replaced when the run saves those iterations again.')
+        return path, state
+    if skipped:
+        raise CheckpointError(
+            f'--auto_resume: no training state in {state_dir} can be loaded: {"; ".join(skipped)}. Nothing was '
+            'changed. Restore them from a copy, or move the damaged training_states/<iter>.state and '
+            'models/net_g_<iter>.pth files away to start from iteration 0.', 'no loadable training state')
+    return None, None
+
+
+def archived_runs(opt):
+    """[(folder, newest iteration)] of ``<experiments_root>_archived_*`` siblings holding training states, newest
+    folder first (basicsr renames an experiment folder that way when a run starts under its name without
+    --auto_resume)."""
+    root = opt['path'].get('experiments_root')
+    if not root:
+        return []
+    runs = []
+    for folder in sorted(glob.glob(glob.escape(root) + '_archived_*'), reverse=True):
+        iters = state_iterations(os.path.join(folder, 'training_states'))
+        if iters:
+            runs.append((folder, iters[0]))
+    return runs
+
+
+def refuse_silent_restart(opt):
+    """--auto_resume found nothing to resume: if an archived sibling holds the run, say so instead of starting at
+    iteration 0 (which would also move the current folder aside, burying the run one level deeper)."""
+    runs = archived_runs(opt)
+    if not runs:
+        return
+    root = opt['path']['experiments_root']
+    folder, iteration = runs[0]
+    q = shlex.quote
+    move = (f'mv {q(root)} {q(root + "_empty")} && mv {q(folder)} {q(root)}' if os.path.exists(root) else
+            f'mv {q(folder)} {q(root)}')
+    others = f' (other archived runs: {", ".join(f for f, _ in runs[1:])})' if len(runs) > 1 else ''
+    raise ResumeError(
+        f'--auto_resume found no training state in {root}, but {folder} holds this experiment\'s run up to '
+        f'iteration {iteration}{others}: basicsr moved it there when a run under the same name started without '
+        f'--auto_resume. To continue that run: {move}, then run again with --auto_resume. To start from '
+        'iteration 0 instead, run without --auto_resume.')
+
+
+def warn_before_archiving(opt):
+    """A fresh start (no --auto_resume, no path.resume_state) in a folder that holds a run: basicsr is about to move
+    it to <name>_archived_<time>; make that loud and say how to continue it instead."""
+    root = opt['path'].get('experiments_root')
+    iters = state_iterations(opt['path'].get('training_states'))
+    if not root or not iters or not opt.get('is_train', True):
+        return
+    finished = os.path.isfile(os.path.join(opt['path']['models'], 'net_g_latest.pth'))
+    _notice(opt, f'{root} holds a {"finished " if finished else ""}training run (training states up to iteration '
+                 f'{iters[0]}). This run was started without --auto_resume, so basicsr moves that folder to '
+                 f'{root}_archived_<time> and starts from iteration 0. To continue the earlier run instead: stop '
+                 'this one and run again with --auto_resume (it says how to move the archived run back).')
+
+
+def _remove_stale_temp_files(opt):
+    """Partial files of writes killed before their rename (never a complete checkpoint)."""
+    if opt.get('rank', 0) != 0:
+        return
+    stale = [p for key in ('models', 'training_states') for p in stale_temp_files(opt['path'].get(key))]
+    for path in stale:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+    if stale:
+        _notice(opt, f'removed {len(stale)} partial file(s) left by writes that were cut off: '
+                     f'{", ".join(os.path.basename(p) for p in stale)}')
+
+
 def load_resume_state(opt, frozen_networks=()):
     """The plugin models' replacement of basicsr.train.load_resume_state (see the module docstring).
 
     frozen_networks: ``network_*`` keys the run never saves (a frozen teacher); resume keeps loading them from their
-    own checkpoint with their own param key."""
+    own checkpoint with their own param key. --auto_resume takes the newest state that loads with its weights
+    (``newest_loadable_state``) and refuses to start at iteration 0 next to an archived run
+    (``refuse_silent_restart``); an explicit path.resume_state and its weights are read before anything starts."""
     global _pending
     _pending = None
+    _notices.clear()
     path_opt = opt['path']
-    state_path = None
+    networks = saved_networks(opt, frozen_networks)
+    explicit = not opt.get('auto_resume') and path_opt.get('resume_state')
     if opt.get('auto_resume'):
-        iters = state_iterations(path_opt.get('training_states'))
-        if iters:
-            state_path = os.path.join(path_opt['training_states'], f'{iters[0]}.state')
-            path_opt['resume_state'] = state_path
-    elif path_opt.get('resume_state'):
+        state_path, state = newest_loadable_state(opt, networks)
+        if state_path is None:
+            refuse_silent_restart(opt)
+            return None
+        path_opt['resume_state'] = state_path
+    elif explicit:
         state_path = path_opt['resume_state']
-    if state_path is None:
+        fix = ('Point path.resume_state at an earlier state, or remove it and run with --auto_resume, which skips '
+               'damaged states.')
+        # On the CPU even with CUDA: random states must stay CPU tensors (torch.set_rng_state and numpy reject CUDA
+        # ones), and Optimizer.load_state_dict moves its state onto the parameters' device itself.
+        state = read_state(state_path, 'path.resume_state', fix)
+    else:
+        warn_before_archiving(opt)
         return None
-    # On the CPU even with CUDA: random states must stay CPU tensors (torch.set_rng_state and numpy reject CUDA
-    # ones), and Optimizer.load_state_dict moves its state onto the parameters' device itself.
-    state = read_checkpoint(state_path, key='path.resume_state', kind='training state')
     ignored = list(path_opt.get('ignore_resume_networks') or [])
     ignored += [name for name in frozen_networks if name in opt and name not in ignored]
     path_opt['ignore_resume_networks'] = ignored
@@ -88,6 +236,12 @@ def load_resume_state(opt, frozen_networks=()):
             if path_opt.get(key) is not None}
     check_resume(opt, state['iter'])
     path_opt.update(kept)
+    if explicit:
+        _read_weights(opt, networks, state['iter'], 'set from path.resume_state',
+                      f'path.resume_state resumes into {path_opt["models"]}: the weights of iteration {state["iter"]} '
+                      'must be there, loadable (net_<x>_<iter>.pth). Point path.resume_state at an earlier state, or '
+                      'use --auto_resume, which skips damaged pairs.')
+    _remove_stale_temp_files(opt)
     if opt.get('rank', 0) != 0:  # ranks > 0 keep their own seeded streams; the file holds rank 0's
         state.pop('rng', None)
     _pending = state
@@ -99,14 +253,23 @@ class ResumableEnlargedSampler(EnlargedSampler):
 
     basicsr makes a first loader iterator before its epoch loop (the prefetcher) and throws it away at the first
     prefetcher.reset(); with workers that iterator already draws indices, so the skip is armed by ``set_epoch``,
-    which comes right before the iterator that is really used."""
+    which comes right before the iterator that is really used.
+
+    The random streams are restored where the saved run stood relative to its loader iterator (making one draws
+    torch's base seed): mid-epoch, the saved run's iterator existed before the save, so they are restored when the
+    resumed epoch's iterator starts; at an epoch boundary the saved run made its next iterator after the save, so
+    they are restored in ``set_epoch``, before that iterator is made."""
 
     def set_epoch(self, epoch):
         super().set_epoch(epoch)
         pending = self.__dict__.get('_resume_pending')
         if pending is not None and pending[0] == epoch:
             del self._resume_pending
-            self._resume_skip, self._resume_rng = pending[1], pending[2]
+            skip, rng = pending[1], pending[2]
+            if skip == 0 and rng is not None:
+                restore_rng_state(rng)
+            else:
+                self._resume_skip, self._resume_rng = skip, rng
 
     def __iter__(self):
         indices = list(super().__iter__())
@@ -119,18 +282,20 @@ class ResumableEnlargedSampler(EnlargedSampler):
 
 def resume_train_loader(train_loader, train_sampler, logger):
     """Continue the saved epoch at the first batch the saved run had not consumed (see the module docstring)."""
+    for message in _notices:  # the warnings of load_resume_state, now that the run's log exists
+        logger.warning(message)
+    _notices.clear()
     state = _pending
     if state is None or train_loader is None or len(train_loader) == 0:
         return
     epoch, consumed = divmod(state['iter'], len(train_loader))
     state['epoch'] = epoch
-    if consumed:
-        if type(train_sampler) is EnlargedSampler:
-            train_sampler.__class__ = ResumableEnlargedSampler
-        if isinstance(train_sampler, ResumableEnlargedSampler):
-            train_sampler._resume_pending = (epoch, consumed * train_loader.batch_size, state.pop('rng', None))
-        else:
-            logger.warning(f'Resume at iter {state["iter"]}: the train sampler {type(train_sampler).__name__} '
-                           'cannot skip batches; the epoch restarts from its first batch')
-            return
+    if type(train_sampler) is EnlargedSampler:
+        train_sampler.__class__ = ResumableEnlargedSampler
+    if isinstance(train_sampler, ResumableEnlargedSampler):
+        train_sampler._resume_pending = (epoch, consumed * train_loader.batch_size, state.pop('rng', None))
+    elif consumed:  # (at an epoch boundary the model's resume_training restores the random streams)
+        logger.warning(f'Resume at iter {state["iter"]}: the train sampler {type(train_sampler).__name__} '
+                       'cannot skip batches; the epoch restarts from its first batch')
+        return
     logger.info(f'Resume at iter {state["iter"]}: epoch {epoch}, skipping {consumed} consumed batches.')

@@ -87,8 +87,24 @@ class SpikerIRDistillModel(SpikingSRModel):
                      path_opt.get('strict_load_t', True))
         teacher = teacher.to(self.device).eval()  # never DDP-wrapped: it is frozen and identical on every rank
         teacher.requires_grad_(False)
-        self._net_t_fwd = fast.maybe_compile(fast.prepare_model(teacher, self.speed), self.speed)
+        fast.prepare_model(teacher, self.speed)
+        if self.speed.teacher_bf16:
+            fast.keep_neuron_state_fp32(teacher)  # a spiking teacher keeps fp32 neuron state, as the student does
+        self._net_t_fwd = fast.maybe_compile(teacher, self.speed)
+        self._teacher_forward = self.teacher_outputs
+        if self.speed.teacher_cuda_graph:
+            self.speed.check_device(self.device)
+            self._teacher_forward = fast.GraphedForward(self.teacher_outputs)
         return teacher
+
+    def teacher_outputs(self, lq):
+        """The frozen teacher on a prepared batch: (output, [hint features averaged over T]), fp32."""
+        with torch.no_grad(), fast.teacher_autocast_context(self.device, self.speed):
+            if self.teacher_tap is not None:
+                t_out, t_feats = self.teacher_tap.run(self._net_t_fwd, lq)
+            else:
+                t_out, t_feats = self._net_t_fwd(lq), []
+        return t_out.float(), [time_mean(f).float() for f in t_feats]
 
     def build_hint_adapters(self):
         train_opt = self.opt['train']
@@ -143,15 +159,9 @@ class SpikerIRDistillModel(SpikingSRModel):
         if self.net_t is None:
             return super().compute_losses(current_iter)
         lq = fast.prepare_input(self.lq, self.speed)
-        with torch.no_grad(), fast.autocast_context(self.device, self.speed):
-            if self.teacher_tap is not None:
-                t_out, t_feats = self.teacher_tap.run(self._net_t_fwd, lq)
-                t_feats = [time_mean(f).float() for f in t_feats]
-            else:
-                t_out, t_feats = self._net_t_fwd(lq), None
-        t_out = t_out.float()
+        t_out, t_feats = self._teacher_forward(lq)
         with fast.autocast_context(self.device, self.speed):
-            if t_feats is not None:
+            if self.teacher_tap is not None:
                 output, s_feats = self.student_tap.run(self.net_g_forward, lq)
                 hints = [h.float() for h in self.net_hint(s_feats, [f.shape[-2:] for f in t_feats])]
             else:
@@ -162,7 +172,7 @@ class SpikerIRDistillModel(SpikingSRModel):
         l_total = sum(losses.values())
         weight = self._kd_weight = self.kd_schedule(current_iter)
         l_distill = 0
-        if self.cri_hint and t_feats is not None:
+        if self.cri_hint and self.teacher_tap is not None:
             losses['l_hint'] = sum(self.cri_hint(s, t) for s, t in zip(hints, t_feats))
             l_distill = l_distill + losses['l_hint']
         if self.cri_kd:
@@ -192,6 +202,18 @@ class SpikerIRDistillModel(SpikingSRModel):
                 and self.kd_schedule.load_state_dict(resume_state['kd_schedule']):
             get_root_logger().warning('train.kd_schedule differs from the resumed training state; the saved '
                                       f'schedule is kept: {self.kd_schedule.config()}')
+
+    def networks_reading_the_input(self):
+        nets = super().networks_reading_the_input()
+        if self.net_t is not None:
+            nets['network_t'] = self.net_t
+        return nets
+
+    @classmethod
+    def launch_checks(cls, opt):
+        super().launch_checks(opt)
+        if opt.get('network_t'):
+            check_network_opt(opt['network_t'], 'network_t')
 
     @classmethod
     def frozen_networks(cls, opt):

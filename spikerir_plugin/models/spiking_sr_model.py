@@ -11,12 +11,15 @@ Built through SRModel's own ``__init__`` (network, DDP, pretrained weights, trai
     speed                  {channels_last, bf16, compile, checkpoint}: training fast paths (utils/speed.py)
 
 and exact resume (exact_resume.py): the batch order and random streams continue where the saved run stopped,
-training states and weights are written atomically. Losses are reduced across ranks when they are logged, not in
-every step (a per-step host synchronisation would stall a GPU that could run ahead).
+training states, weights and validation images are written atomically, damaged checkpoints are skipped or named.
+Device, dataset-path and channel mistakes fail before training with the option to change (run_checks.py); a
+GT/LQ size mismatch names the pair of files (data/pair_errors.py). Losses are reduced across ranks when they are
+logged, not in every step (a per-step host synchronisation would stall a GPU that could run ahead).
 
 Subclasses extend the training step through ``compute_losses`` and the saved state through
 ``extra_training_state`` / ``load_extra_training_state``.
 """
+import types
 from collections import OrderedDict
 
 import torch
@@ -28,11 +31,12 @@ from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 from torch.optim import lr_scheduler as torch_lr
 
+from spikerir_plugin.data.pair_errors import check_pair_sizes, name_pairs_in_errors
 from spikerir_plugin.utils import speed as fast
-from spikerir_plugin.utils.atomic import atomic_torch_save
+from spikerir_plugin.utils.atomic import atomic_torch_save, basicsr_imwrite
 from spikerir_plugin.utils.checkpoint import load_weights
 from spikerir_plugin.utils.inference import inference_network
-from . import exact_resume
+from . import exact_resume, run_checks
 from .tiled_inference import check_tile_opt, tiled_forward
 
 OPTIMIZERS = {'Adam': torch.optim.Adam, 'AdamW': torch.optim.AdamW, 'SGD': torch.optim.SGD}
@@ -55,9 +59,22 @@ def check_network_opt(net_opt, key):
         raise KeyError(f'{key}.type: unknown arch {net_type!r}; registered archs: {names}')
 
 
+def _with_atomic_image_writes(function):
+    """basicsr's own ``function`` run with its module's ``imwrite`` replaced by an atomic writer: the same code,
+    metrics and file names, and basicsr's SRModel itself (used by runs without the plugin) stays untouched."""
+    namespace = dict(function.__globals__, imwrite=basicsr_imwrite)
+    copy = types.FunctionType(function.__code__, namespace, function.__name__, function.__defaults__,
+                              function.__closure__)
+    copy.__kwdefaults__, copy.__doc__ = function.__kwdefaults__, function.__doc__
+    return copy
+
+
 @MODEL_REGISTRY.register()
 class SpikingSRModel(SRModel):
     """SRModel for spiking (and any other) restoration networks; see the module docstring."""
+
+    # validation/test images are written atomically: a killed run never leaves a truncated PNG
+    nondist_validation = _with_atomic_image_writes(SRModel.nondist_validation)
 
     def __init__(self, opt):
         check_network_opt(opt.get('network_g'), 'network_g')
@@ -74,8 +91,10 @@ class SpikingSRModel(SRModel):
                              f'{type(self).__name__} does not support; train on several GPUs with DDP: torchrun '
                              '--nproc_per_node=N spikerir_plugin/train.py -opt ... --launcher pytorch, or use one '
                              'GPU (num_gpu: 1 or CUDA_VISIBLE_DEVICES=0)')
+        run_checks.check_device(opt)
         self._step_losses = OrderedDict()
         super().__init__(opt)
+        run_checks.check_input_channels(self.opt, self.networks_reading_the_input(), self.device)
 
     # ------------------------------------------------------------------ networks
     def model_to_device(self, net):
@@ -85,10 +104,18 @@ class SpikingSRModel(SRModel):
 
     def load_network(self, net, load_path, strict=True, param_key='params'):
         """The plugin's checkpoint reader: clear errors, raw or official state dicts, params/params_ema fallback."""
-        load_weights(self.get_bare_model(net), load_path, param_key, strict, which='g')
+        fix = None
+        if self.opt['path'].get('resume_state'):
+            fix = (f'It was set from path.resume_state {self.opt["path"]["resume_state"]!r}: point that at an earlier '
+                   'state, or use --auto_resume, which skips damaged pairs.')
+        load_weights(self.get_bare_model(net), load_path, param_key, strict, which='g', fix=fix)
 
     def bare_net_g(self):
         return self.get_bare_model(self.net_g)
+
+    def networks_reading_the_input(self):
+        """{option key: bare network} of the networks fed the dataset's LQ images (checked for channels)."""
+        return {'network_g': self.bare_net_g()}
 
     @property
     def net_g_forward(self):
@@ -206,6 +233,10 @@ class SpikingSRModel(SRModel):
                 else:
                     ema_state[key].copy_(value)
 
+    def feed_data(self, data):
+        check_pair_sizes(data, self.opt.get('scale', 1))  # names the files (basicsr's metric would not)
+        super().feed_data(data)
+
     # ------------------------------------------------------------------ inference
     def inference_network(self):
         return self.net_g_ema if hasattr(self, 'net_g_ema') else self.bare_net_g()
@@ -281,9 +312,21 @@ class SpikingSRModel(SRModel):
         return ()
 
     @classmethod
+    def launch_checks(cls, opt):
+        """Option, device and data checks that need no network; run before basicsr creates (or moves aside) the
+        experiment folder."""
+        check_network_opt(opt.get('network_g'), 'network_g')
+        run_checks.check_launch(opt)
+
+    @classmethod
     def load_resume_state(cls, opt):
+        """The first hook of a pipeline start: launch checks, then the resume state (exact_resume.py)."""
+        cls.launch_checks(opt)
         return exact_resume.load_resume_state(opt, cls.frozen_networks(opt))
 
     @classmethod
     def resume_train_loader(cls, train_loader, train_sampler, logger):
+        """The hook called once the train loader exists: size errors name the pair, then exact resume's skip."""
+        if train_loader is not None:
+            name_pairs_in_errors(train_loader.dataset)
         exact_resume.resume_train_loader(train_loader, train_sampler, logger)

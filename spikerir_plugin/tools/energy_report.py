@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from spikerir_plugin.archs.neurons import check_stateless
+from spikerir_plugin.utils.atomic import atomic_savefig, atomic_write_text
 from spikerir_plugin.utils.checkpoint import load_weights
 from spikerir_plugin.utils.inference import inference_network
 
@@ -299,23 +300,24 @@ def plot_report(student, path, title=''):
     ax2.set_ylabel('energy (uJ)')
     ax2.set_title(f"per-layer energy (blue SynOp, red MAC, grey silent); total {student['totals']['energy_mJ']:.4f} mJ")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
 
 
 # ------------------------------------------------------------------------------------------------------------ CLI
 def build_from_options(opt, which='g', ckpt=None, param_key=None):
-    """Network `network_<which>` of a parsed options dict, with weights from ckpt or path.pretrain_network_<which>
-    (random init when neither is given)."""
+    """Network `network_<which>` of a parsed options dict, with weights from ckpt (the --ckpt option, named in
+    errors) or path.pretrain_network_<which> (random init when neither is given)."""
     from basicsr.archs import build_network
     from spikerir_plugin.models.spiking_sr_model import check_network_opt
     check_network_opt(opt.get(f'network_{which}'), f'network_{which}')
     net = build_network(dict(opt[f'network_{which}']))
     path_opt = opt.get('path') or {}
+    option = '--ckpt' if ckpt else None
     ckpt = ckpt or path_opt.get(f'pretrain_network_{which}')
     if ckpt:
         load_weights(net, ckpt, param_key or path_opt.get(f'param_key_{which}') or 'params',
-                     path_opt.get(f'strict_load_{which}', True), which)
+                     path_opt.get(f'strict_load_{which}', True), which, option=option)
     else:
         print(f'note: no checkpoint for network_{which}; measuring randomly initialised weights', file=sys.stderr)
     return net
@@ -360,10 +362,8 @@ def main(argv=None):
     print(report)
     result = {'name': name, 'options': os.path.abspath(a.opt), 'student': student, 'teacher': teacher,
               'ratio_teacher_over_student': energy_ratio(student, teacher) if teacher else None}
-    with open(os.path.join(out_dir, 'energy.json'), 'w') as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(out_dir, 'energy.txt'), 'w') as f:
-        f.write(report + '\n')
+    atomic_write_text(os.path.join(out_dir, 'energy.json'), json.dumps(result, indent=2))
+    atomic_write_text(os.path.join(out_dir, 'energy.txt'), report + '\n')
     plot_report(student, os.path.join(out_dir, 'energy.png'), name)
     print(f'wrote {out_dir}/energy.json, energy.txt, energy.png')
     return 0

@@ -9,7 +9,11 @@ truncated destination.
 import contextlib
 import io
 import os
+import re
 import tempfile
+
+# the temporary files atomic_write makes: .<destination name>.<random>.tmp
+_TEMP_RE = re.compile(r'^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$')
 
 
 def _fsync_dir(folder):
@@ -69,3 +73,26 @@ def atomic_imwrite(path, img, params=None):
         raise OSError(f'could not encode an image of shape {getattr(img, "shape", None)} as {ext} for {path!r}')
     with atomic_write(path) as f:
         f.write(encoded.tobytes())
+
+
+def basicsr_imwrite(img, file_path, params=None, auto_mkdir=True):
+    """basicsr.utils.imwrite's signature and errors, written atomically (the plugin models' validation images)."""
+    try:
+        atomic_imwrite(file_path, img, params)
+    except OSError as error:
+        raise IOError(f'Failed in writing images: {error}') from error
+
+
+def atomic_savefig(fig, path, **kwargs):
+    """matplotlib's fig.savefig(path, ...), atomically; the format comes from the destination's extension."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=os.path.splitext(path)[1].lstrip('.') or 'png', **kwargs)
+    with atomic_write(path) as f:
+        f.write(buffer.getbuffer())
+
+
+def stale_temp_files(folder):
+    """Temporary files a killed atomic write left in ``folder`` (never a complete destination file)."""
+    if not folder or not os.path.isdir(folder):
+        return []
+    return sorted(os.path.join(folder, n) for n in os.listdir(folder) if _TEMP_RE.match(n))

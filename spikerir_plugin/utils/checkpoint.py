@@ -9,16 +9,65 @@ strictly, listing the keys present when the param key or the network does not ma
 """
 import os
 import re
+import zipfile
 
 import torch
 from basicsr.utils import get_root_logger
 
 _MAX_LISTED = 20
+_LEGACY_MAGIC = b'\x80\x02\x8a\nl\xfc\x9cF'  # pickle of torch's magic number: the pre-1.6 (non-zip) format
 _GLOBAL_RE = re.compile(r'GLOBAL ([\w.]+) was not an allowed global')
+_UNPICKLER_RE = re.compile(r'WeightsUnpickler error:\s*(\S.*?)(?:\n\s*\n|$)', re.S)
 
 
 class CheckpointError(ValueError):
-    """A checkpoint or training state that cannot be used; the message names the file, the option and the fix."""
+    """A checkpoint or training state that cannot be used; the message names the file, the option and the fix.
+
+    ``reason`` is the short cause ('empty (0 bytes)', 'damaged torch archive', ...) for one-line warnings."""
+
+    def __init__(self, message, reason='', path=None):
+        super().__init__(message)
+        self.reason = reason or message
+        self.checkpoint_path = path
+
+
+class CheckpointMissing(FileNotFoundError):
+    """A checkpoint or training state that does not exist (``checkpoint_path``: the file)."""
+
+    def __init__(self, message, path=None):
+        super().__init__(message)
+        self.reason = 'missing'
+        self.checkpoint_path = path
+
+
+def _text_hint(head):
+    """What a non-torch file most likely is, from its first bytes."""
+    if head.startswith(b'version https://git-lfs'):
+        return ' It is a Git LFS pointer, not the file itself: fetch it with `git lfs pull`.'
+    if head.lstrip().lower().startswith((b'<!doctype', b'<html')):
+        return ' It is an HTML page (a download link that returned a web page): download the file itself.'
+    if head and all(32 <= b < 127 or b in b'\t\r\n' for b in head):
+        return ' It is a text file.'
+    return ''
+
+
+def _refused_global(message):
+    """The global named by torch's weights_only refusal, or None (a garbled name means a damaged pickle)."""
+    found = _GLOBAL_RE.search(message)
+    if not found:
+        return None
+    module, _, name = found.group(1).rpartition('.')
+    return found.group(1) if module and name else None
+
+
+def _bad_crc_member(path):
+    """The first member of a zip-format torch file whose CRC does not match, or None. torch.load does not check
+    CRCs, so flipped bytes inside tensor data would otherwise load silently as wrong weights."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        return f'<archive: {error}>'
 
 
 def read_checkpoint(path, key='path', kind='checkpoint', fix=None, map_location='cpu'):
@@ -26,43 +75,52 @@ def read_checkpoint(path, key='path', kind='checkpoint', fix=None, map_location=
 
     key: the option that named the file (e.g. ``path.pretrain_network_t``), quoted in the errors.
     kind: what the file is ('teacher checkpoint', 'training state', ...). fix: a sentence appended to errors about
-    a damaged file (what the user can do, e.g. resume from an earlier state)."""
+    a missing or damaged file (what the user can do, e.g. resume from an earlier state)."""
     where = f'{key}: {kind} {str(path)!r}'
     if path is None:
         raise ValueError(f'{key} is not set: give the path of the {kind}')
+    advice = f' {fix}' if fix else ' Re-create or re-download it.'
     if not os.path.exists(path):
-        raise FileNotFoundError(f'{where} does not exist (relative paths are resolved against the current '
-                                f'directory {os.getcwd()!r})')
+        raise CheckpointMissing(f'{where} does not exist (relative paths are resolved against the current '
+                                f'directory {os.getcwd()!r}).{" " + fix if fix else ""}', path)
     if os.path.isdir(path):
-        raise CheckpointError(f'{where} is a directory, not a file')
-    damaged = f' {fix}' if fix else ' Re-create or re-download it.'
+        raise CheckpointError(f'{where} is a directory, not a file', 'a directory', path)
     size = os.path.getsize(path)
     if size == 0:
-        raise CheckpointError(f'{where} is empty (0 bytes): it was probably cut off while being written (a killed '
-                              f'run or a full disk).{damaged}')
+        raise CheckpointError(f'{where} is empty (0 bytes): it was cut off while being written (a killed run or a '
+                              f'full disk).{advice}', 'empty (0 bytes)', path)
+    with open(path, 'rb') as f:
+        head = f.read(64)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises RuntimeError, EOFError, KeyError, UnpicklingError, ... by case
         message = str(error)
-        if 'weights_only' in message.lower() or 'weights only' in message.lower():
-            unsafe = _GLOBAL_RE.search(message)
-            if unsafe:
-                name = unsafe.group(1)
-                raise CheckpointError(
-                    f'{where} holds a pickled object of type {name}, which torch.load(weights_only=True) refuses '
-                    f'to load. If you trust the file, allow it before training: `import torch; '
-                    f'torch.serialization.add_safe_globals([{name}])` (import {name.rpartition(".")[0] or name} '
-                    f'first), or save only the state dict: torch.save({{"params": net.state_dict()}}, path)'
-                ) from None
-        with open(path, 'rb') as f:
-            head = f.read(4)
-        if head.startswith(b'PK'):
-            raise CheckpointError(f'{where} is a damaged torch archive ({size} bytes; torch: '
-                                  f'{message.splitlines()[0][:160]}): it was probably truncated or corrupted '
-                                  f'while being written or copied.{damaged}') from None
-        raise CheckpointError(f'{where} is not a torch checkpoint (torch.save file) or is corrupt '
-                              f'({size} bytes, starts with {head!r}; torch: {type(error).__name__}: '
-                              f'{message.splitlines()[0][:160] if message else ""}).{damaged}') from None
+        unsafe = _refused_global(message) if 'weights_only' in message.lower() else None
+        if unsafe:
+            module = unsafe.rpartition('.')[0]
+            raise CheckpointError(
+                f'{where} holds a pickled object of type {unsafe}, which torch.load(weights_only=True) refuses to '
+                f'load (unpickling it could run arbitrary code). If you trust the file, either save its tensors '
+                f'again: python -c "import torch; c = torch.load({str(path)!r}, weights_only=False); '
+                f'torch.save({{\'params\': c[\'params\']}}, \'clean.pth\')" (adapt the key) and point {key} at '
+                f'clean.pth; or allow the type in the process that loads it, before loading: import {module}; '
+                f'torch.serialization.add_safe_globals([{unsafe}])', f'holds a pickled {unsafe}', path) from None
+        unpickler = _UNPICKLER_RE.search(message)
+        detail = (unpickler.group(1) if unpickler else message).strip().split('\n')[0][:160]
+        if head.startswith((b'PK', _LEGACY_MAGIC)):
+            raise CheckpointError(f'{where} is a damaged torch archive ({size} bytes; torch: {detail}): it was '
+                                  f'truncated or corrupted while being written or copied.{advice}',
+                                  'damaged torch archive', path) from None
+        raise CheckpointError(f'{where} is not a torch checkpoint (a torch.save file) or is damaged ({size} bytes, '
+                              f'starts with {head[:8]!r}; torch: {type(error).__name__}: {detail}).'
+                              f'{_text_hint(head)}{advice}', 'not a torch file', path) from None
+    if head.startswith(b'PK'):
+        bad = _bad_crc_member(path)
+        if bad is not None:
+            raise CheckpointError(f'{where} is a damaged torch archive ({size} bytes): {bad} fails its CRC check, so '
+                                  f'bytes were changed after it was written (disk or copy error).{advice}',
+                                  'damaged torch archive (CRC)', path)
+    return ckpt
 
 
 def _listing(keys):
@@ -75,14 +133,15 @@ def _is_state_dict(obj):
     return isinstance(obj, dict) and bool(obj) and all(torch.is_tensor(v) for v in obj.values())
 
 
-def load_weights(net, path, param_key='params', strict=True, which='t', option=None):
+def load_weights(net, path, param_key='params', strict=True, which='t', option=None, fix=None):
     """Load checkpoint ``path`` into ``net`` and return ``net``.
 
     param_key: the entry holding the state dict ('params' / 'params_ema' fall back to each other, because basicsr's
     resume rewrites params_ema to params; None = the file is a raw state dict, which is also accepted when the key
     is absent). strict: any missing, unexpected or mis-shaped key is an error listing them; otherwise what fits is
     loaded. ``which`` ('g' or 't') names the options in the error messages (path.pretrain_network_<which>, ...);
-    ``option`` replaces those names for a command-line tool (e.g. '--ckpt')."""
+    ``option`` replaces those names for a command-line tool (e.g. '--ckpt'); ``fix`` replaces the advice given for a
+    missing or damaged file."""
     path_opt, key_opt, strict_opt = f'path.pretrain_network_{which}', f'path.param_key_{which}', \
         f'path.strict_load_{which}'
     if option is not None:
@@ -91,7 +150,7 @@ def load_weights(net, path, param_key='params', strict=True, which='t', option=N
     if path is None:
         raise ValueError(f'{path_opt} is required when network_{which} is set (a checkpoint of the trained '
                          'network, e.g. basicsr net_g_<iter>.pth or an official NAFNet/Restormer file)')
-    ckpt = read_checkpoint(path, path_opt, f'{role} checkpoint')
+    ckpt = read_checkpoint(path, path_opt, f'{role} checkpoint', fix=fix)
     logger = get_root_logger()
     if param_key is not None and not (isinstance(ckpt, dict) and param_key in ckpt):
         available = list(ckpt) if isinstance(ckpt, dict) else []
@@ -103,12 +162,16 @@ def load_weights(net, path, param_key='params', strict=True, which='t', option=N
             logger.info(f'{role}: {path} is a raw state dict (no {param_key!r} entry); loading it as such')
             param_key = None
         else:
+            hint = (' It is a training state (training_states/<iter>.state), not weights: use models/net_g_<iter>.pth '
+                    'of the same iteration.' if {'optimizers', 'iter'} <= set(available) else '')
             raise KeyError(f'{key_opt}: key {param_key!r} not in {role} checkpoint {path!r}; available keys: '
-                           f'{_listing(available)} (use {key_opt}: ~ for a raw state dict)')
+                           f'{_listing(map(str, available))} (use {key_opt}: ~ for a raw state dict).{hint}')
     if param_key is not None:
         ckpt = ckpt[param_key]
     if not _is_state_dict(ckpt):
-        raise ValueError(f'{path_opt}: {path!r} [{param_key}] is not a state dict of tensors')
+        held = f'a dict with keys {_listing(map(str, ckpt))}' if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f'{path_opt}: {path!r} [{param_key}] is not a state dict of tensors (it holds {held}); '
+                         f'set {key_opt} to the entry that holds the weights')
     state = {(k[7:] if k.startswith('module.') else k): v for k, v in ckpt.items()}
     own = net.state_dict()
     missing, unexpected = set(own) - set(state), set(state) - set(own)

@@ -5,6 +5,8 @@
       bf16: false            # bf16 autocast; spiking-neuron inputs and state stay fp32
       compile: false         # true, or a dict of torch.compile arguments {backend, mode, fullgraph, dynamic, options}
       checkpoint: false      # recompute each spiking residual block in backward instead of storing its activations
+      teacher_bf16: false    # run the frozen teacher under bf16 autocast even when the student trains in fp32
+      teacher_cuda_graph: false  # replay the teacher's forward (and its hint features) as a CUDA graph
       cuda_graph: false      # capture forward + loss + backward in one CUDA graph (spikingjelly StaticCudaGraph)
 
 SpikingSRModel (and so SpikerIRDistillModel) reads the section for training (channels_last, bf16, compile,
@@ -34,6 +36,11 @@ What each switch does and what was checked (CPU only; the GPU effect is measured
   neurons start each call at rest, the recomputation has no randomness, and batch-norm running statistics are
   frozen during the recomputation, so outputs, gradients and running statistics equal the plain path (tested).
   Costs one more forward of the blocks.
+* teacher_bf16 / teacher_cuda_graph: the distillation teacher is frozen and only runs forward under no_grad, so
+  its precision and launch overhead are independent of the student's. bf16 halves its time on tensor cores (its
+  outputs and features are targets, compared in fp32); the CUDA graph removes the per-kernel launch cost of a
+  deep teacher (hundreds of small kernels per forward), one graph per input shape (``GraphedForward``). The
+  returned tensors are the graph's static buffers, valid until the next teacher forward.
 * compile: ``torch.compile`` of the module's ``__call__`` (hooks included), returned as a plain function sharing the
   module's parameters; the module itself is what gets saved, so checkpoints never gain the ``_orig_mod.`` prefix.
   spikingjelly 2.0's LIF op has a fake implementation and traces without graph breaks; the state becomes the Python
@@ -58,7 +65,8 @@ import torch
 from spikingjelly.activation_based import functional
 from spikingjelly.activation_based.neuron.base_node import BaseNode
 
-SPEED_KEYS = ('channels_last', 'bf16', 'compile', 'checkpoint', 'cuda_graph')
+SPEED_KEYS = ('channels_last', 'bf16', 'compile', 'checkpoint', 'teacher_bf16', 'teacher_cuda_graph', 'cuda_graph')
+BOOL_KEYS = ('channels_last', 'bf16', 'checkpoint', 'teacher_bf16', 'teacher_cuda_graph', 'cuda_graph')
 COMPILE_KEYS = ('backend', 'mode', 'fullgraph', 'dynamic', 'options')
 FUSED_LIF_IMPLEMENTATIONS = ('cuda', 'triton')  # 'torch' on CUDA is a per-step loop; CPU is 'torch-reference'
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -71,6 +79,8 @@ class SpeedOptions:
     bf16: bool = False
     compile: object = False  # bool or dict of torch.compile keyword arguments
     checkpoint: bool = False
+    teacher_bf16: bool = False
+    teacher_cuda_graph: bool = False
     cuda_graph: bool = False
 
     @classmethod
@@ -86,7 +96,7 @@ class SpeedOptions:
         if unknown:
             raise KeyError(f'speed: unknown key(s) {unknown}; valid keys: {list(SPEED_KEYS)}')
         speed = {k: v for k, v in speed.items() if v is not None}  # an empty YAML value means the default
-        for key in ('channels_last', 'bf16', 'checkpoint', 'cuda_graph'):
+        for key in BOOL_KEYS:
             if key in speed and not isinstance(speed[key], bool):
                 raise TypeError(f'speed.{key} must be true or false, got {speed[key]!r}')
         compile_opt = speed.get('compile', False)
@@ -116,9 +126,10 @@ class SpeedOptions:
         return {} if self.compile is True else dict(self.compile)
 
     def check_device(self, device):
-        if self.cuda_graph and torch.device(device).type != 'cuda':
-            raise RuntimeError(f'speed.cuda_graph needs a CUDA device, got {torch.device(device)}; '
-                               f'set speed.cuda_graph: false on this machine')
+        for key in ('cuda_graph', 'teacher_cuda_graph'):
+            if getattr(self, key) and torch.device(device).type != 'cuda':
+                raise RuntimeError(f'speed.{key} needs a CUDA device, got {torch.device(device)}; '
+                                   f'set speed.{key}: false on this machine')
 
 
 def as_speed_options(speed):
@@ -184,6 +195,15 @@ def autocast_context(device, speed=None):
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16, cache_enabled=not speed.cuda_graph)
 
 
+def teacher_autocast_context(device, speed=None):
+    """bf16 autocast for the frozen teacher when speed.bf16 or speed.teacher_bf16, else a null context."""
+    speed = as_speed_options(speed)
+    if not (speed.bf16 or speed.teacher_bf16):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                          cache_enabled=not (speed.cuda_graph or speed.teacher_cuda_graph))
+
+
 def maybe_compile(module, speed=None):
     """``module`` itself when compile is off, else a compiled function calling it (same parameters, same
     state_dict keys: save ``module``, never the returned callable)."""
@@ -218,3 +238,39 @@ def check_fused_lif(device, execution='eager'):
         warnings.warn(f'spikingjelly could not select a LIF implementation on {device}: {error}')
         return {'implementation': 'unavailable', 'unavailable': {'error': str(error)}}, False
     return info, device.type == 'cuda' and info.get('implementation') in FUSED_LIF_IMPLEMENTATIONS
+
+
+class GraphedForward:
+    """``fn(x)`` replayed from a CUDA graph, one graph per input shape, dtype and layout (at most ``max_graphs``;
+    the oldest is dropped). For frozen, forward-only work (the distillation teacher): no autograd, no host
+    synchronisation, no data-dependent Python branches inside ``fn``. The returned tensors are the graph's static
+    outputs, overwritten by the next call with the same shape."""
+
+    def __init__(self, fn, warmup_steps=2, max_graphs=4):
+        self.fn, self.warmup_steps, self.max_graphs = fn, warmup_steps, max_graphs
+        self.graphs = {}
+
+    def __call__(self, x):
+        key = (tuple(x.shape), x.dtype, x.stride(), x.device)
+        entry = self.graphs.get(key)
+        if entry is None:
+            entry = self.graphs[key] = self._capture(x)
+            while len(self.graphs) > self.max_graphs:
+                self.graphs.pop(next(iter(self.graphs)))
+        graph, static_in, static_out = entry
+        static_in.copy_(x)
+        graph.replay()
+        return static_out
+
+    def _capture(self, x):
+        static_in = x.clone()
+        side = torch.cuda.Stream(device=x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side), torch.no_grad():  # warm-up: cuDNN autotuning, lazy allocations, kernels
+            for _ in range(self.warmup_steps):
+                self.fn(static_in)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.no_grad():
+            static_out = self.fn(static_in)
+        return graph, static_in, static_out
