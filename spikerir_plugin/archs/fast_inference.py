@@ -84,6 +84,8 @@ class InferenceNeuron(nn.Module):
         if x.requires_grad and torch.is_grad_enabled():
             raise RuntimeError('an inference network has no gradients; call it under torch.no_grad() '
                                '(train the original network instead)')
+        if x.dtype in (torch.bfloat16, torch.float16):  # fp32 neuron state under autocast, as speed.prepare_model
+            x = x.float()
         if x.device.type == 'cuda':  # spikingjelly's fused kernels, exactly what the arch's own neurons run there
             return self._cuda(x, out)
         if self.compiled:  # one fused kernel returns a fresh tensor; copied only into a caller's buffer
@@ -148,7 +150,7 @@ class InferenceBatchNorm(nn.Module):
         return _seq_apply(self._normalise, x)
 
     def _normalise(self, x):
-        if not self.inplace:
+        if not self.inplace or torch.is_autocast_enabled(x.device.type):  # autocast sees only the functional op
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
         # the kernel F.batch_norm runs (element-wise in eval mode), writing over its input
         torch.ops.aten.native_batch_norm.out(x, self.weight, self.bias, self.running_mean, self.running_var, False,
