@@ -10,11 +10,13 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from spikingjelly.activation_based import layer
 from torch import nn
 
+from spikerir_plugin.archs.fast_inference import InferenceMixin
 from spikerir_plugin.archs.spiking_blocks import conv, make_neuron
 
 
 @ARCH_REGISTRY.register()
-class SPIDEN(nn.Module):
+class SPIDEN(InferenceMixin, nn.Module):
+    """``for_inference()`` gives the fast inference copy (archs/fast_inference.py)."""
 
     def __init__(self, in_channels=3, width=64, depth=17, T=4, v_threshold=1.0):
         super().__init__()

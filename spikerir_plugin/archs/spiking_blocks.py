@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from spikingjelly.activation_based import base, layer
 
+from spikerir_plugin.archs.fast_inference import InferenceMixin
 from spikerir_plugin.archs.neurons import RateActivation, StatelessIFNode, StatelessLIFNode
 from spikerir_plugin.archs.padding import pad_to_multiple
 from spikerir_plugin.utils.snn import time_mean
@@ -240,19 +241,28 @@ class PatchEmbed(nn.Module):
         return self.proj(x)
 
 
+def concat_channels(a, b):
+    """torch.cat([a, b], dim=2) of multi-step tensors, keeping a channels-last layout (C innermost, as a conv with
+    channels-last weights returns it) instead of falling back to the default layout: same values either way."""
+    if a.stride(2) == 1 and b.stride(2) == 1 and not (a.is_contiguous() and b.is_contiguous()):
+        return torch.cat([a.permute(0, 1, 3, 4, 2), b.permute(0, 1, 3, 4, 2)], dim=4).permute(0, 1, 4, 2, 3)
+    return torch.cat([a, b], dim=2)
+
+
 def check_block_counts(name, counts, at_least=3):
     if len(counts) < at_least or any(not isinstance(n, int) or n < 0 for n in counts):
         raise ValueError(f'{name} must list >= {at_least} non-negative block counts (levels 1..3), got {counts}')
 
 
-class SpikingUNet(nn.Module):
+class SpikingUNet(InferenceMixin, nn.Module):
     """ESDNet's 3-level spiking U-Net body with direct encoding and a mean-over-T readout.
 
     Level widths dim, 2*dim, 4*dim; level 2 fuses the skip by concat + LIF/1x1 conv/tdBN; level 1 concatenates the
     skip without reduction, so decoder_level1 runs at 2*dim. `enc_blocks`/`dec_blocks` are indexed by level
     (index 0 = level 1). Subclasses define `head(features)` mapping [B, 2*dim, H, W] to the output residual.
     H and W are reflect-padded to multiples of 4 and cropped back. Every neuron starts each call at rest
-    (archs/neurons.py), so the output depends on the input alone.
+    (archs/neurons.py), so the output depends on the input alone. ``for_inference()`` gives the fast inference
+    copy (archs/fast_inference.py).
     """
 
     def __init__(self, in_channels, dim, enc_blocks, dec_blocks, T, neuron='lif', attention='fast',
@@ -296,8 +306,8 @@ class SpikingUNet(nn.Module):
         enc1 = self.encoder_level1(embedded)
         enc2 = self.encoder_level2(self.down1_2(enc1))
         dec3 = self.decoder_level3(self.encoder_level3(self.down2_3(enc2)))
-        dec2 = self.decoder_level2(self.reduce_chan_level2(torch.cat([self.up3_2(dec3), enc2], dim=2)))
-        return self.decoder_level1(torch.cat([self.up2_1(dec2), enc1], dim=2))
+        dec2 = self.decoder_level2(self.reduce_chan_level2(concat_channels(self.up3_2(dec3), enc2)))
+        return self.decoder_level1(concat_channels(self.up2_1(dec2), enc1))
 
     def head(self, features):
         raise NotImplementedError

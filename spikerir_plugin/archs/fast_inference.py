@@ -1,0 +1,379 @@
+"""Inference copies of the spiking archs (SpikerIR, ESDNet, SPIDEN): ``arch.for_inference()``.
+
+The copy is the same arch (same class, same forward code, same module names) with its layers swapped for inference
+layers and its weights frozen (``requires_grad=False``):
+- spiking neurons -> ``InferenceNeuron``: the fused no-grad loop of ``neuron_kernels.py`` on the CPU (no autograd,
+  no surrogate function, spikes written into one preallocated output; optionally compiled with torch.compile),
+  spikingjelly's fused kernels on CUDA;
+- multi-step convs and batch norms (tdBN, BN) -> plain 4-D calls on [T*B, C, H, W] without spikingjelly's wrappers;
+- each spiking residual block -> ``InferenceResidualBlock``: the same convs and norms, then the attention
+  (``InferenceAttention``) and the block's residual applied in the block output's own storage: one plane
+  mean/max pass for the temporal and channel gates, max reductions without indices, gates, ReLU and residual
+  in place, no copies of the feature map;
+- where a layer's input is a fresh tensor that nothing else reads (a batch norm after its convolution, a neuron
+  after its batch norm, inside one Sequential) the layer writes its output over its input: fewer large
+  allocations, each of which costs page faults on the CPU;
+- the image convolution's output is seen T times through a stride-0 view instead of being copied T times.
+
+Numerics. By default (``exact=True``) every convolution, batch norm, reduction and transcendental op is the same
+ATen call on the same shapes and strides as in the arch's eval forward, and every other step is exact
+(neuron_kernels.py explains why), so outputs equal the arch in eval bit for bit on the same machine and thread count
+(checked on real photos in tests/test_inference.py), and so are the spikes, firing rates and op counts
+(``spikerir-energy`` measures this copy).
+
+``exact=False`` trades that for speed: every tdBN/BN is folded into the preceding convolution's weights and bias
+(one pass less per layer), the convolutions run channels-last (NHWC: oneDNN's faster path for these small channel
+counts, no layout conversions). These convolutions round differently from the arch's; a
+membrane potential that lands within rounding of the threshold can then fire in one and not in the other, and
+the flipped spike changes the output locally. Measured figures are in benchmarks/README.md ("Inference"): the
+output is the same to ~1e-6 except at the few pixels near a flipped spike, where it differs by up to ~1e-2.
+
+``compile=True`` runs the neuron loops through torch.compile (one fused kernel per layer shape; exact for tau = 2
+and IF neurons; the first call per input shape compiles, and on the CPU it needs a C++ compiler).
+"""
+import copy
+import types
+import weakref
+
+import torch
+import torch.nn.functional as F
+from spikingjelly.activation_based import functional, layer
+from torch import nn
+
+from spikerir_plugin.archs.neuron_kernels import compiled_multi_step_spikes, multi_step_spikes, neuron_spec
+
+
+def _frozen(t):
+    return None if t is None else nn.Parameter(t.detach(), requires_grad=False)
+
+
+def _empty_like_dense(x):
+    """An uninitialised tensor of x's shape laid out as x: x's own strides, or channels-last when x is a channel
+    slice of a channels-last tensor (not dense, so empty_like would fall back to the default layout)."""
+    if x.dim() == 5 and x.stride(2) == 1 and x.shape[2] > 1 and not x.is_contiguous():
+        t, b, c, h, w = x.shape
+        return torch.empty((t, b, h, w, c), dtype=x.dtype, device=x.device).permute(0, 1, 4, 2, 3)
+    return torch.empty_like(x)
+
+
+def _seq_apply(fn, x):
+    """fn on [T*B, ...] for a multi-step input [T, B, ...] (as spikingjelly's seq_to_ann_forward); 4-D as is."""
+    if x.dim() == 5:
+        return fn(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+    return fn(x)
+
+
+class InferenceNeuron(nn.Module):
+    """No-grad multi-step LIF/IF layer starting at rest; ``forward(x, out=None)`` writes spikes into ``out``."""
+
+    def __init__(self, node, compiled=False, exact=True):
+        super().__init__()
+        self.spec = neuron_spec(node)
+        if self.spec is None:
+            raise TypeError(f'{type(node).__name__} is not a LIF/IF neuron with spikingjelly 2.0 dynamics')
+        self.surrogate_function = node.surrogate_function  # for spikingjelly's CUDA kernels
+        self.compiled = compiled
+        # exact: contiguous spikes like the arch's neurons (the next conv sees the same layout); else x's layout
+        self.exact = exact
+        self.inplace = False  # set by the conversion where the input is a fresh tensor nothing else reads
+
+    def extra_repr(self):
+        return f'{self.spec}, compiled={self.compiled}, exact={self.exact}, inplace={self.inplace}'
+
+    def forward(self, x, out=None):
+        if x.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError('an inference network has no gradients; call it under torch.no_grad() '
+                               '(train the original network instead)')
+        if x.dtype in (torch.bfloat16, torch.float16):  # fp32 neuron state under autocast, as speed.prepare_model
+            x = x.float()
+        if x.device.type == 'cuda':  # spikingjelly's fused kernels, exactly what the arch's own neurons run there
+            return self._cuda(x, out)
+        if self.compiled:  # one fused kernel returns a fresh tensor; copied only into a caller's buffer
+            return compiled_multi_step_spikes(x, self.spec, out=out)
+        if out is None and self.inplace and (x.is_contiguous() or not self.exact):
+            out = x  # step t reads x[t] before writing out[t]: the spikes may overwrite a dead input
+        if out is None and not self.exact:
+            out = _empty_like_dense(x)
+        return multi_step_spikes(x, self.spec, out=out)
+
+    @torch.no_grad()
+    def _cuda(self, x, out):
+        spec, v = self.spec, torch.full_like(x[0], self.spec.rest)
+        if spec.tau is None:
+            spikes = functional.if_multi_step(x, v, spec.v_threshold, spec.v_reset, self.surrogate_function,
+                                              spec.detach_reset)[0]
+        else:
+            spikes = functional.lif_multi_step(x, v, spec.tau, spec.decay_input, spec.v_threshold, spec.v_reset,
+                                               self.surrogate_function, spec.detach_reset)[0]
+        return spikes if out is None else out.copy_(spikes)
+
+
+class InferenceConv2d(nn.Conv2d):
+    """A frozen 2-D convolution applied to [B, C, H, W] or, per time step, to [T, B, C, H, W]."""
+
+    @classmethod
+    def from_conv(cls, conv, norm=None, channels_last=False):
+        """Copy of ``conv``; with ``norm`` (an eval-mode batch norm) folded into its weight and bias."""
+        weight, bias = conv.weight.detach(), None if conv.bias is None else conv.bias.detach()
+        if norm is not None:
+            weight, bias = torch.nn.utils.fusion.fuse_conv_bn_weights(
+                weight, bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias)
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                  conv.groups, bias=bias is not None, device=weight.device, dtype=weight.dtype)
+        if channels_last:  # NHWC weights make the convolution run (and return) channels-last
+            weight = weight.contiguous(memory_format=torch.channels_last)
+        new.weight, new.bias = _frozen(weight), _frozen(bias)
+        return new
+
+    def forward(self, x):
+        return _seq_apply(super().forward, x)
+
+
+class InferenceBatchNorm(nn.Module):
+    """An eval-mode batch norm (BN or tdBN) with frozen statistics, on 4-D or multi-step 5-D inputs: the same
+    ``F.batch_norm`` call as the original module in eval mode."""
+
+    def __init__(self, norm):
+        super().__init__()
+        if not norm.track_running_stats or norm.running_mean is None:
+            raise ValueError(f'{type(norm).__name__} without running statistics cannot be frozen for inference')
+        self.weight, self.bias = _frozen(norm.weight), _frozen(norm.bias)
+        self.register_buffer('running_mean', norm.running_mean.detach())
+        self.register_buffer('running_var', norm.running_var.detach())
+        self.eps = norm.eps
+        self.inplace = False  # set by the conversion where the input is a fresh tensor nothing else reads
+
+    def extra_repr(self):
+        return f'inplace={self.inplace}'
+
+    def forward(self, x):
+        return _seq_apply(self._normalise, x)
+
+    def _normalise(self, x):
+        if not self.inplace or torch.is_autocast_enabled(x.device.type):  # autocast sees only the functional op
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        # the kernel F.batch_norm runs (element-wise in eval mode), writing over its input
+        torch.ops.aten.native_batch_norm.out(x, self.weight, self.bias, self.running_mean, self.running_var, False,
+                                             0.0, self.eps, out=x, save_mean=x.new_empty(0),
+                                             save_invstd=x.new_empty(0))
+        return x
+
+
+class InferenceAttention(nn.Module):
+    """``FastMultiDimensionalAttention`` followed by the block's residual, computed in the attention input's
+    storage: ``forward(y, residual)`` returns relu(attention(y)) + residual, overwriting y.
+
+    The same reductions (plane means over H, W; the spatial mean over T, C) run on the same tensor layout as in
+    the training module, so the gates are the same bits; maxima need no indices here (``amax``), and the gates,
+    ReLU and residual are applied in place instead of building a new feature map at each step."""
+
+    def __init__(self, attention):
+        super().__init__()
+        self.T = attention.T
+        self.ta, self.ca, self.sa = attention.ta, attention.ca, attention.sa
+
+    def forward(self, y, residual):
+        nhwc = y.stride(2) == 1 and not y.is_contiguous()  # exact=False runs channels-last
+        if self.ta is not None or self.ca is not None:
+            # the training module's reductions on NCHW (same calls, same bits); see _nhwc_* for channels-last
+            plane_mean, plane_max = _nhwc_plane_stats(y) if nhwc else (y.mean((3, 4)), y.amax((3, 4)))
+            weight = None
+            if self.ta is not None:
+                gate_t = self.ta(plane_mean.mean(2).t(), plane_max.amax(2).t()).t()[:, :, None]
+                plane_mean, plane_max, weight = plane_mean * gate_t, plane_max * gate_t, gate_t
+            if self.ca is not None:
+                gate_c = self.ca(plane_mean.mean(0), plane_max.amax(0))[None]
+                weight = gate_c if weight is None else weight * gate_c
+            y.mul_(weight[..., None, None])
+        if self.sa is not None:
+            stats = _nhwc_pixel_stats(y) if nhwc else torch.stack((y.mean((0, 2)), y.amax((0, 2))), dim=1)
+            y.mul_(torch.sigmoid(self.sa.conv(stats))[None])
+        return y.relu_().add_(residual)
+
+
+def _nhwc_plane_stats(y):
+    """Mean and max over H, W of a channels-last [T, B, C, H, W] tensor: [T, B, C] each. Reducing a non-innermost
+    dimension with only a few channels innermost is slow on the CPU, so the maximum first reduces blocks of
+    pixels with 128 values innermost, then the rest."""
+    t, b, c, h, w = y.shape
+    pixels = y.permute(0, 1, 3, 4, 2).reshape(t, b, h * w, c)  # a view: channels-last is this layout
+    block = 128 // c
+    if c < 32 and (h * w) % block == 0:
+        peak = pixels.unflatten(2, (-1, block)).flatten(3).amax(2).unflatten(2, (block, c)).amax(2)
+    else:
+        peak = pixels.amax(2)
+    return pixels.mean(2), peak
+
+
+def _nhwc_pixel_stats(y):
+    """[B, 2, H, W]: mean and max over T and C of a channels-last [T, B, C, H, W] tensor (T first: contiguous)."""
+    pixels = y.permute(0, 1, 3, 4, 2)  # [T, B, H, W, C]
+    return torch.stack((pixels.mean(0).mean(-1), pixels.amax(0).amax(-1)), dim=1)
+
+
+class InferenceResidualBlock(nn.Module):
+    """``SpikingResidualBlock`` for inference: the same layers (converted), the block output built in place."""
+
+    def __init__(self, block, convert):
+        super().__init__()
+        self.spike_shortcut = block.spike_shortcut
+        self.residual = convert(block.residual)
+        self.shortcut = convert(block.shortcut)
+        self.attn = convert(block.attn)
+
+    def forward(self, x):
+        first_neuron, *rest = self.residual
+        spikes = y = first_neuron(x)
+        for module in rest:
+            y = module(y)
+        y = y.add_(self.shortcut(spikes if self.spike_shortcut else x))  # y is a fresh tensor of this block
+        if isinstance(self.attn, InferenceAttention):
+            return self.attn(y, x)
+        if isinstance(self.attn, nn.Identity):
+            return y.add_(x)
+        return self.attn(y) + x
+
+
+# ---------------------------------------------------------------------------------------------------- conversion
+def _is_norm(m):
+    return isinstance(m, nn.modules.batchnorm._BatchNorm)
+
+
+def _is_plain_conv(m):
+    return type(m) in (layer.Conv2d, nn.Conv2d) and m.padding_mode == 'zeros'
+
+
+def _foldable(conv, norm):
+    return _is_plain_conv(conv) and _is_norm(norm) and norm.track_running_stats and norm.running_mean is not None
+
+
+class _Converter:
+    """Maps a module of a (deep-copied) arch to its inference counterpart; containers are converted in place."""
+
+    def __init__(self, exact, compiled):
+        self.exact, self.compiled = exact, compiled
+
+    def __call__(self, module):
+        from spikingjelly.activation_based.neuron import BaseNode
+        from spikerir_plugin.archs.spiking_blocks import FastMultiDimensionalAttention, SpikingResidualBlock
+        if isinstance(module, BaseNode):
+            return InferenceNeuron(module, self.compiled, self.exact) if neuron_spec(module) else module
+        if isinstance(module, SpikingResidualBlock):
+            return InferenceResidualBlock(module, self)
+        if isinstance(module, FastMultiDimensionalAttention):
+            return InferenceAttention(module)
+        if _is_plain_conv(module):
+            return InferenceConv2d.from_conv(module, channels_last=not self.exact)
+        if type(module) in (nn.BatchNorm2d, layer.BatchNorm2d, layer.ThresholdDependentBatchNorm2d) and \
+                module.track_running_stats and module.running_mean is not None:
+            return InferenceBatchNorm(module)
+        if isinstance(module, nn.Sequential):
+            return self._sequential(module)
+        # any other module (U-Net stages, up/down sampling, heads): same forward, children converted
+        for name, child in list(module._modules.items()):
+            if child is not None:
+                module._modules[name] = self(child)
+        return module
+
+    def _sequential(self, seq):
+        """Children converted; with exact=False each (conv, batch norm) pair becomes (folded conv, Identity)."""
+        names = list(seq._modules)
+        i = 0
+        while i < len(names):
+            child = seq._modules[names[i]]
+            norm = seq._modules[names[i + 1]] if i + 1 < len(names) else None
+            if not self.exact and _foldable(child, norm):
+                seq._modules[names[i]] = InferenceConv2d.from_conv(child, norm, channels_last=True)
+                seq._modules[names[i + 1]] = nn.Identity()
+                i += 2
+            else:
+                seq._modules[names[i]] = self(child)
+                i += 1
+        _mark_inplace(seq)
+        return seq
+
+
+def _mark_inplace(seq):
+    """Inside a Sequential a layer's output goes to the next layer alone: a batch norm right after a convolution
+    and a neuron right after a batch norm or convolution (Identity placeholders skipped) may overwrite their input.
+    The first layer never does (its input may be read elsewhere, e.g. by the block's residual)."""
+    previous = None
+    for module in seq:
+        if isinstance(module, nn.Identity):
+            continue
+        if isinstance(module, InferenceBatchNorm) and isinstance(previous, InferenceConv2d):
+            module.inplace = True
+        if isinstance(module, InferenceNeuron) and isinstance(previous, (InferenceConv2d, InferenceBatchNorm)):
+            module.inplace = True
+        previous = module
+
+
+def _expanded_encode(self, x):
+    """SpikingUNet.encode without materialising the T copies: the image conv's output seen T times (a view with
+    stride 0 over T; the blocks only read it), each step contiguous as in the repeated tensor."""
+    embedded = self.patch_embed(x.unsqueeze(0)).contiguous()
+    return embedded.expand(self.T, *embedded.shape[1:])
+
+
+def _expanded_encode_any_layout(self, x):
+    """As _expanded_encode, keeping the conv's output layout (channels-last with exact=False)."""
+    embedded = self.patch_embed(x.unsqueeze(0))
+    return embedded.expand(self.T, *embedded.shape[1:])
+
+
+_HOOK_DICTS = ('_forward_hooks', '_forward_pre_hooks', '_backward_hooks', '_backward_pre_hooks',
+               '_forward_hooks_with_kwargs', '_forward_pre_hooks_with_kwargs', '_forward_hooks_always_called')
+
+
+def build_inference_network(net, exact=True, compile=False):
+    """A frozen inference copy of a spiking arch (see the module docstring); ``net`` itself is left untouched.
+    The copy carries no hooks of ``net``."""
+    fast = _Converter(exact, compile)(copy.deepcopy(net))
+    for module in fast.modules():
+        for name in _HOOK_DICTS:
+            hooks = getattr(module, name, None)
+            if hooks:
+                hooks.clear()
+    for p in fast.parameters():
+        p.requires_grad_(False)
+    if hasattr(fast, 'encode') and hasattr(fast, 'patch_embed'):  # a SpikingUNet: no T copies of the embedding
+        fast.encode = types.MethodType(_expanded_encode if exact else _expanded_encode_any_layout, fast)
+    fast.eval()
+    fast._inference_copy = True  # for_inference() on the copy returns the copy itself
+    return fast
+
+
+def _fingerprint(net):
+    """Storage and in-place version of every parameter and buffer: changes with optimizer steps, load_state_dict,
+    EMA updates, running-statistics updates and device/dtype moves."""
+    return tuple((t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape))
+                 for t in (*net.parameters(), *net.buffers()))
+
+
+_CACHE = weakref.WeakKeyDictionary()  # arch -> (fingerprint and options, inference copy)
+
+
+class InferenceMixin:
+    """``for_inference()`` on the spiking archs (cached per arch, rebuilt when its weights changed)."""
+
+    def for_inference(self, exact=True, compile=False):
+        """A frozen copy of this network for inference, to call under ``torch.no_grad()``: outputs equal this
+        network in eval mode bit for bit (``exact=False``: faster, up to rare threshold flips; see
+        ``fast_inference.py``).
+
+        Contract: the copy is a snapshot of the weights and batch-norm statistics when it is built, on their device
+        and dtype; this network is not modified (nor its train/eval mode). The copy is cached and returned again
+        while every parameter and buffer keeps its storage and in-place version; after an optimizer step, an EMA
+        update, a training forward (batch-norm statistics), ``load_state_dict`` or a device/dtype move, the next
+        call builds a fresh copy. A copy kept by the caller is never updated: call ``for_inference()`` again after
+        training. In-place edits of hyper-parameters (thresholds, swapped submodules) are not tracked: use
+        ``build_inference_network`` for a fresh copy."""
+        if getattr(self, '_inference_copy', False):
+            return self
+        key = (_fingerprint(self), bool(exact), bool(compile))
+        cached = _CACHE.get(self)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        fast = build_inference_network(self, exact=exact, compile=compile)
+        _CACHE[self] = (key, fast)
+        return fast
