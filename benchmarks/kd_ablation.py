@@ -2,7 +2,7 @@
 and equal seeds, every run through basicsr's training pipeline and SpikerIRDistillModel.
 
     python benchmarks/kd_ablation.py                                   # demo photo set, built-in variants
-    python benchmarks/kd_ablation.py --only kd_shipped --seeds 0 1 2 --eval report
+    python benchmarks/kd_ablation.py --only chain_kd alone_2x --seeds 0 1 2 --eval report
     python benchmarks/kd_ablation.py --opt my_kd.yml --variants my_variants.yml --iters 5000 --jobs 4
 
 For each variant the harness builds two option sets from one: the variant (a patch on the base distillation options)
@@ -11,23 +11,28 @@ SpikingSRModel). Both train for the same iterations on the same batches (the mod
 of the teacher) from the same seed, and are scored by the same evaluator on the same held-out images. Variants that
 share their student-alone run share it.
 
-Data: without --opt, the demo's photo set (spikerir_plugin/demo.py): clean 96x96 crops of four scikit-image photos,
-Gaussian noise sigma 25 drawn on the fly, and a NAFNet teacher trained here by basicsr's SRModel. Two held-out sets:
-`tune` (crops of the demo's validation photos, used to choose variants) and `report` (crops of four other photos,
-used only to report the chosen ones). With --opt, any distillation options file: its teacher, its data, its first
-validation set.
+Data: without --opt, the demo's photo set and recipe (spikerir_plugin/demo.py): clean 96x96 crops of four
+scikit-image photos, Gaussian noise sigma 25 drawn on the fly; a NAFNet teacher trained here by basicsr's SRModel
+(--teacher-iters); the student's analog twin distilled from it (--twin-iters), the default teacher of the student.
+Two held-out sets: `tune` (crops of the demo's validation photos, used to choose variants) and `report` (crops of
+four other photos, used only to report the chosen ones). With --opt, any distillation options file: its teacher,
+its data, its first validation set.
 
 Variants (--variants FILE, YAML; the built-ins below are the default): name -> patch. A patch is merged into the
 options (mappings merge key by key, a mapping with a `type` replaces the old one whole, `~` deletes a key); a
-string 'iters' or '<f>*iters' becomes that many iterations.
-A patch may set `alone: true` (a control: the patched run without its teacher) and `iters: N` (that variant trains N iterations, its schedules scaled; e.g. a student alone given the
-compute another variant spends on its teacher). Demo data only: `teacher: {network: {...}, iters: N}` distils from
-another teacher, trained here once, by basicsr's SRModel on the training photos, or with `distil: {patch}` by
-SpikerIRDistillModel from the default teacher (a teacher assistant; the patch applies to the distillation keys).
+string 'iters' or '<f>*iters' becomes that many iterations. Extra keys of a patch:
+    alone: true        a control: the patched run without its teacher (compared with the default student alone)
+    iters: N           this variant trains N iterations, its schedules scaled (e.g. a student alone given the
+                       compute another variant spends on its teacher)
+    teacher: ...       demo data only: `ann` (the NAFNet teacher itself), or keys replacing the default teacher's:
+                       `network`, `iters`, `distil` (a patch on the demo's twin options: trained by
+                       SpikerIRDistillModel from the ANN teacher; `~`: by SRModel on the ground truth), `train`.
+                       Each teacher is trained once and reused.
 
 Output (under --workdir): one table on the console (noisy input, teachers, student alone, each variant: mean +- std
 PSNR/SSIM over seeds and the paired gain over the student alone), results.json, curves.png (validation PSNR against
-iteration: alone and the best variants), and per run its options file, training log and scores.
+iteration: alone and the best variants), and per run its options file, training log and scores. Trained runs are
+kept: a second call with more variants or another --eval trains only what is missing.
 """
 import argparse
 import concurrent.futures
@@ -54,7 +59,16 @@ CROP, TRAIN_GRID, EVAL_GRID = 96, 4, 3
 
 # The built-in variants (patches on the demo's distillation options, spikerir_plugin/demo.py:student_options).
 VARIANTS = {
-    'kd_demo': {},  # the demo's recipe as shipped
+    # the shipped recipe (the demo's): ANN teacher -> analog twin (distilled from it) -> student started from the
+    # twin and distilled from it
+    'chain_kd': {},
+    # the same chain with the twin trained on the ground truth alone: what the ANN teacher adds
+    'chain_gt': {'teacher': {'distil': None}},
+    # direct distillation from the ANN teacher (1x1 adapters on the decoder levels, output KD): the former recipe
+    'kd_ann': {'teacher': 'ann', 'train': {'init_from_teacher': None, 'hint_adapter': None}},
+    # the student alone with more iterations: the compute the twin costs, and more
+    'alone_long': {'alone': True, 'iters': '1.3333*iters'},
+    'alone_2x': {'alone': True, 'iters': '2*iters'},
 }
 
 
@@ -178,27 +192,33 @@ def demo_base_options(workdir, eval_set, iters):
     train_dir = write_crops(os.path.join(data, 'train'), demo.TRAIN_PHOTOS, TRAIN_GRID)
     photos = TUNE_PHOTOS if eval_set == 'tune' else REPORT_PHOTOS
     val_dir = write_crops(os.path.join(data, eval_set), photos, EVAL_GRID)
-    opt = demo.student_options(iters, train_dir, val_dir, teacher_ckpt=None)
+    opt = demo.student_options(iters, train_dir, val_dir, twin_ckpt=None)
     opt['datasets']['train']['io_backend'] = {'type': 'disk'}
     opt['datasets']['val']['name'] = f'photos-{eval_set}'
     return opt, train_dir, val_dir, photos
 
 
-def train_demo_teacher(workdir, spec, train_dir, val_dir, device, threads):
-    """Train (once) a teacher on the demo data with basicsr's SRModel; returns its checkpoint."""
+def train_demo_teacher(workdir, spec, train_dir, val_dir, device, threads, ann_spec):
+    """Train (once) a teacher on the demo data; returns its checkpoint. By basicsr's SRModel on the ground truth,
+    or, with ``distil`` in the spec (a patch on the demo's twin options, {} for none), by SpikerIRDistillModel from
+    the ANN teacher ``ann_spec`` (trained first): the demo's analog twin is such a teacher assistant."""
     from spikerir_plugin import demo
     iters = int(spec['iters'])
-    if spec.get('distil'):  # a teacher assistant: itself distilled from the default teacher (`distil` patches it)
-        default = {'network': demo.TEACHER_NET, 'iters': spec['distil_teacher_iters']}
-        opt = demo.student_options(iters, train_dir, val_dir, train_demo_teacher(workdir, default, train_dir,
-                                                                                 val_dir, device, threads))
+    distilled = spec.get('distil') is not None
+    if distilled:
+        ann_ckpt = train_demo_teacher(workdir, ann_spec, train_dir, val_dir, device, threads, ann_spec)
+        opt = demo.twin_options(iters, train_dir, val_dir, ann_ckpt)
+        opt['network_t'] = copy.deepcopy(ann_spec['network'])
         opt['train'] = merge(opt['train'], spec['distil'])
     else:
         opt = demo.teacher_options(iters, train_dir, val_dir)
     opt['datasets']['train']['io_backend'] = {'type': 'disk'}
     opt['network_g'] = copy.deepcopy(spec['network'])
     opt['train'] = merge(opt['train'], spec.get('train') or {})
-    name = f'teacher-{digest([opt["network_g"], opt["train"], os.path.basename(train_dir)] + ([opt["network_t"], opt["path"]["pretrain_network_t"]] if spec.get("distil") else []))}'
+    key = [opt['network_g'], opt['train'], os.path.basename(train_dir)]
+    if distilled:
+        key += [opt['network_t'], opt['path']['pretrain_network_t']]
+    name = f'teacher-{digest(key)}'
     ckpt = os.path.join(workdir, 'teachers', name, 'experiments', name, 'models', 'net_g_latest.pth')
     if not os.path.isfile(ckpt):
         opt = prepare_run_options(opt, name, 0, iters, 1, device)
@@ -207,6 +227,20 @@ def train_demo_teacher(workdir, spec, train_dir, val_dir, device, threads):
         print(f'training teacher {describe_net(spec["network"])} for {iters} iterations -> {run_dir}', flush=True)
         train(opt, run_dir, threads, device)
     return ckpt
+
+
+def teacher_spec(default, ann, patch):
+    """A variant's teacher: the default (the demo's twin), `ann` (the ANN teacher itself), or the default with the
+    variant's keys (a key set to ~ removed, e.g. `distil: ~` for a twin trained on the ground truth alone)."""
+    if patch == 'ann':
+        return dict(ann)
+    spec = dict(default, **(patch or {}))
+    return {k: v for k, v in spec.items() if v is not None}
+
+
+def teacher_label(spec):
+    how = ', distilled from the ANN teacher' if spec.get('distil') is not None else ''
+    return f'{describe_net(spec["network"])} ({spec["iters"]} it{how})'
 
 
 def describe_net(net):
@@ -476,7 +510,9 @@ def main(argv=None):
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--iters', type=int, help='iterations per run (default: 600 on the demo data, else the '
                                                   "options' total_iter)")
-    parser.add_argument('--teacher-iters', type=int, default=600, help='demo data: iterations of the teacher')
+    parser.add_argument('--teacher-iters', type=int, default=600, help='demo data: iterations of the ANN teacher')
+    parser.add_argument('--twin-iters', type=int, default=2000,
+                        help="demo data: iterations of the student's analog twin (the default teacher)")
     parser.add_argument('--eval', choices=('tune', 'report'), default='tune',
                         help='demo data: held-out photos to score on (tune: to choose; report: to report)')
     parser.add_argument('--workdir', default='kd_ablation_work')
@@ -503,6 +539,8 @@ def main(argv=None):
         data_note = f'{args.opt}'
         eval_set = 'val'
 
+        always_scored = None
+
         def teacher_of(opt, teacher):
             if teacher is not None:
                 raise ValueError('variant key `teacher` works on the demo data only; patch network_t and '
@@ -512,30 +550,34 @@ def main(argv=None):
         iters = args.iters or 600
         base, train_dir, val_dir, photos = demo_base_options(workdir, args.eval, iters)
         from spikerir_plugin import demo
-        default_teacher = {'network': demo.TEACHER_NET, 'iters': args.teacher_iters,
-                           'distil_teacher_iters': args.teacher_iters}
+        ann_teacher = {'network': demo.TEACHER_NET, 'iters': args.teacher_iters}
+        default_teacher = {'network': demo.TWIN_NET, 'iters': args.twin_iters, 'distil': {}}  # the demo's recipe
         data_note = (f'demo photos, sigma {SIGMA}; eval {args.eval}: {len(os.listdir(val_dir))} crops of '
                      f'{", ".join(photos)}')
         eval_set = args.eval
 
-        def teacher_of(opt, teacher):
-            spec = dict(default_teacher, **(teacher or {}))
-            opt['network_t'] = copy.deepcopy(spec['network'])
-            opt['path']['pretrain_network_t'] = train_demo_teacher(workdir, spec, train_dir, val_dir, args.device,
-                                                                   max(args.threads, 1))
-            how = ', distilled from the default teacher' if spec.get('distil') else ''
-            return opt, f'{describe_net(spec["network"])} ({spec["iters"]} it{how})'
+        def train_teacher(spec):
+            return train_demo_teacher(workdir, spec, train_dir, val_dir, args.device, max(args.threads, 1),
+                                      ann_teacher)
 
-        # train the teachers the variants need, in parallel, before the students
+        def teacher_of(opt, teacher):
+            spec = teacher_spec(default_teacher, ann_teacher, teacher)
+            opt['network_t'] = copy.deepcopy(spec['network'])
+            opt['path']['pretrain_network_t'] = train_teacher(spec)
+            return opt, teacher_label(spec)
+
+        # train the teachers the variants need, in parallel, before the students (the ANN teacher first: the
+        # twins learn from it); the ANN teacher is always scored, as the reference of the table
+        train_teacher(ann_teacher)
+        always_scored = (teacher_label(ann_teacher), ann_teacher['network'], train_teacher(ann_teacher))
         specs = {}
         for patch in variants.values():
             patch = resolve_iters(copy.deepcopy(patch), iters)
             if merge(base, {k: v for k, v in patch.items() if k != 'teacher'}).get('network_t'):
-                spec = dict(default_teacher, **(patch.get('teacher') or {}))
+                spec = teacher_spec(default_teacher, ann_teacher, patch.get('teacher'))
                 specs[digest(spec)] = spec
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
-            list(pool.map(lambda spec: train_demo_teacher(workdir, spec, train_dir, val_dir, args.device,
-                                                          args.threads), specs.values()))
+            list(pool.map(train_teacher, specs.values()))
 
     arms, teachers = build_arms(base, variants, iters, teacher_of)
     jobs = []
@@ -592,6 +634,8 @@ def main(argv=None):
 
     fixed_opt = next(iter(arms.values()))[0]
     fixed = [('noisy input', evaluate(fixed_opt, None, None, None, device)[0])]
+    if always_scored is not None and always_scored[0] not in teachers:
+        teachers = {always_scored[0]: always_scored[1:], **teachers}
     for label, (net, ckpt) in teachers.items():
         fixed.append((f'teacher {label}', evaluate(fixed_opt, net, ckpt, 't', device)[0]))
     rows = summarise(arms, results, args.seeds)
