@@ -159,8 +159,11 @@ class SpikerIRDistillModel(SpikingSRModel):
         logger = get_root_logger()
         for (s_name, t_name), s_shape, t_shape in self.hint_shapes:
             resize = ' (resized)' if s_shape[1:] != t_shape[1:] else ''
-            logger.info(f'Hint {s_name} {s_shape} -> 1x1 adapter -> {t_name} {t_shape}{resize} at probe size {size}')
+            logger.info(f'Hint {s_name} {s_shape} -> {train_opt.get("hint_adapter", "conv1x1")} adapter -> {t_name} '
+                        f'{t_shape}{resize} at probe size {size}')
         self.load_adapters_on_resume(adapters)
+        if not any(p.requires_grad for p in adapters.parameters()):  # identity adapters: nothing to train, and
+            return adapters.to(self.device)                          # DDP refuses a module without parameters
         return self.model_to_device(adapters)
 
     def init_student_from_teacher(self):
