@@ -215,6 +215,7 @@ def train_demo_teacher(workdir, spec, train_dir, val_dir, device, threads, ann_s
     opt['datasets']['train']['io_backend'] = {'type': 'disk'}
     opt['network_g'] = copy.deepcopy(spec['network'])
     opt['train'] = merge(opt['train'], spec.get('train') or {})
+    TRAINED_TEACHERS[spec_key(spec)] = (opt, iters)
     key = [opt['network_g'], opt['train'], os.path.basename(train_dir)]
     if distilled:
         key += [opt['network_t'], opt['path']['pretrain_network_t']]
@@ -227,6 +228,43 @@ def train_demo_teacher(workdir, spec, train_dir, val_dir, device, threads, ann_s
         print(f'training teacher {describe_net(spec["network"])} for {iters} iterations -> {run_dir}', flush=True)
         train(opt, run_dir, threads, device)
     return ckpt
+
+
+TRAINED_TEACHERS = {}  # spec key -> (training options, iterations) of each teacher trained on the demo data
+
+
+def spec_key(spec):
+    return digest({k: v for k, v in spec.items() if k != 'label'})
+
+
+def step_costs(option_sets, steps, device):
+    """Median seconds of one training step (the model's optimize_parameters on a random batch of the options'
+    batch and crop size) per options dict, the models stepped round-robin in this process so that the ratios
+    compare like with like on a busy machine."""
+    import statistics
+    import tempfile
+    import torch
+    from basicsr.models import build_model
+    tmp = tempfile.mkdtemp(prefix='kd_step_cost_')
+    models, batches = {}, {}
+    for key, opt in option_sets.items():
+        opt = copy.deepcopy(opt)
+        opt.update(is_train=True, dist=False, rank=0, world_size=1, num_gpu=1 if device == 'cuda' else 0)
+        opt['path'] = dict(opt['path'], models=tmp, training_states=tmp, experiments_root=tmp, log=tmp,
+                           visualization=tmp)
+        models[key] = build_model(opt)
+        ds = opt['datasets']['train']
+        shape = (int(ds['batch_size_per_gpu']), 3, int(ds['gt_size']), int(ds['gt_size']))
+        batches[key] = {'lq': torch.rand(shape), 'gt': torch.rand(shape)}
+    times = {key: [] for key in models}
+    for step in range(steps + 1):  # the first round warms up
+        for key, model in models.items():
+            model.feed_data(batches[key])
+            start = time.perf_counter()
+            model.optimize_parameters(step + 1)
+            if step:
+                times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(values) for key, values in times.items()}
 
 
 def teacher_spec(default, ann, patch):
@@ -370,11 +408,15 @@ class Progress:
         self.bar.close()
 
 
+arm_teachers = {}  # arm -> label of its teacher (build_arms)
+
+
 def build_arms(base, variants, iters, teacher_of):
     """({arm name: (options, role, reference arm)}, {teacher label: (network, checkpoint)}): each variant, its
     student-alone run (shared where equal), the default student alone."""
     from spikerir_plugin.models.spikerir_distill_model import student_alone_options
     arms, alone_names, teachers = {}, {}, {}
+    arm_teachers.clear()
 
     def alone_arm(opt):
         alone = student_alone_options(opt)
@@ -399,11 +441,37 @@ def build_arms(base, variants, iters, teacher_of):
         if opt.get('network_t'):
             opt, label = teacher_of(opt, teacher)
             teachers[label] = (opt['network_t'], opt['path']['pretrain_network_t'])
+            arm_teachers[name] = label
             arms[name] = (opt, 'distilled', alone_arm(opt))
         else:  # a control without a teacher (e.g. a larger batch): compared to the default student alone
             opt['model_type'] = opt.get('model_type', 'SpikingSRModel')
             arms[name] = (opt, 'control', default_alone)
     return arms, teachers
+
+
+def training_compute(rows, arms, label_specs, ann_teacher, steps, device):
+    """row['compute']: each arm's training compute relative to the student alone: its iterations times its step
+    cost, plus, for a teacher trained here other than the ANN teacher (which a user already has; e.g. the twin),
+    that teacher's iterations times its step cost. Step costs: step_costs()."""
+    sets = {name: opt for name, (opt, _, _) in arms.items()}
+    assistant = {}
+    for name, label in arm_teachers.items():
+        key = spec_key(label_specs[label])
+        if key != spec_key(ann_teacher):
+            assistant[name] = key
+            sets[f'teacher {key}'] = TRAINED_TEACHERS[key][0]
+    costs = step_costs(sets, steps, device)
+
+    def compute(name):
+        total = costs[name] * int(arms[name][0]['train']['total_iter'])
+        if name in assistant:
+            total += costs[f'teacher {assistant[name]}'] * TRAINED_TEACHERS[assistant[name]][1]
+        return total
+
+    reference = compute('alone')
+    for row in rows:
+        row['compute'] = compute(row['arm']) / reference
+        row['step_s'] = costs[row['arm']]
 
 
 def mean_std(values):
@@ -446,7 +514,9 @@ def format_table(rows, fixed, header):
     labels = [name for name, _ in fixed] + [r['arm'] if r['reference'] in (None, 'alone')
                                             else f'{r["arm"]} (vs {r["reference"]})' for r in rows]
     width = max(len(label) for label in labels)
-    lines = [header, f'{"":{width}s}  {"PSNR dB":>14s}  {"SSIM":>16s}  {"gain dB (paired)":>17s}  {"min/run":>7s}']
+    with_compute = all('compute' in r for r in rows)
+    lines = [header, f'{"":{width}s}  {"PSNR dB":>14s}  {"SSIM":>16s}  {"gain dB (paired)":>17s}  {"min/run":>7s}'
+                     + ('  compute' if with_compute else '')]
     for name, scores in fixed:
         ssim = f'{scores["ssim"]:.4f}' + ' ' * 10 if 'ssim' in scores else ''
         lines.append(f'{name:{width}s}  {scores["psnr"]:6.2f}{"":8s}  {ssim:>16s}')
@@ -457,9 +527,13 @@ def format_table(rows, fixed, header):
         if r['reference'] is not None:
             mark = ' *' if r['gain_exceeds_2std'] else '  '  # never with one seed (no spread to compare)
             gain = f'{r["gain_psnr"][0]:+6.2f} +- {r["gain_psnr"][1]:.2f}{mark}'
-        lines.append(f'{label:{width}s}  {psnr:>14s}  {ssim:>16s}  {gain:>17s}  {r["wall_s"] / 60:7.1f}')
+        compute = f'  {r["compute"]:6.2f}x' if with_compute else ''
+        lines.append(f'{label:{width}s}  {psnr:>14s}  {ssim:>16s}  {gain:>17s}  {r["wall_s"] / 60:7.1f}{compute}')
     lines.append('mean +- std over seeds; gain = PSNR minus the student alone of the same seed; '
                  '* gain > 2x the largest std (gain, arm, alone)')
+    if with_compute:
+        lines.append('compute: training cost relative to the student alone (iterations x measured step time, plus '
+                     'a teacher trained here other than the ANN teacher, e.g. the twin)')
     return '\n'.join(lines)
 
 
@@ -520,6 +594,8 @@ def main(argv=None):
     parser.add_argument('--threads', type=int, default=1, help='CPU threads per run')
     parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
     parser.add_argument('--curve-points', type=int, default=10, help='validations per run (for curves.png)')
+    parser.add_argument('--step-cost', type=int, default=3, help='demo data: timed training steps per arm and '
+                        'teacher for the compute column (0: none)')
     args = parser.parse_args(argv)
 
     import spikerir_plugin  # noqa: F401  (registers the plugin's archs, datasets, models)
@@ -528,6 +604,7 @@ def main(argv=None):
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
     variants = load_variants(args.variants, args.only)
+    label_specs = {}  # teacher label -> its spec (demo data)
 
     if args.opt:
         with open(args.opt) as f:
@@ -539,7 +616,7 @@ def main(argv=None):
         data_note = f'{args.opt}'
         eval_set = 'val'
 
-        always_scored = None
+        always_scored = ann_teacher = None
 
         def teacher_of(opt, teacher):
             if teacher is not None:
@@ -564,6 +641,7 @@ def main(argv=None):
             spec = teacher_spec(default_teacher, ann_teacher, teacher)
             opt['network_t'] = copy.deepcopy(spec['network'])
             opt['path']['pretrain_network_t'] = train_teacher(spec)
+            label_specs[teacher_label(spec)] = spec
             return opt, teacher_label(spec)
 
         # train the teachers the variants need, in parallel, before the students (the ANN teacher first: the
@@ -639,6 +717,8 @@ def main(argv=None):
     for label, (net, ckpt) in teachers.items():
         fixed.append((f'teacher {label}', evaluate(fixed_opt, net, ckpt, 't', device)[0]))
     rows = summarise(arms, results, args.seeds)
+    if args.step_cost and ann_teacher is not None:
+        training_compute(rows, arms, label_specs, ann_teacher, args.step_cost, device)
     header = (f'KD ablation: {iters} iterations x seeds {args.seeds}; {data_note}; student '
               f'{describe_net(base["network_g"])}')
     table = format_table(rows, fixed, header)

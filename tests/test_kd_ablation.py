@@ -97,3 +97,15 @@ def test_harness_trains_both_arms_through_the_models_and_writes_table_json_and_c
     again = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and '(4 already trained)' in again.stdout
     assert again.stdout[again.stdout.index('KD ablation: 4'):].split('results:')[0] == table.split('results:')[0]
+
+
+def test_step_costs_time_each_models_training_step(tmp_path):
+    """The compute column's step costs: every options dict becomes its model and is stepped (here: the distilled
+    run and its student alone); a model that cannot train would raise."""
+    import sys
+    sys.path.insert(0, os.path.join(REPO_ROOT, 'benchmarks'))
+    import kd_ablation
+    from spikerir_plugin.models.spikerir_distill_model import student_alone_options
+    opt = tiny_options(tmp_path)
+    costs = kd_ablation.step_costs({'kd': opt, 'alone': student_alone_options(opt)}, steps=1, device='cpu')
+    assert set(costs) == {'kd', 'alone'} and all(c > 0 for c in costs.values())
