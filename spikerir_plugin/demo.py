@@ -398,14 +398,14 @@ def main(argv=None):
                                 args.student_iters)
     a_opt = student_alone_options(s_opt, name=s_opt['name'] + '_alone')
     student_yml = write_yaml(os.path.join(workdir, 'train_demo_student.yml'), s_opt)
+    twin_yml = write_yaml(os.path.join(workdir, 'train_demo_twin.yml'), w_opt)
     threads = threads_per_run(2)
     alone = Training(write_yaml(os.path.join(workdir, 'train_demo_student_alone.yml'), a_opt), workdir, log,
                      args.student_iters, threads)
     try:
         Training(write_yaml(os.path.join(workdir, 'train_demo_teacher.yml'), t_opt), workdir, log, args.teacher_iters,
                  threads).follow(2, 'teacher NAFNet')
-        Training(write_yaml(os.path.join(workdir, 'train_demo_twin.yml'), w_opt), workdir, log, args.twin_iters,
-                 threads).follow(3, 'analog twin')
+        Training(twin_yml, workdir, log, args.twin_iters, threads).follow(3, 'analog twin')
         Training(student_yml, workdir, log, args.student_iters, threads).follow(4, 'student distilled')
         alone.follow(5, 'student alone')
     finally:
@@ -420,7 +420,7 @@ def main(argv=None):
     started = time.time()
     energy_dir = os.path.join(results, 'energy')
     with log.capture():
-        energy_report.main(['-opt', student_yml, '--ckpt', checkpoint(s_opt), '--size', str(args.energy_size),
+        energy_report.main(['-opt', student_yml, '--ckpt', checkpoint(s_opt), '--teacher-from', twin_yml, '--size', str(args.energy_size),
                             '--sigma', str(SIGMA), '--out', energy_dir])
     with open(os.path.join(energy_dir, 'energy.json')) as f:
         report = json.load(f)

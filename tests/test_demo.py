@@ -42,6 +42,7 @@ def test_demo_trains_teacher_distills_student_and_reports(tmp_path):
     assert alone['datasets'] == distilled['datasets'] and alone['manual_seed'] == distilled['manual_seed']
     student = json.loads((workdir / 'results' / 'energy' / 'energy.json').read_text())
     assert student['student']['spiking'] and not student['teacher']['spiking']
+    assert any(layer['name'] == 'intro' for layer in student['teacher']['layers'])  # the NAFNet, not the twin
     assert student['student']['totals']['synops'] > 0 and student['teacher']['totals']['synops'] == 0
     assert (workdir / 'results' / 'energy' / 'energy.png').stat().st_size > 0
     assert 'energy ratio teacher/student' in out
