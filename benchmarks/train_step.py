@@ -3,9 +3,14 @@ backward, optimizer step), with the model built from an options dict exactly as 
 
 One JSON line per case, then one JSON line per ratio (cases compared inside this process):
     esdnet_fast / esdnet_sj   the fast attention against spikingjelly's MultiDimensionalAttention (the baseline)
-    kd_<preset> / spikerir_<preset>   the distillation step (NAFNet-w32 teacher) against the student alone
-The losses are the shipped recipe: the ``train`` section of options/train_SpikerIR_SIDD.yml (student alone: the
-same without the teacher's terms). Examples (see benchmarks/README.md):
+    kd_<preset> / spikerir_<preset>   direct distillation from the NAFNet-w32 teacher (1x1 hint adapters) against
+                                      the student alone
+    twin_tiny / spikerir_tiny         step 1 of the shipped recipe: the analog twin (rate neurons, T=1) distilled
+                                      from the NAFNet-w32 teacher
+    chain_tiny / spikerir_tiny        step 2: the spiking student distilled from its twin
+The losses are the shipped recipe: the ``train`` sections of options/train_SpikerIR_twin_SIDD.yml (twin) and
+options/train_SpikerIR_SIDD.yml (the student; alone: the same without the teacher's terms). Examples (see
+benchmarks/README.md):
     python benchmarks/train_step.py --device cuda --out results.jsonl
     python benchmarks/train_step.py --device cpu --tiny
 """
@@ -31,10 +36,15 @@ from spikerir_plugin.utils import speed as fast
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE_OPTIONS = os.path.join(REPO_ROOT, 'options', 'train_SpikerIR_SIDD.yml')
-CASES = ('esdnet_sj', 'esdnet_fast', 'spikerir_tiny', 'spikerir_base', 'kd_tiny', 'kd_base')
+TWIN_OPTIONS = os.path.join(REPO_ROOT, 'options', 'train_SpikerIR_twin_SIDD.yml')
+CASES = ('esdnet_sj', 'esdnet_fast', 'spikerir_tiny', 'spikerir_base', 'kd_tiny', 'kd_base', 'twin_tiny',
+         'chain_tiny')
 DTYPES = ('fp32', 'bf16')
-RATIOS = (('esdnet_fast', 'esdnet_sj'), ('kd_tiny', 'spikerir_tiny'), ('kd_base', 'spikerir_base'))
-DISTILL_KEYS = ('hint_opt', 'kd_opt', 'kd_schedule', 'hint_layers', 'hint_probe_size', 'kd_extra_inputs')
+RATIOS = (('esdnet_fast', 'esdnet_sj'), ('kd_tiny', 'spikerir_tiny'), ('kd_base', 'spikerir_base'),
+          ('twin_tiny', 'spikerir_tiny'), ('chain_tiny', 'spikerir_tiny'))
+DISTILL_KEYS = ('hint_opt', 'kd_opt', 'kd_schedule', 'hint_layers', 'hint_probe_size', 'hint_adapter',
+                'hint_schedule', 'kd_inputs', 'init_from_teacher')
+TWIN_KEYS = {'neuron': 'rate', 'T': 1, 'reduction_t': 1}  # the analog twin of a SpikerIR student
 # Official ESDNet (ported to spikingjelly 2.0), fp32 train step on an H100 (measured by the plugin's authors)
 OFFICIAL_ESDNET_H100_MS = {(12, 64): 229.6, (4, 256): 2326.0}
 OFFICIAL_ESDNET_H100_PEAK_GIB = {(12, 64): 9.22, (4, 256): 42.72}
@@ -47,14 +57,14 @@ DEFAULTS = {  # device -> (sizes, warmup, iters, dtypes)
 
 
 def network_options(name, tiny):
-    """(network_g, network_t or None) option dicts of a case."""
+    """(network_g, network_t or None, options file of the recipe) of a case."""
     if name.startswith('esdnet_'):
         attention = 'spikingjelly' if name == 'esdnet_sj' else 'fast'
         if tiny:
             return dict(type='ESDNet', dim=8, en_num_blocks=[1, 1, 1, 1], de_num_blocks=[1, 1, 1, 1], T=2,
-                        attention=attention, reduction_t=2, reduction_c=4), None
+                        attention=attention, reduction_t=2, reduction_c=4), None, RECIPE_OPTIONS
         return dict(type='ESDNet', dim=48, en_num_blocks=[4, 4, 8, 8], de_num_blocks=[2, 2, 2, 2], T=4,
-                    attention=attention), None
+                    attention=attention), None, RECIPE_OPTIONS
     preset = name.split('_', 1)[1]
     if tiny:
         student = dict(type='SpikerIR', preset=preset, dim=4 if preset == 'tiny' else 8, enc_blocks=[1, 1, 1],
@@ -63,15 +73,25 @@ def network_options(name, tiny):
     else:
         student = dict(type='SpikerIR', preset=preset, T=4)
         teacher = dict(type='NAFNet', preset='sidd-width32')
-    return student, (teacher if name.startswith('kd_') else None)
+    twin = dict(student, **TWIN_KEYS)
+    if name.startswith('twin_'):  # step 1: the twin learns from the ANN teacher
+        return twin, teacher, TWIN_OPTIONS
+    if name.startswith('chain_'):  # step 2: the student learns from its twin
+        return student, twin, RECIPE_OPTIONS
+    return student, (teacher if name.startswith('kd_') else None), RECIPE_OPTIONS
 
 
-def recipe_train_options(with_teacher):
-    """The shipped training recipe's loss/optimizer keys; without a teacher its distillation keys are dropped."""
-    with open(RECIPE_OPTIONS) as f:
+def recipe_train_options(recipe, teacher):
+    """The shipped training recipe's loss/optimizer keys (from the options file ``recipe``); without a teacher its
+    distillation keys are dropped; with an ANN teacher, the keys that need a same-architecture one."""
+    with open(recipe) as f:
         train = yaml.safe_load(f)['train']
-    keep = ('optim_g', 'pixel_opt', 'perceptual_opt', 'fft_opt') + (DISTILL_KEYS if with_teacher else ())
+    keep = ('optim_g', 'pixel_opt', 'perceptual_opt', 'fft_opt') + (DISTILL_KEYS if teacher else ())
     train = {k: copy.deepcopy(v) for k, v in train.items() if k in keep and v is not None}
+    if teacher is not None and teacher.get('type') != 'SpikerIR':
+        train.pop('init_from_teacher', None)
+        if train.get('hint_adapter') == 'identity':
+            train.pop('hint_adapter')  # 1x1 adapters to an ANN's channels
     train['optim_g'] = {'type': 'AdamW', 'lr': 1e-4}  # the step's cost does not depend on the rate
     train['ema_decay'] = 0
     return train
@@ -79,12 +99,12 @@ def recipe_train_options(with_teacher):
 
 def case_options(name, args, device, speed, workdir):
     """A basicsr options dict for the case (a random-weight teacher checkpoint is written to workdir)."""
-    student, teacher = network_options(name, args.tiny)
+    student, teacher, recipe = network_options(name, args.tiny)
     opt = {'name': f'bench_{name}', 'model_type': 'SpikerIRDistillModel' if teacher else 'SpikingSRModel',
            'is_train': True, 'dist': False, 'rank': 0, 'world_size': 1, 'scale': 1,
            'num_gpu': 1 if device.type == 'cuda' else 0, 'network_g': student,
            'path': {'models': workdir, 'training_states': workdir, 'pretrain_network_g': None},
-           'train': recipe_train_options(teacher is not None), 'speed': speed}
+           'train': recipe_train_options(recipe, teacher), 'speed': speed}
     if teacher is not None:
         from basicsr.archs import build_network
         torch.manual_seed(1)
@@ -310,7 +330,7 @@ def ratio_records(records, tiny, device):
                      'speedup': round(base['step_ms'] / r['step_ms'], 3),
                      'peak_mem_ratio': (round(r['peak_mem_mib'] / base['peak_mem_mib'], 3)
                                         if base['peak_mem_mib'] > 0 else None)}
-            if num.startswith('kd_'):
+            if num.startswith('kd_'):  # the GPU target of the direct distillation step
                 ratio['target_max'] = TARGETS['kd_over_student']
                 ratio['target_met'] = ratio['step_ms_ratio'] <= TARGETS['kd_over_student']
             out.append(ratio)

@@ -1,16 +1,19 @@
-"""The one-command demo (CPU, about 3 minutes on 2 cores): ANN teacher -> SpikerIR student on real photos.
+"""The one-command demo (CPU, minutes on 2 cores): ANN teacher -> SpikerIR student on real photos.
 
 1. builds a small Gaussian-denoising set (sigma 25) from the photos bundled with scikit-image: clean training
    crops into an LMDB, held-out validation crops into a folder;
 2. trains a small NAFNet teacher with BasicSR's own SRModel and train pipeline;
-3. distills a SpikerIR student from it with SpikerIRDistillModel (hint + output KD);
-4. trains the same student for the same iterations without a teacher (the "student alone" arm; it needs no teacher,
-   so it runs beside steps 2 and 3, each training on its share of the cores);
-5. validates PSNR/SSIM of the noisy input, the teacher and both students on the held-out crops, and writes a
-   comparison image (noisy | teacher | student | clean);
-6. measures the energy (SynOps, MACs, firing rates, mJ) of student and teacher.
+3. distils the student's analog twin from it (SpikerIR with rate neurons and one time step: an ANN with the
+   student's layers) with SpikerIRDistillModel;
+4. distils the spiking SpikerIR student from the twin: it starts from the twin's weights and matches its outputs
+   and features layer for layer (the recipe that won benchmarks/kd_ablation.py);
+5. trains the same student for the same iterations without a teacher (the "student alone" arm; it needs no
+   teacher, so it runs beside steps 2-4, each training on its share of the cores);
+6. validates PSNR/SSIM of the noisy input, the teacher, the twin and both students on the held-out crops, and
+   writes a comparison image (noisy | teacher | student | clean);
+7. measures the energy (SynOps, MACs, firing rates, mJ) of student and teacher.
 
-    spikerir-demo [--workdir demo_work] [--teacher-iters 300] [--student-iters 300] [--verbose]
+    spikerir-demo [--workdir demo_work] [--teacher-iters 300] [--twin-iters 1000] [--student-iters 300] [--verbose]
 
 The console shows one line per stage (with a progress bar) and the results; everything else (basicsr's options
 dumps and network printouts, the full energy report) goes to the log files under --workdir (--verbose: also to the
@@ -37,6 +40,10 @@ VAL_PHOTOS = ('coffee', 'camera')
 TEACHER_NET = {'type': 'NAFNet', 'img_channel': 3, 'width': 16, 'middle_blk_num': 1, 'enc_blk_nums': [1, 1, 1],
                'dec_blk_nums': [1, 1, 1]}
 STUDENT_NET = {'type': 'SpikerIR', 'preset': 'tiny', 'T': 4}
+# The student's analog twin: the same layers and parameter names with rate neurons (no spikes) and one time step, an
+# ANN that trains about 4x faster per iteration and converges in fewer. The recipe: ANN teacher -> twin -> student.
+TWIN_NET = {'type': 'SpikerIR', 'preset': 'tiny', 'T': 1, 'reduction_t': 1, 'neuron': 'rate'}
+FROM_TWIN = {'init_from_teacher': True, 'hint_adapter': 'identity'}  # the student's keys when the twin teaches
 
 
 def _photo(name):
@@ -87,9 +94,11 @@ def teacher_options(iters, train_lmdb, val_dir):
     return opt
 
 
-def student_options(iters, train_lmdb, val_dir, teacher_ckpt):
-    opt = base_options('demo_student_SpikerIR', iters, train_lmdb, val_dir, batch=8)
-    opt.update(model_type='SpikerIRDistillModel', network_g=STUDENT_NET, network_t=TEACHER_NET)
+def distill_options(name, iters, train_lmdb, val_dir, student_net, teacher_net, teacher_ckpt):
+    """A SpikerIRDistillModel run of ``student_net`` from a frozen ``teacher_net``: L1 + 0.1 FFT to the ground truth,
+    feature hints (MSE) and output KD (L1), both weighted by a cosine schedule from 1 to 0.1."""
+    opt = base_options(name, iters, train_lmdb, val_dir, batch=8)
+    opt.update(model_type='SpikerIRDistillModel', network_g=dict(student_net), network_t=dict(teacher_net))
     opt['path'].update(pretrain_network_t=teacher_ckpt, param_key_t='params', strict_load_t=True)
     opt['train'] = {'ema_decay': 0, 'optim_g': {'type': 'AdamW', 'lr': 2e-3, 'weight_decay': 0.0,
                                                 'betas': [0.9, 0.99]},
@@ -103,6 +112,23 @@ def student_options(iters, train_lmdb, val_dir, teacher_ckpt):
     return opt
 
 
+def twin_options(iters, train_lmdb, val_dir, teacher_ckpt):
+    """Step 1 of the recipe: the student's analog twin (same layers, rate neurons, T=1) distilled from the ANN
+    teacher with output KD at a constant weight (no hints: the twin is 1/3 the teacher's width)."""
+    opt = distill_options('demo_twin_SpikerIR', iters, train_lmdb, val_dir, TWIN_NET, TEACHER_NET, teacher_ckpt)
+    opt['train'].pop('hint_opt')
+    opt['train']['kd_schedule'] = {'type': 'constant', 'start': 1.0}
+    return opt
+
+
+def student_options(iters, train_lmdb, val_dir, twin_ckpt):
+    """Step 2: the spiking student starts from its twin's weights and is distilled from it, layer for layer (the
+    hints need no adapter: the twin has the student's channels at every layer)."""
+    opt = distill_options('demo_student_SpikerIR', iters, train_lmdb, val_dir, STUDENT_NET, TWIN_NET, twin_ckpt)
+    opt['train'].update(FROM_TWIN)
+    return opt
+
+
 def write_yaml(path, opt):
     from spikerir_plugin.utils.atomic import atomic_write_text
     atomic_write_text(path, yaml.safe_dump(opt, sort_keys=False))
@@ -110,7 +136,7 @@ def write_yaml(path, opt):
 
 
 # ------------------------------------------------------------------------------------------ console: one line per stage
-STAGES = 6
+STAGES = 7
 _ITER = re.compile(r'\biter:\s*([\d,]+)')
 
 
@@ -233,15 +259,16 @@ class Training:
 
 
 # ------------------------------------------------------------------------------------------------------ evaluation
-def load_demo_networks(teacher_ckpt, student_ckpt, alone_ckpt):
+def load_demo_networks(teacher_ckpt, twin_ckpt, student_ckpt, alone_ckpt):
     from basicsr.archs import build_network
     from spikerir_plugin.utils.checkpoint import load_weights
     return {'teacher (NAFNet)': load_weights(build_network(dict(TEACHER_NET)), teacher_ckpt, which='t'),
+            'analog twin (no spikes)': load_weights(build_network(dict(TWIN_NET)), twin_ckpt, which='t'),
             'student (SpikerIR)': load_weights(build_network(dict(STUDENT_NET)), student_ckpt, which='g'),
             'student alone (SpikerIR)': load_weights(build_network(dict(STUDENT_NET)), alone_ckpt, which='g')}
 
 
-def evaluate(val_dir, nets, number=5):
+def evaluate(val_dir, nets, number=6):
     """PSNR/SSIM (RGB, basicsr's metrics on uint8 images) of the noisy input and each network; also returns the
     uint8 images (per crop: noisy, each network, clean) for the comparison image."""
     import torch
@@ -280,8 +307,8 @@ def print_table(scores, nets, count):
         count_str = f'{params[name]:,}' if name in params else ''
         print(f'{name:26s} {psnr:8.2f} {ssim:7.4f} {count_str:>10s}')
     gain = scores['student (SpikerIR)'][0] - scores['student alone (SpikerIR)'][0]
-    print(f'student: distilled from the teacher; student alone: the same student, data and iterations without a '
-          f'teacher (distillation {gain:+.2f} dB)')
+    print(f'student: distilled (teacher -> analog twin -> student); student alone: the same student, data and '
+          f'iterations without a teacher (distillation {gain:+.2f} dB)')
 
 
 def comparison_image(images, path, names=('noisy input', 'teacher (NAFNet)', 'student (SpikerIR)', 'clean'),
@@ -328,6 +355,8 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--workdir', default='demo_work')
     parser.add_argument('--teacher-iters', type=int, default=300)
+    parser.add_argument('--twin-iters', type=int, default=1000, help="iterations of the student's analog twin "
+                                                                     '(about 1/4 the cost of a spiking one)')
     parser.add_argument('--student-iters', type=int, default=300)
     parser.add_argument('--energy-size', type=int, default=128, help='input side for the energy report')
     parser.add_argument('--verbose', action='store_true', help='also print the logs (basicsr\'s console output)')
@@ -355,30 +384,35 @@ def main(argv=None):
     stage_done(1, 'data', started, f'{len(os.listdir(train_png))} training crops (LMDB), {len(os.listdir(val_dir))} '
                                    f'validation crops')
 
-    # The student trained alone needs no teacher: it runs beside the teacher and the distillation, on its own share
-    # of the cores, and its line follows theirs.
+    # The student trained alone needs no teacher: it runs beside the teacher, the twin and the distillation, on its
+    # own share of the cores, and its line follows theirs.
     experiments = os.path.join(workdir, 'experiments')
+
+    def checkpoint(opt):
+        return os.path.join(experiments, opt['name'], 'models', 'net_g_latest.pth')
+
     t_opt = with_progress_lines(teacher_options(args.teacher_iters, train_lmdb, val_dir), args.teacher_iters)
-    teacher_ckpt = os.path.join(experiments, t_opt['name'], 'models', 'net_g_latest.pth')
-    s_opt = with_progress_lines(student_options(args.student_iters, train_lmdb, val_dir, teacher_ckpt),
+    w_opt = with_progress_lines(twin_options(args.twin_iters, train_lmdb, val_dir, checkpoint(t_opt)),
+                                args.twin_iters)
+    s_opt = with_progress_lines(student_options(args.student_iters, train_lmdb, val_dir, checkpoint(w_opt)),
                                 args.student_iters)
-    student_ckpt = os.path.join(experiments, s_opt['name'], 'models', 'net_g_latest.pth')
     a_opt = student_alone_options(s_opt, name=s_opt['name'] + '_alone')
-    alone_ckpt = os.path.join(experiments, a_opt['name'], 'models', 'net_g_latest.pth')
     student_yml = write_yaml(os.path.join(workdir, 'train_demo_student.yml'), s_opt)
+    twin_yml = write_yaml(os.path.join(workdir, 'train_demo_twin.yml'), w_opt)
     threads = threads_per_run(2)
     alone = Training(write_yaml(os.path.join(workdir, 'train_demo_student_alone.yml'), a_opt), workdir, log,
                      args.student_iters, threads)
     try:
         Training(write_yaml(os.path.join(workdir, 'train_demo_teacher.yml'), t_opt), workdir, log, args.teacher_iters,
                  threads).follow(2, 'teacher NAFNet')
-        Training(student_yml, workdir, log, args.student_iters, threads).follow(3, 'student distilled')
-        alone.follow(4, 'student alone')
+        Training(twin_yml, workdir, log, args.twin_iters, threads).follow(3, 'analog twin')
+        Training(student_yml, workdir, log, args.student_iters, threads).follow(4, 'student distilled')
+        alone.follow(5, 'student alone')
     finally:
         alone.stop()
 
     with log.capture():
-        nets = load_demo_networks(teacher_ckpt, student_ckpt, alone_ckpt)
+        nets = load_demo_networks(checkpoint(t_opt), checkpoint(w_opt), checkpoint(s_opt), checkpoint(a_opt))
     scores, count, images = evaluate(val_dir, nets)
     results = os.path.join(workdir, 'results')
     comparison = comparison_image(images, os.path.join(results, 'comparison.png'))
@@ -386,11 +420,11 @@ def main(argv=None):
     started = time.time()
     energy_dir = os.path.join(results, 'energy')
     with log.capture():
-        energy_report.main(['-opt', student_yml, '--ckpt', student_ckpt, '--size', str(args.energy_size),
+        energy_report.main(['-opt', student_yml, '--ckpt', checkpoint(s_opt), '--teacher-from', twin_yml, '--size', str(args.energy_size),
                             '--sigma', str(SIGMA), '--out', energy_dir])
     with open(os.path.join(energy_dir, 'energy.json')) as f:
         report = json.load(f)
-    stage_done(6, 'energy', started, f"student {report['student']['totals']['energy_mJ']:.3f} mJ, teacher "
+    stage_done(7, 'energy', started, f"student {report['student']['totals']['energy_mJ']:.3f} mJ, teacher "
                                      f"{report['teacher']['totals']['energy_mJ']:.3f} mJ per image")
 
     print_table(scores, nets, count)

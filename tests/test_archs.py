@@ -413,3 +413,24 @@ def test_image_conv_runs_once_and_its_output_is_repeated_over_T():
         per_step = net.patch_embed(x.unsqueeze(0).repeat(net.T, 1, 1, 1, 1))  # the official direct encoding
     assert calls[0] == (1, 2, 3, 8, 12) and embedded.shape == per_step.shape == (net.T, 2, 8, 8, 12)
     torch.testing.assert_close(embedded, per_step, rtol=1e-6, atol=1e-7)
+
+
+def test_rate_twin_has_the_spiking_layout_and_the_lif_rate_endpoints():
+    """neuron='rate' builds the analog twin: same parameter names and shapes as the spiking net (so it can teach
+    and initialise it), no spiking neuron, and an activation that is 0 below v_th/2 and 1 from v_th on, where an LIF
+    neuron of the block under a constant input fires never / at every step."""
+    from spikingjelly.activation_based.neuron.base_node import BaseNode
+    from spikerir_plugin.archs.neurons import RateActivation
+    twin, snn = spikerir_arch.SpikerIR(neuron='rate', T=2, reduction_t=2), spikerir_arch.SpikerIR(T=2, reduction_t=2)
+    assert {k: v.shape for k, v in twin.state_dict().items()} == {k: v.shape for k, v in snn.state_dict().items()}
+    assert not any(isinstance(m, BaseNode) for m in twin.modules())
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(twin.eval()(x), twin(x))
+    act, th = RateActivation(0.15), 0.15
+    values = act(torch.tensor([-1.0, th / 2, th, 2 * th]))
+    assert values.tolist() == [0.0, 0.0, 1.0, 1.0]
+    lif = snn.decoder_level1[0].residual[0]  # constant input over T=4 steps, from rest
+    for level, rate in ((0.4 * th, 0.0), (1.2 * th, 1.0)):
+        spikes = lif(torch.full((4, 1, 1), level))
+        assert spikes.mean().item() == rate and act(torch.tensor(level)).item() == rate

@@ -20,6 +20,7 @@ from basicsr.models import build_model
 from spikingjelly.activation_based.neuron import BaseNode
 from spikerir_plugin.models.feature_hints import FeatureTap, default_hint_layers
 from spikerir_plugin.models.kd_schedule import KDSchedule
+from spikerir_plugin.models.spikerir_distill_model import student_alone_options
 from spikerir_plugin.models.tiled_inference import tiled_forward
 
 from conftest import LogLines
@@ -266,6 +267,143 @@ def test_speed_section_switches_layout_precision_and_compile(tmp_path, teacher_c
     opt['speed'] = {'cuda_graph': True}
     with pytest.raises(ValueError, match='speed.cuda_graph is not supported by the training models'):
         build_model(opt)
+
+
+# ---------------------------------------------------------------------------------------------- distillation options
+def test_a_teacher_does_not_change_the_student_init_or_the_data_stream(tmp_path, teacher_ckpt):
+    """Building the teacher and adapters draws from a forked random stream: after construction the global stream
+    is where the same run without a teacher leaves it, so both see the same crops, flips and noise."""
+    opt = distill_opt(tmp_path, teacher_ckpt, kd_inputs={'type': 'noise', 'sigma': 25}, hint_adapter='mlp')
+    states = []
+    for options in (opt, student_alone_options(opt)):
+        torch.manual_seed(3)
+        model = build_model(options)
+        states.append((torch.get_rng_state(), model.net_g.state_dict()))
+    assert torch.equal(states[0][0], states[1][0])
+    assert all(torch.equal(v, states[1][1][k]) for k, v in states[0][1].items())
+
+
+def test_student_alone_options_drop_every_distillation_key(tmp_path, teacher_ckpt):
+    opt = distill_opt(tmp_path, teacher_ckpt, hint_adapter='conv3x3', kd_inputs={'type': 'transform'},
+                      hint_schedule={'type': 'constant', 'start': 0.1}, init_from_teacher=False,
+                      hint_layers=[['decoder_level1', 'decoders.3']])
+    alone = student_alone_options(opt, name='alone')
+    assert 'network_t' not in alone and alone['model_type'] == 'SpikingSRModel' and alone['name'] == 'alone'
+    assert set(alone['train']) == {'optim_g', 'scheduler', 'pixel_opt', 'fft_opt'}
+    assert 'pretrain_network_t' not in alone['path'] and opt['train']['kd_inputs']  # the original is untouched
+    model = build_model(alone)
+    assert type(model).__name__ == 'SpikingSRModel' and not hasattr(model, 'net_t')
+
+
+@pytest.mark.parametrize('kind, modules', [('conv1x1', [nn.Conv2d]), ('conv3x3', [nn.Conv2d]),
+                                           ('mlp', [nn.Conv2d, nn.ReLU, nn.Conv2d])])
+def test_hint_adapter_forms(tmp_path, teacher_ckpt, kind, modules):
+    model = build_model(distill_opt(tmp_path, teacher_ckpt, hint_adapter=kind))
+    for adapter, (_, s_shape, t_shape) in zip(model.net_hint.adapters, model.hint_shapes):
+        parts = list(adapter) if isinstance(adapter, nn.Sequential) else [adapter]
+        assert [type(p) for p in parts] == modules
+        assert parts[0].in_channels == s_shape[0] and parts[-1].out_channels == t_shape[0]
+        assert parts[0].kernel_size == ((3, 3) if kind == 'conv3x3' else (1, 1))
+    lq, gt = noisy_patches(2, 32)
+    model.feed_data({'lq': lq, 'gt': gt})
+    model.optimize_parameters(1)
+    assert all(p.grad is not None for p in model.net_hint.parameters())
+
+
+def test_identity_adapter_hints_a_same_width_teacher_and_init_from_teacher_copies_its_weights(tmp_path):
+    """A same-architecture analog twin (neuron: rate) teaches without adapters and initialises the student; only
+    entries of another shape (the temporal gates, T=1 vs T=2) keep the student's own initialisation."""
+    twin = dict(TINY_STUDENT, T=1, reduction_t=1, neuron='rate')
+    opt = base_opt(tmp_path / 'twin', model_type='SRModel', network_g=twin,
+                   train={'optim_g': {'type': 'Adam', 'lr': 2e-3}, 'pixel_opt': {'type': 'L1Loss'},
+                          'scheduler': {'type': 'MultiStepLR', 'milestones': [1000], 'gamma': 0.5}})
+    teacher = build_model(opt)
+    lq, gt = noisy_patches(2, 32)
+    for it in (1, 2):
+        teacher.feed_data({'lq': lq, 'gt': gt})
+        teacher.optimize_parameters(it)
+    teacher.save(0, 2)
+    path = str(tmp_path / 'twin' / 'net_g_2.pth')
+    opt = distill_opt(tmp_path, path, hint_adapter='identity', init_from_teacher=True)
+    opt['network_t'] = twin
+    model = build_model(opt)
+    student, taught = model.net_g.state_dict(), model.net_t.state_dict()
+    differ = [k for k in taught if taught[k].shape != student[k].shape]
+    assert differ and all('attn.ta.' in k for k in differ)
+    assert all(torch.equal(student[k], taught[k]) for k in taught if k not in differ)
+    assert all(isinstance(a, nn.Identity) for a in model.net_hint.adapters)
+    assert not any(isinstance(m, BaseNode) for m in model.net_t.modules())  # the twin has no spiking neuron
+    model.feed_data({'lq': lq, 'gt': gt})
+    model.optimize_parameters(1)
+    log = model.get_current_log()
+    assert np.isfinite(log['l_hint']) and log['l_hint'] > 0
+    # init_from_teacher leaves a resumed or fine-tuned student alone
+    opt['path']['pretrain_network_g'] = teacher_ckpt_like = str(tmp_path / 'student.pth')
+    torch.save({'params': build_network(TINY_STUDENT).state_dict()}, teacher_ckpt_like)
+    tuned = build_model(opt).net_g.state_dict()
+    assert not torch.equal(tuned['patch_embed.proj.weight'], taught['patch_embed.proj.weight'])
+
+
+def test_membrane_hint_reads_the_neuron_potential_and_trains_through_it():
+    student = build_network(TINY_STUDENT)
+    neuron = 'decoder_level1.0.residual.0'
+    tap = FeatureTap(student, [neuron, neuron + ':membrane'], 'student')
+    lq, _ = noisy_patches(2, 32)
+    _, (spikes, v) = tap.run(student, lq)
+    assert spikes.shape == v.shape and spikes.dim() == 5 and spikes.sum() > 0
+    # post-reset potentials: 0 where the neuron fired (hard reset), below the threshold everywhere
+    assert torch.all(v[spikes > 0] == 0) and torch.all(v < dict(student.named_modules())[neuron].v_threshold)
+    v.square().mean().backward()
+    assert student.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert dict(student.named_modules())[neuron].v_seq is None  # no graph kept between calls
+
+
+@pytest.mark.parametrize('kind', ['transform', 'noise'])
+def test_kd_inputs_distil_on_batches_the_pixel_loss_never_sees(tmp_path, teacher_ckpt, kind):
+    spec = {'type': kind, 'loss_weight': 0.5, **({'sigma': 25} if kind == 'noise' else {})}
+    opt = distill_opt(tmp_path, teacher_ckpt, kd_inputs=spec)
+    opt['manual_seed'] = 5
+    model = build_model(opt)
+    lq, gt = noisy_patches(2, 32, sigma=25 / 255)
+    model.feed_data({'lq': lq, 'gt': gt})
+    seen = []
+    hook = model.net_t.register_forward_hook(lambda m, i, o: seen.append(i[0].detach().clone()))
+    model.optimize_parameters(1)
+    hook.remove()
+    assert len(seen) == 2 and torch.equal(seen[0], lq) and not torch.equal(seen[1], lq)
+    extra = seen[1]
+    if kind == 'noise':  # a fresh draw of the same noise level on the clean crops
+        assert (extra - gt).std().item() == pytest.approx(25 / 255, rel=0.1)
+        assert not torch.allclose(extra - gt, lq - gt)
+    else:  # a flip / rotation / transpose of the input, never the input itself
+        variants = [torch.rot90(lq, k, (-2, -1)) for k in range(4)]
+        variants += [torch.flip(v, (-1,)) for v in variants]
+        assert any(torch.equal(extra, v) for v in variants[1:])
+    log = model.get_current_log()
+    assert log['l_kd_inputs'] > 0
+    # the generator is part of the training state: a resumed run draws the same next batch
+    state = model.extra_training_state()['kd_inputs_rng']
+    again = build_model(opt)
+    again.load_extra_training_state({'kd_schedule': model.kd_schedule.state_dict(), 'kd_inputs_rng': state})
+    assert torch.equal(again.kd_generator.get_state(), model.kd_generator.get_state())
+
+
+def test_hint_schedule_weights_the_hints_apart_from_output_kd(tmp_path, teacher_ckpt):
+    opt = distill_opt(tmp_path, teacher_ckpt, hint_schedule={'type': 'linear', 'start': 1.0, 'end': 0.0,
+                                                             'end_iter': 4},
+                      kd_schedule={'type': 'constant', 'start': 0.5})
+    model = build_model(opt)
+    lq, gt = noisy_patches(2, 32)
+    logs = []
+    for it in (2, 4):
+        model.feed_data({'lq': lq, 'gt': gt})
+        model.optimize_parameters(it)
+        logs.append(model.get_current_log())
+    assert [lg['hint_weight'] for lg in logs] == [pytest.approx(0.5), pytest.approx(0.0)]
+    assert all(lg['kd_weight'] == pytest.approx(0.5) for lg in logs)
+    last = logs[-1]  # the hints no longer count; output KD still does
+    assert last['l_total'] == pytest.approx(last['l_pix'] + last['l_fft'] + 0.5 * last['l_kd'], rel=1e-5)
+    assert 'hint_schedule' in model.extra_training_state()
 
 
 # ---------------------------------------------------------------------------------------------- schedule
@@ -553,11 +691,24 @@ BAD_INPUTS = [
      r"train.hint_layers is required: SPIDEN declares no hint layers"),
     ('train', {'optim_g': {'type': 'Adam', 'lr': 1e-3}}, ValueError, 'no loss configured'),
     ('num_gpu', 2, ValueError, r'num_gpu: 2 without a launcher means DataParallel.*torchrun.*--launcher pytorch'),
+    ('train.hint_adapter', 'conv5x5', ValueError, r"hint_adapter: unknown adapter 'conv5x5'; valid: conv1x1, conv3x3"),
+    ('train.hint_adapter', 'identity', ValueError, r'identity needs equal channels.*16 and its teacher hint 8'),
+    ('train.hint_layers', [['decoder_level1:membrane', 'decoders.3']], ValueError,
+     r"'decoder_level1:membrane': Sequential is not a spiking neuron"),
+    ('train.kd_inputs', {'type': 'mixup'}, ValueError, r'kd_inputs must be a mapping with type one of transform, noise'),
+    ('train.kd_inputs', {'type': 'noise'}, ValueError, r'type noise needs sigma > 0'),
+    ('train.kd_inputs', {'type': 'transform', 'sigma': 25}, ValueError, r"keys \['sigma'\] are not used by type"),
+    ('train.kd_opt', _DELETE, ValueError, r'train.kd_inputs needs train.kd_opt'),
+    ('train.init_from_teacher', True, ValueError, r'init_from_teacher: the teacher NAFNet shares no parameter'),
+    ('train.hint_schedule', {'type': 'cosine', 'start': 1}, ValueError, r'train.hint_schedule: type .cosine. needs both'),
 ]
 
 
 @pytest.mark.parametrize('key, value, error, message', BAD_INPUTS, ids=[f'{b[0]}={b[1]!r}'[:60] for b in BAD_INPUTS])
 def test_bad_input_gives_a_clear_error(tmp_path, teacher_ckpt, key, value, error, message):
-    opt = _with(distill_opt(tmp_path, teacher_ckpt), key, value)
+    opt = distill_opt(tmp_path, teacher_ckpt)
+    if key == 'train.kd_opt':  # extra KD inputs without the loss that distils them
+        opt['train']['kd_inputs'] = {'type': 'transform'}
+    opt = _with(opt, key, value)
     with pytest.raises(error, match=message):
         build_model(opt)

@@ -93,3 +93,31 @@ def test_psnr_loss_toY_uses_bt601_luma():
     assert build_loss({'type': 'PSNRLoss', 'toY': True})(pred, gt).item() == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match='reduction'):
         build_loss({'type': 'PSNRLoss', 'reduction': 'sum'})
+
+
+def test_hint_loss_normalisations_drop_exactly_the_scale_they_name():
+    s, t = _pair(5, (2, 4, 5, 5))
+    per_pixel = torch.rand(2, 1, 5, 5, dtype=torch.float64) + 0.5
+    per_sample = torch.tensor([3.0, 0.2], dtype=torch.float64).reshape(2, 1, 1, 1)
+    per_channel = torch.tensor([3.0, 0.5, 7.0, 1.5], dtype=torch.float64).reshape(1, 4, 1, 1)
+    rotation = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64))[0]  # orthogonal channel mixing
+    rotated = torch.einsum('dc,bchw->bdhw', rotation, s)
+
+    def loss(mode, a, b=t):
+        return build_loss({'type': 'HintLoss', 'normalize': mode})(a, b).item()
+
+    # pixel: only each pixel's channel direction counts
+    assert loss('pixel', s * per_pixel) == pytest.approx(loss('pixel', s), rel=1e-4)
+    assert loss('pixel', s * per_channel) != pytest.approx(loss('pixel', s), rel=1e-3)
+    assert loss('pixel', t * per_pixel) == pytest.approx(0, abs=1e-12)
+    # sample: one scale per sample
+    assert loss('sample', s * per_sample) == pytest.approx(loss('sample', s), rel=1e-4)
+    assert loss('sample', s * per_channel) != pytest.approx(loss('sample', s), rel=1e-3)
+    # affinity: which pixels look alike; blind to channel order, rotation and per-pixel scale
+    assert loss('affinity', rotated) == pytest.approx(loss('affinity', s), rel=1e-4)
+    assert loss('affinity', s * per_pixel) == pytest.approx(loss('affinity', s), rel=1e-4)
+    assert loss('affinity', s) > 0 and loss('affinity', t[:, [2, 0, 3, 1]]) == pytest.approx(0, abs=1e-12)
+    # true/false keep their meaning: channel standardisation / none
+    assert loss(True, s) == pytest.approx(loss('channel', s)) and loss(False, s) == pytest.approx(loss('none', s))
+    with pytest.raises(ValueError, match="normalize 'layer'.*none, channel, pixel, sample, affinity"):
+        build_loss({'type': 'HintLoss', 'normalize': 'layer'})

@@ -18,6 +18,8 @@ OPTIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TRAIN_FILES = ['train_SpikerIR_SIDD.yml', 'train_SpikerIR_GoPro.yml', 'train_SpikerIR_GaussianDenoise_sigma25.yml',
                'train_ESDNet_Rain200L.yml']
 TEST_FILES = ['test_' + f[len('train_'):] for f in TRAIN_FILES]
+# step 1 of each SpikerIR recipe: the student's analog twin, distilled from the ANN teacher (tested through step 2)
+TWIN_FILES = [f.replace('train_SpikerIR_', 'train_SpikerIR_twin_') for f in TRAIN_FILES if 'SpikerIR' in f]
 TEACHER_TEST_FILES = ['test_NAFNetLocal_GoPro.yml']  # a teacher tested as published, to compare with its student
 
 # Architecture-size keys replaced by tiny values; every other key (type, LayerNorm_type, ...) comes from the file.
@@ -44,10 +46,10 @@ def shrink(net_opt):
 
 def test_every_train_file_has_a_matching_test_file():
     found = sorted(os.path.basename(f) for f in glob.glob(os.path.join(OPTIONS, '*.yml')))
-    assert found == sorted(TRAIN_FILES + TEST_FILES + TEACHER_TEST_FILES)
+    assert found == sorted(TRAIN_FILES + TWIN_FILES + TEST_FILES + TEACHER_TEST_FILES)
 
 
-@pytest.mark.parametrize('name', TRAIN_FILES)
+@pytest.mark.parametrize('name', TRAIN_FILES + TWIN_FILES)
 def test_train_options_parse_and_build_the_model(monkeypatch, tmp_path, name):
     opt = parse(monkeypatch, tmp_path, name, is_train=True)
     expected = 'SpikerIRDistillModel' if 'network_t' in opt else 'SpikingSRModel'
@@ -56,11 +58,24 @@ def test_train_options_parse_and_build_the_model(monkeypatch, tmp_path, name):
     assert opt['train']['optim_g']['type'] == 'AdamW' and opt['train']['scheduler']['type'] == 'CosineAnnealingLR'
     for phase in ('train', 'val'):
         assert opt['datasets'][phase]['type'] in DATASET_REGISTRY
+    twin = name in TWIN_FILES
+    expected_logs = {'l_pix', 'l_fft', 'l_total'}
+    if twin:  # step 1: the analog twin, output KD from the ANN teacher
+        assert opt['network_g']['neuron'] == 'rate' and opt['network_g']['T'] == 1
+        assert 'hint_opt' not in opt['train'] and opt['train']['kd_schedule']['type'] == 'constant'
+        expected_logs |= {'l_kd', 'kd_weight'}
+    elif 'network_t' in opt:  # step 2: the spiking student from step 1's twin
+        step1 = parse(monkeypatch, tmp_path, name.replace('train_SpikerIR_', 'train_SpikerIR_twin_'), True)
+        assert opt['network_t'] == step1['network_g'] and opt['train']['init_from_teacher']
+        assert opt['path']['pretrain_network_t'] == f'experiments/{step1["name"]}/models/net_g_latest.pth'
+        assert opt['train']['hint_opt']['type'] == 'HintLoss' and opt['train']['kd_schedule']['type'] == 'cosine'
+        assert opt['train']['total_iter'] * 3 == step1['train']['total_iter']
+        expected_logs |= {'l_hint', 'l_kd', 'kd_weight'}
     if 'network_t' in opt:
         assert 'network_t' in opt['path']['ignore_resume_networks']
-        assert opt['train']['hint_opt']['type'] == 'HintLoss' and opt['train']['kd_schedule']['type'] == 'cosine'
         teacher = shrink(opt['network_t'])
-        torch.save({'params': build_network(teacher).state_dict()}, tmp_path / 'teacher.pth')
+        torch.save({'params': build_network(teacher).state_dict(),
+                    'params_ema': build_network(teacher).state_dict()}, tmp_path / 'teacher.pth')
         opt['path']['pretrain_network_t'] = str(tmp_path / 'teacher.pth')
     shrink(opt['network_g'])
     opt['num_gpu'] = 0
@@ -69,8 +84,7 @@ def test_train_options_parse_and_build_the_model(monkeypatch, tmp_path, name):
     x = torch.rand(1, 3, 32, 32)
     model.feed_data({'lq': x, 'gt': x})
     model.optimize_parameters(1)
-    expected = {'l_pix', 'l_fft', 'l_total'} | ({'l_hint', 'l_kd', 'kd_weight'} if 'network_t' in opt else set())
-    assert set(model.get_current_log()) == expected
+    assert set(model.get_current_log()) == expected_logs
     assert isinstance(model.optimizer_g, torch.optim.AdamW)
     assert isinstance(model.schedulers[0], torch.optim.lr_scheduler.CosineAnnealingLR)
 

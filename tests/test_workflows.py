@@ -25,9 +25,9 @@ from conftest import PYTHON, REPO_ROOT, subprocess_env
 
 TEACHER = {'width': 8, 'middle_blk_num': 1, 'enc_blk_nums': [1, 1, 1], 'dec_blk_nums': [1, 1, 1]}
 STUDENT = {'T': 2, 'reduction_t': 2}
-EXPERIMENT = 'my_student_kd_my_teacher'
-PROGRAMS = ['spikerir-restore', 'cp', 'cp', 'spikerir-train', 'torchrun', 'spikerir-test', 'spikerir-restore',
-            'spikerir-energy']
+EXPERIMENT, TWIN_EXPERIMENT = 'my_student_kd_my_teacher', 'my_twin_kd_my_teacher'
+PROGRAMS = ['spikerir-restore', 'cp', 'cp', 'cp', 'spikerir-train', 'spikerir-train', 'torchrun', 'spikerir-test',
+            'spikerir-restore', 'spikerir-energy']
 
 
 def guide_section():
@@ -78,13 +78,17 @@ def tiny_sizes(argv):
     return out
 
 
-def shrink_train(opt):
-    assert opt['network_t'].pop('preset') == 'sidd-width32'
-    opt['network_t'].update(TEACHER)
-    opt['network_g'].update(STUDENT)
+def shrink_train(opt, twin=False):
+    if twin:  # step 1: the ANN teacher is shrunk; the twin (T=1) is already cheap
+        assert opt['network_t'].pop('preset') == 'sidd-width32'
+        opt['network_t'].update(TEACHER)
+    else:  # step 2: the twin teaches as it was trained; the student runs fewer time steps
+        opt['network_g'].update(STUDENT)
     train = opt['train']
     train.update(total_iter=4, hint_probe_size=32)
-    train['scheduler']['T_max'] = train['kd_schedule']['end_iter'] = 4
+    train['scheduler']['T_max'] = 4
+    if 'end_iter' in train['kd_schedule']:
+        train['kd_schedule']['end_iter'] = 4
     opt['datasets']['train'].update(gt_size=32, batch_size_per_gpu=2, num_worker_per_gpu=0, persistent_workers=False)
     opt['val']['val_freq'] = 4
     opt['logger'].update(print_freq=2, save_checkpoint_freq=4, use_tb_logger=False)
@@ -120,7 +124,7 @@ def test_distil_your_own_teacher_guide_runs_as_written(workspace, tmp_path, monk
     assert [c[0] for c in commands] == PROGRAMS, 'the guide changed: update this test with it'
     scripts = console_scripts()
     assert {c[0] for c in commands if c[0].startswith('spikerir-')} <= set(scripts)  # real console scripts
-    train_edits, test_edits = guide_yaml()
+    twin_edits, train_edits, test_edits = guide_yaml()
     ws = workspace
     monkeypatch.chdir(ws)
     env = subprocess_env()
@@ -156,19 +160,27 @@ def test_distil_your_own_teacher_guide_runs_as_written(workspace, tmp_path, monk
     assert cv2.imread(str(ws / 'results' / 'my_teacher' / 'compare' / '000.png')).shape == (32, 3 * 32 + 8, 3)
 
     # 2. options: the copies, edited as the guide says (then shrunk to tiny sizes)
-    for cmd in commands[1:3]:
+    for cmd in commands[1:4]:
         shutil.copy(cmd[1], cmd[2])
-    train_opt = shrink_train(merge(yaml.safe_load(open(commands[1][2])), train_edits))
-    assert train_opt['name'] == EXPERIMENT and train_opt['path']['pretrain_network_t'].endswith('my_teacher.pth')
-    write_yaml(commands[1][2], train_opt)
-    test_opt = merge(yaml.safe_load(open(commands[2][2])), test_edits)
+    twin_opt = shrink_train(merge(yaml.safe_load(open(commands[1][2])), twin_edits), twin=True)
+    assert twin_opt['name'] == TWIN_EXPERIMENT and twin_opt['path']['pretrain_network_t'].endswith('my_teacher.pth')
+    write_yaml(commands[1][2], twin_opt)
+    train_opt = shrink_train(merge(yaml.safe_load(open(commands[2][2])), train_edits))
+    assert train_opt['name'] == EXPERIMENT and train_opt['network_t'] == twin_opt['network_g']
+    assert train_opt['path']['pretrain_network_t'] == f'experiments/{TWIN_EXPERIMENT}/models/net_g_latest.pth'
+    write_yaml(commands[2][2], train_opt)
+    test_opt = merge(yaml.safe_load(open(commands[3][2])), test_edits)
     test_opt['network_g'].update(STUDENT)
-    write_yaml(commands[2][2], test_opt)
+    write_yaml(commands[3][2], test_opt)
 
-    # 3. train: spikerir-train here, and torchrun in a copy of the folder, alongside steps 3 to 6
+    # 3. train the twin, then the student: spikerir-train here, and torchrun in a copy of the folder, alongside
+    # steps 3 to 6
+    console = finish(start(commands[4], ws), 'spikerir-train (twin)')
+    assert (ws / 'experiments' / TWIN_EXPERIMENT / 'models' / 'net_g_latest.pth').is_file()
+    assert 'l_kd' in console and 'l_hint' not in console
     ddp_ws = tmp_path / 'ws_torchrun'
     shutil.copytree(ws, ddp_ws)
-    ddp, single = start(commands[4], ddp_ws), start(commands[3], ws)
+    ddp, single = start(commands[6], ddp_ws), start(commands[5], ws)
     console = finish(single, 'spikerir-train')
     assert (ws / 'experiments' / EXPERIMENT / 'models' / 'net_g_latest.pth').is_file()
     # the console: progress and validation results; the log file: everything (options dump, network printout)
@@ -176,17 +188,18 @@ def test_distil_your_own_teacher_guide_runs_as_written(workspace, tmp_path, monk
     assert 'datasets:[' not in console and 'decoder_level1' not in console
     log = open(next((ws / 'experiments' / EXPERIMENT).glob('train_*.log'))).read()
     assert 'datasets:[' in log and 'decoder_level1' in log and 'Validation my-val' in log
+    assert 'Student initialised from the teacher' in log  # init_from_teacher: the student starts from the twin's weights
 
     # 4. validate the saved student (a program), while 5. and 6. run here
-    test_run = start(commands[5], ws)
+    test_run = start(commands[7], ws)
     capsys.readouterr()
-    assert in_process(tiny_sizes(commands[6])) == 0
+    assert in_process(tiny_sizes(commands[8])) == 0
     assert 'restored 2 of 2 images' in capsys.readouterr().out
     restored = ws / 'results' / 'my_student'
     assert sorted(os.listdir(restored)) == ['000.png', '001.png', 'compare', 'energy.csv']
     rows = open(restored / 'energy.csv').read().splitlines()
     assert len(rows) == 3 and rows[0].startswith('file,height,width,synops')
-    assert in_process(tiny_sizes(commands[7])) == 0
+    assert in_process(tiny_sizes(commands[9])) == 0
     assert 'energy ratio teacher/student' in capsys.readouterr().out
     assert (ws / 'results' / 'energy' / EXPERIMENT / 'energy.png').is_file()
     out = finish(test_run, 'spikerir-test')

@@ -20,7 +20,9 @@ must persist between calls.
 """
 import contextlib
 
+import torch
 from spikingjelly.activation_based import neuron
+from torch import nn
 
 from spikerir_plugin.archs.neuron_kernels import fused_cpu_eligible, fused_multi_step, neuron_spec
 
@@ -81,3 +83,25 @@ def check_stateless(net):
                          'on earlier inputs. Build it from spikerir_plugin.archs.neurons.StatelessLIFNode / '
                          'StatelessIFNode, or call spikingjelly.activation_based.functional.reset_net(self) at the '
                          'end of its forward.')
+
+
+class RateActivation(nn.Module):
+    """The analog twin of the blocks' LIF neuron (``neuron='rate'``): clamp((x - v_th / 2) / (v_th / 2), 0, 1).
+
+    Under a constant input x, an LIF neuron of these blocks (tau 2, no input decay, hard reset) starting at rest
+    fires never for x < v_th / 2, at every step for x >= v_th, and at a rate that climbs in steps between the two;
+    this ramp is that rate, smoothed. A network built with it has the spiking network's layers and parameter names
+    but no spikes: a same-architecture ANN that trains fast and can teach (or initialise) the spiking one. Works on
+    any shape, so multi-step [T, B, C, H, W] tensors pass through unchanged in layout.
+    """
+
+    def __init__(self, v_threshold):
+        super().__init__()
+        self.v_threshold = float(v_threshold)
+
+    def forward(self, x):
+        half = self.v_threshold / 2
+        return torch.clamp((x - half) / half, 0.0, 1.0)
+
+    def extra_repr(self):
+        return f'v_threshold={self.v_threshold}'

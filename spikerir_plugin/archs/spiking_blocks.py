@@ -14,13 +14,13 @@ from torch.utils.checkpoint import checkpoint
 from spikingjelly.activation_based import base, layer
 
 from spikerir_plugin.archs.fast_inference import InferenceMixin
-from spikerir_plugin.archs.neurons import StatelessIFNode, StatelessLIFNode
+from spikerir_plugin.archs.neurons import RateActivation, StatelessIFNode, StatelessLIFNode
 from spikerir_plugin.archs.padding import pad_to_multiple
 from spikerir_plugin.utils.snn import time_mean
 
 V_TH = 0.15
 TDBN_ALPHA = 1 / math.sqrt(2)
-NEURONS = ('lif', 'if')
+NEURONS = ('lif', 'if', 'rate')  # 'rate': the analog twin (neurons.RateActivation), not spiking
 ATTENTIONS = ('fast', 'spikingjelly', 'none')
 SHORTCUTS = ('analog', 'spike')
 
@@ -34,6 +34,8 @@ def make_neuron(kind='lif', v_threshold=V_TH):
     check_choice('neuron', kind, NEURONS)
     if kind == 'lif':
         return StatelessLIFNode(tau=2.0, decay_input=False, v_threshold=v_threshold, step_mode='m')
+    if kind == 'rate':
+        return RateActivation(v_threshold)
     return StatelessIFNode(v_threshold=v_threshold, step_mode='m')
 
 

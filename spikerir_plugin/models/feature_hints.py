@@ -1,8 +1,13 @@
-"""Feature hints for ANN->SNN distillation: which layers, forward hooks that read them, and the 1x1 adapters.
+"""Feature hints for ANN->SNN distillation: which layers, forward hooks that read them, and the adapters.
 
 Archs declare the layers they offer as hints with ``hint_layers``: a method (or a class attribute) returning module
 names, coarse to fine (e.g. SpikerIR's ``['decoder_level3', 'decoder_level2', 'decoder_level1']``). Any registered
 arch, a user's included, can provide it; ``train.hint_layers`` in the options overrides the pairing.
+
+A hint reads a module's output: a block's output (SpikerIR's ``decoder_level1``), a neuron's spikes (e.g.
+``decoder_level1.0.residual.0``; averaged over T they are firing rates) or a tdBN's output (the neuron's input
+current, e.g. ``decoder_level1.0.residual.2``). A name ending in ``:membrane`` reads the membrane potential of a
+spikingjelly neuron instead (its ``v_seq``: the potential after each step's spike and reset).
 
 The adapters are trained with the student; ``HintAdapters`` is a module of its own that the model wraps in DDP like
 the student, so its gradients are all-reduced too, while the student stays the bare arch that basicsr saves, loads
@@ -17,6 +22,8 @@ from torch.nn import functional as F
 from spikerir_plugin.utils.snn import time_mean
 
 _MAX_LISTED = 30
+MEMBRANE = ':membrane'
+ADAPTERS = ('conv1x1', 'conv3x3', 'mlp', 'identity')
 
 
 def declared_hint_layers(net):
@@ -88,17 +95,35 @@ def _first_tensor(output):
     return output
 
 
+def _tapped_module(net, name, role):
+    """The module behind a hint name; ``<neuron>:membrane`` switches the neuron to keep its potentials."""
+    if not name.endswith(MEMBRANE):
+        return get_submodule(net, name, role)
+    module = get_submodule(net, name[:-len(MEMBRANE)], role)
+    if not hasattr(module, 'store_v_seq'):
+        raise ValueError(f'train.hint_layers: {name!r}: {type(module).__name__} is not a spiking neuron; '
+                         f'{MEMBRANE!r} reads the membrane potential of a spikingjelly neuron module (e.g. '
+                         "'decoder_level1.0.residual.0:membrane')")
+    module.store_v_seq = True
+    return module
+
+
 class FeatureTap:
-    """Forward hooks that record the outputs of named submodules while ``recording`` is True."""
+    """Forward hooks that record the outputs (or, for ``name:membrane``, the membrane potentials) of named
+    submodules while ``recording`` is True."""
 
     def __init__(self, net, names, role):
         self.names = list(names)
         self.recording = False
         self.features = {}
-        self.handles = [get_submodule(net, n, role).register_forward_hook(self._hook(n)) for n in self.names]
+        self.handles = [_tapped_module(net, n, role).register_forward_hook(self._hook(n)) for n in self.names]
 
     def _hook(self, name):
+        membrane = name.endswith(MEMBRANE)
+
         def hook(module, inputs, output):
+            if membrane:  # read and drop the stored potentials (they hold the graph of this call)
+                output, module.v_seq = module.v_seq, None
             if self.recording:
                 self.features[name] = _first_tensor(output)
         return hook
@@ -122,13 +147,32 @@ class FeatureTap:
             h.remove()
 
 
-class HintAdapters(nn.Module):
-    """One 1x1 conv per hint layer (student channels -> teacher channels). ``forward(features, sizes)`` averages
-    each multi-step student feature over T (as the readout does), adapts it and resizes it to the teacher's size."""
+def make_adapter(kind, in_channels, out_channels):
+    """Student channels -> teacher channels: 'conv1x1' (FitNets' regressor), 'conv3x3', 'mlp' (1x1 conv, ReLU, 1x1
+    conv, as BKDSNN's generation block) or 'identity' (no parameters; needs equal channel counts)."""
+    if kind == 'conv1x1':
+        return nn.Conv2d(in_channels, out_channels, 1)
+    if kind == 'conv3x3':
+        return nn.Conv2d(in_channels, out_channels, 3, padding=1)
+    if kind == 'mlp':
+        return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1), nn.ReLU(inplace=True),
+                             nn.Conv2d(out_channels, out_channels, 1))
+    if kind == 'identity':
+        if in_channels != out_channels:
+            raise ValueError(f'train.hint_adapter: identity needs equal channels, but a student hint has '
+                             f'{in_channels} and its teacher hint {out_channels}; use conv1x1, conv3x3 or mlp')
+        return nn.Identity()
+    raise ValueError(f'train.hint_adapter: unknown adapter {kind!r}; valid: {", ".join(ADAPTERS)}')
 
-    def __init__(self, in_channels, out_channels):
+
+class HintAdapters(nn.Module):
+    """One adapter per hint layer (student channels -> teacher channels; ``make_adapter``, 1x1 conv by default).
+    ``forward(features, sizes)`` averages each multi-step student feature over T (as the readout does), adapts it
+    and resizes it to the teacher's size."""
+
+    def __init__(self, in_channels, out_channels, kind='conv1x1'):
         super().__init__()
-        self.adapters = nn.ModuleList(nn.Conv2d(ci, co, 1) for ci, co in zip(in_channels, out_channels))
+        self.adapters = nn.ModuleList(make_adapter(kind, ci, co) for ci, co in zip(in_channels, out_channels))
 
     def forward(self, features, sizes):
         hints = []

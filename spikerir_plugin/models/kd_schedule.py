@@ -18,6 +18,7 @@ Weight w(it) for the current iteration ``it`` (basicsr counts from 1):
 - cosine:   w = end + (start - end) * (1 + cos(pi * p)) / 2 with p = clip((it - start_iter)/(end_iter - start_iter)).
 - step:     w = start * gamma ** (number of steps s with it >= s).
 Without ``kd_schedule`` the weight is the constant 1 (the losses' own loss_weight then sets the scale).
+``train.hint_schedule`` (SpikerIRDistillModel) takes the same form for the feature hints alone.
 
 The weight is a pure function of the iteration; ``state_dict`` stores the configuration (and the last weight, for
 logs) in the training state so that a resumed run continues with the schedule it started with.
@@ -36,16 +37,18 @@ _KEYS = {
 class KDSchedule:
     """Callable: ``schedule(current_iter) -> float`` weight for hint + output distillation."""
 
-    def __init__(self, type='constant', start=1.0, end=None, start_iter=0, end_iter=None, steps=(), gamma=0.1):
+    def __init__(self, type='constant', start=1.0, end=None, start_iter=0, end_iter=None, steps=(), gamma=0.1,
+                 key='kd_schedule'):
+        self.key = key
         if type not in SCHEDULE_TYPES:
-            raise ValueError(f'train.kd_schedule.type: unknown schedule {type!r}; valid: {", ".join(SCHEDULE_TYPES)}')
+            raise ValueError(f'train.{key}.type: unknown schedule {type!r}; valid: {", ".join(SCHEDULE_TYPES)}')
         if type in ('linear', 'cosine'):
             if end is None or end_iter is None:
-                raise ValueError(f'train.kd_schedule: type {type!r} needs both `end` and `end_iter`')
+                raise ValueError(f'train.{key}: type {type!r} needs both `end` and `end_iter`')
             if end_iter <= start_iter:
-                raise ValueError(f'train.kd_schedule: end_iter ({end_iter}) must be > start_iter ({start_iter})')
+                raise ValueError(f'train.{key}: end_iter ({end_iter}) must be > start_iter ({start_iter})')
         if type == 'step' and (not isinstance(steps, (list, tuple)) or not steps or list(steps) != sorted(steps)):
-            raise ValueError('train.kd_schedule: type "step" needs `steps`, a non-empty increasing list of '
+            raise ValueError(f'train.{key}: type "step" needs `steps`, a non-empty increasing list of '
                              f'iterations (got {steps!r})')
         self.type = type
         self.start = float(start)
@@ -58,22 +61,22 @@ class KDSchedule:
         self.last_weight = None
 
     @classmethod
-    def from_opt(cls, opt):
-        """Build from the ``train.kd_schedule`` dict (None -> constant 1); unknown keys are an error."""
+    def from_opt(cls, opt, key='kd_schedule'):
+        """Build from the ``train.<key>`` dict (None -> constant 1); unknown keys are an error."""
         if opt is None:
-            return cls('constant', 1.0)
+            return cls('constant', 1.0, key=key)
         if not isinstance(opt, dict):
-            raise ValueError(f'train.kd_schedule must be a mapping with a type ({", ".join(SCHEDULE_TYPES)}), '
+            raise ValueError(f'train.{key} must be a mapping with a type ({", ".join(SCHEDULE_TYPES)}), '
                              f'got {opt!r}')
         opt = dict(opt)
         kind = opt.get('type', 'constant')
         if kind not in SCHEDULE_TYPES:
-            raise ValueError(f'train.kd_schedule.type: unknown schedule {kind!r}; valid: {", ".join(SCHEDULE_TYPES)}')
+            raise ValueError(f'train.{key}.type: unknown schedule {kind!r}; valid: {", ".join(SCHEDULE_TYPES)}')
         unknown = set(opt) - _KEYS[kind]
         if unknown:
-            raise ValueError(f'train.kd_schedule: keys {sorted(unknown)} are not used by type {kind!r}; '
+            raise ValueError(f'train.{key}: keys {sorted(unknown)} are not used by type {kind!r}; '
                              f'valid keys: {sorted(_KEYS[kind])}')
-        return cls(**opt)
+        return cls(**opt, key=key)
 
     def _progress(self, it):
         return min(max((it - self.start_iter) / (self.end_iter - self.start_iter), 0.0), 1.0)
@@ -104,6 +107,6 @@ class KDSchedule:
         """Restore a saved schedule exactly (configuration included); returns True if it differed from ours."""
         differs = state['config'] != self.config()
         cfg = state['config']
-        self.__init__(**cfg)
+        self.__init__(**cfg, key=self.key)
         self.last_iter, self.last_weight = state.get('last_iter'), state.get('last_weight')
         return differs

@@ -2,11 +2,13 @@
 teacher, feature hints and output distillation.
 
 Loss (per iteration ``it``):
-    pixel_opt(out, gt) [+ perceptual_opt] + fft_opt(out, gt) + kd_schedule(it) * (sum_l hint_opt(A_l(S_l), T_l)
-                                                                               + kd_opt(out, teacher_out))
-with S_l the student features at ``train.hint_layers`` (time-averaged), A_l 1x1 conv adapters, T_l the frozen
-teacher's features. Without ``network_t`` it is exactly SpikingSRModel (so older options that name this model for a
-student trained alone keep working).
+    pixel_opt(out, gt) [+ perceptual_opt] + fft_opt(out, gt)
+    + hint_schedule(it) * sum_l hint_opt(A_l(S_l), T_l)
+    + kd_schedule(it) * (kd_opt(out, teacher_out) + kd_inputs.loss_weight * kd_opt(student(x'), teacher(x')))
+with S_l the student features at ``train.hint_layers`` (time-averaged), A_l adapters (1x1 convs by default), T_l
+the frozen teacher's features, and x' extra inputs that only the distillation sees (``train.kd_inputs``). Without
+``network_t`` it is exactly SpikingSRModel (so older options that name this model for a student trained alone keep
+working).
 
 Plugin keys (everything else is SpikingSRModel's / SRModel's):
     network_t                  teacher arch spec (any registered arch)
@@ -16,13 +18,28 @@ Plugin keys (everything else is SpikingSRModel's / SRModel's):
     train.hint_layers          [[student_module, teacher_module], ...]; default: the levels both archs declare
                                (feature_hints.py)
     train.hint_probe_size      side of the dummy input used once to learn hint channels/sizes (default 64)
-    train.kd_schedule          weight of hint + output KD over iterations (kd_schedule.py)
+    train.hint_adapter         conv1x1 (default) | conv3x3 | mlp | identity (feature_hints.make_adapter)
+    train.kd_schedule          weight of output KD (and of the hints, unless hint_schedule is set) over
+                               iterations (kd_schedule.py)
+    train.hint_schedule        weight of the hints over iterations (same form; default: kd_schedule)
+    train.init_from_teacher    true: a fresh run starts the student from the teacher's weights wherever a
+                               parameter or buffer has the same name and shape (a same-architecture teacher, e.g.
+                               SpikerIR with neuron: rate); the rest keeps its initialisation. Default false
+    train.kd_inputs            extra inputs labelled by the teacher alone, one batch per iteration (needs kd_opt):
+                               {type: transform}: a random flip/rotation/transpose of the batch's input;
+                               {type: noise, sigma: 25}: a fresh Gaussian noise draw (0-255 units) on the clean
+                               crops, for synthetic-noise tasks; optional loss_weight (default 1.0)
+
+The teacher and the adapters are built from a forked random stream, and kd_inputs draws from its own generator, so
+a run with a teacher sees exactly the batches (crops, flips, noise) of the same run without one
+(``student_alone_options``): the two differ only by the distillation.
 
 Checkpoints: net_g_<iter>.pth holds the bare student under ``params`` (and ``params_ema``), so it loads strictly
 into the student arch; the hint adapters go under ``adapters`` in the same file, the KD schedule into the training
 state. The teacher is never saved: resume keeps loading it from its own checkpoint.
 """
 import copy
+import random
 
 import torch
 from basicsr.archs import build_network
@@ -37,7 +54,9 @@ from .kd_schedule import KDSchedule
 from .spiking_sr_model import SpikingSRModel, check_network_opt
 
 # Option keys that exist only for distillation: removing them (and network_t) gives the same run without a teacher.
-DISTILL_TRAIN_KEYS = ('kd_opt', 'hint_opt', 'hint_layers', 'hint_probe_size', 'kd_schedule')
+DISTILL_TRAIN_KEYS = ('kd_opt', 'hint_opt', 'hint_layers', 'hint_probe_size', 'hint_adapter', 'kd_schedule',
+                      'hint_schedule', 'kd_inputs', 'init_from_teacher')
+KD_INPUT_TYPES = {'transform': {'type', 'loss_weight'}, 'noise': {'type', 'sigma', 'loss_weight'}}
 DISTILL_PATH_KEYS = ('pretrain_network_t', 'param_key_t', 'strict_load_t')
 
 
@@ -65,7 +84,9 @@ class SpikerIRDistillModel(SpikingSRModel):
 
     def __init__(self, opt):
         self.net_t = self.net_hint = self.teacher_tap = self.student_tap = None
-        self._kd_weight = None
+        self._kd_weight = self._hint_weight = None
+        self.kd_inputs = check_kd_inputs((opt.get('train') or {}).get('kd_inputs'))
+        self.kd_generator = None
         if opt.get('network_t'):
             check_network_opt(opt['network_t'], 'network_t')
         super().__init__(opt)
@@ -73,11 +94,22 @@ class SpikerIRDistillModel(SpikingSRModel):
     # ------------------------------------------------------------------ teacher and hints
     def init_training_settings(self):
         train_opt = self.opt['train']
-        if self.opt.get('network_t'):
-            self.net_t = self.build_teacher()
-        if train_opt.get('hint_opt') or train_opt.get('hint_layers'):
-            self.net_hint = self.build_hint_adapters()
+        # a forked stream: building the teacher and adapters must not shift the data stream (see the docstring)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == 'cuda' else []):
+            if self.opt.get('network_t'):
+                self.net_t = self.build_teacher()
+            if train_opt.get('hint_opt') or train_opt.get('hint_layers'):
+                self.net_hint = self.build_hint_adapters()
+        if train_opt.get('init_from_teacher'):
+            self.init_student_from_teacher()
         self.kd_schedule = KDSchedule.from_opt(train_opt.get('kd_schedule'))
+        hint_schedule = train_opt.get('hint_schedule')
+        self.hint_schedule = self.kd_schedule if hint_schedule is None else KDSchedule.from_opt(hint_schedule,
+                                                                                                'hint_schedule')
+        if self.kd_inputs is not None:
+            seed = self.opt.get('manual_seed')
+            self.kd_generator = torch.Generator().manual_seed(
+                (random.randrange(2 ** 31) if seed is None else int(seed)) + 7919 * (self.opt.get('rank', 0) + 1))
         super().init_training_settings()
 
     def build_teacher(self):
@@ -121,14 +153,34 @@ class SpikerIRDistillModel(SpikingSRModel):
         size = int(train_opt.get('hint_probe_size', 64))
         s_shapes = probe_shapes(student, self.student_tap, size, self.device)
         t_shapes = probe_shapes(self.net_t, self.teacher_tap, size, self.device)
-        adapters = HintAdapters([s[0] for s in s_shapes], [t[0] for t in t_shapes])
+        adapters = HintAdapters([s[0] for s in s_shapes], [t[0] for t in t_shapes],
+                                train_opt.get('hint_adapter', 'conv1x1'))
         self.hint_shapes = list(zip(pairs, s_shapes, t_shapes))
         logger = get_root_logger()
         for (s_name, t_name), s_shape, t_shape in self.hint_shapes:
             resize = ' (resized)' if s_shape[1:] != t_shape[1:] else ''
-            logger.info(f'Hint {s_name} {s_shape} -> 1x1 adapter -> {t_name} {t_shape}{resize} at probe size {size}')
+            logger.info(f'Hint {s_name} {s_shape} -> {train_opt.get("hint_adapter", "conv1x1")} adapter -> {t_name} '
+                        f'{t_shape}{resize} at probe size {size}')
         self.load_adapters_on_resume(adapters)
+        if not any(p.requires_grad for p in adapters.parameters()):  # identity adapters: nothing to train, and
+            return adapters.to(self.device)                          # DDP refuses a module without parameters
         return self.model_to_device(adapters)
+
+    def init_student_from_teacher(self):
+        """Copy the teacher's entries into the student where name and shape agree (fresh runs only)."""
+        if self.net_t is None:
+            raise ValueError('train.init_from_teacher needs a teacher: add network_t and path.pretrain_network_t')
+        if self.opt['path'].get('resume_state') or self.opt['path'].get('pretrain_network_g'):
+            return  # resumed or fine-tuned: the student's own weights win
+        student = self.bare_net_g()
+        own, taught = student.state_dict(), self.net_t.state_dict()
+        shared = {k: v for k, v in taught.items() if k in own and own[k].shape == v.shape}
+        if not shared:
+            raise ValueError(f'train.init_from_teacher: the teacher {type(self.net_t).__name__} shares no parameter '
+                             f'(same name and shape) with the student {type(student).__name__}; use a '
+                             'same-architecture teacher (e.g. SpikerIR with neuron: rate) or remove the key')
+        student.load_state_dict(shared, strict=False)
+        get_root_logger().info(f'Student initialised from the teacher: {len(shared)} of {len(own)} entries')
 
     def load_adapters_on_resume(self, adapters):
         load_path = self.opt['path'].get('pretrain_network_g')
@@ -144,6 +196,9 @@ class SpikerIRDistillModel(SpikingSRModel):
         self.cri_kd, self.cri_hint = self.build_loss_opt('kd_opt'), self.build_loss_opt('hint_opt')
         if self.cri_kd is not None and self.net_t is None:
             raise ValueError('train.kd_opt needs a teacher: add network_t and path.pretrain_network_t')
+        if self.kd_inputs is not None and self.cri_kd is None:
+            raise ValueError('train.kd_inputs needs train.kd_opt (the loss between the student and the teacher on '
+                             'those inputs) and a teacher')
         if not any((self.cri_pix, self.cri_perceptual, self.cri_fft, self.cri_kd)):
             raise ValueError('train: no loss configured; set at least one of pixel_opt, perceptual_opt, fft_opt, '
                              'kd_opt')
@@ -171,19 +226,45 @@ class SpikerIRDistillModel(SpikingSRModel):
         losses = self.reconstruction_losses(self.output, self.gt)
         l_total = sum(losses.values())
         weight = self._kd_weight = self.kd_schedule(current_iter)
-        l_distill = 0
-        if self.cri_hint and self.teacher_tap is not None:
+        if self.cri_hint and t_feats is not None:
+            self._hint_weight = self.hint_schedule(current_iter)
             losses['l_hint'] = sum(self.cri_hint(s, t) for s, t in zip(hints, t_feats))
-            l_distill = l_distill + losses['l_hint']
+            l_total = l_total + self._hint_weight * losses['l_hint']
         if self.cri_kd:
             losses['l_kd'] = self.cri_kd(self.output, t_out)
-            l_distill = l_distill + losses['l_kd']
-        return l_total + weight * l_distill, losses
+            l_total = l_total + weight * losses['l_kd']
+        if self.kd_inputs is not None:
+            losses['l_kd_inputs'] = self.kd_inputs['loss_weight'] * self.distill_extra_inputs(lq)
+            l_total = l_total + weight * losses['l_kd_inputs']
+        return l_total, losses
+
+    def extra_kd_input(self, lq):
+        """A batch the reconstruction loss never sees (train.kd_inputs), drawn from the model's own generator."""
+        if self.kd_inputs['type'] == 'noise':
+            noise = torch.randn(self.gt.shape, generator=self.kd_generator).to(self.gt.device, self.gt.dtype)
+            return fast.prepare_input(self.gt + noise * (self.kd_inputs['sigma'] / 255.), self.speed)
+        k, flip = torch.randint(0, 4, (), generator=self.kd_generator).item(), \
+            torch.randint(0, 2, (), generator=self.kd_generator).item()
+        if k == 0 and not flip:
+            flip = 1  # never the identity: that batch is already distilled
+        x = torch.rot90(lq, k, dims=(-2, -1))
+        return torch.flip(x, dims=(-1,)) if flip else x
+
+    def distill_extra_inputs(self, lq):
+        """kd_opt between the student and the teacher on an extra batch (output distillation only)."""
+        x = self.extra_kd_input(lq)
+        with torch.no_grad(), fast.autocast_context(self.device, self.speed):
+            target = self._net_t_fwd(x)
+        with fast.autocast_context(self.device, self.speed):
+            output = self.net_g_forward(x)
+        return self.cri_kd(output.float(), target.float())
 
     def get_current_log(self):
         log = super().get_current_log()
         if self._kd_weight is not None:
             log['kd_weight'] = float(self._kd_weight)
+        if self._hint_weight is not None and self.hint_schedule is not self.kd_schedule:
+            log['hint_weight'] = float(self._hint_weight)
         return log
 
     # ------------------------------------------------------------------ checkpoints and resume
@@ -195,13 +276,26 @@ class SpikerIRDistillModel(SpikingSRModel):
         return nets, keys
 
     def extra_training_state(self):
-        return {'kd_schedule': self.kd_schedule.state_dict()} if self.net_t is not None else {}
+        if self.net_t is None:
+            return {}
+        state = {'kd_schedule': self.kd_schedule.state_dict()}
+        if self.hint_schedule is not self.kd_schedule:
+            state['hint_schedule'] = self.hint_schedule.state_dict()
+        if self.kd_generator is not None:
+            state['kd_inputs_rng'] = self.kd_generator.get_state()
+        return state
 
     def load_extra_training_state(self, resume_state):
-        if self.net_t is not None and 'kd_schedule' in resume_state \
-                and self.kd_schedule.load_state_dict(resume_state['kd_schedule']):
-            get_root_logger().warning('train.kd_schedule differs from the resumed training state; the saved '
-                                      f'schedule is kept: {self.kd_schedule.config()}')
+        if self.net_t is None:
+            return
+        for key, schedule in (('kd_schedule', self.kd_schedule), ('hint_schedule', self.hint_schedule)):
+            if key == 'hint_schedule' and schedule is self.kd_schedule:
+                continue
+            if key in resume_state and schedule.load_state_dict(resume_state[key]):
+                get_root_logger().warning(f'train.{key} differs from the resumed training state; the saved '
+                                          f'schedule is kept: {schedule.config()}')
+        if self.kd_generator is not None and 'kd_inputs_rng' in resume_state:
+            self.kd_generator.set_state(resume_state['kd_inputs_rng'])
 
     def networks_reading_the_input(self):
         nets = super().networks_reading_the_input()
@@ -218,3 +312,21 @@ class SpikerIRDistillModel(SpikingSRModel):
     @classmethod
     def frozen_networks(cls, opt):
         return ('network_t',)
+
+
+def check_kd_inputs(spec):
+    """The validated ``train.kd_inputs`` (with loss_weight filled in), or None."""
+    if spec is None:
+        return None
+    valid = ', '.join(KD_INPUT_TYPES)
+    if not isinstance(spec, dict) or spec.get('type') not in KD_INPUT_TYPES:
+        raise ValueError(f'train.kd_inputs must be a mapping with type one of {valid} (e.g. {{type: transform}} '
+                         f'or {{type: noise, sigma: 25}}), got {spec!r}')
+    unknown = set(spec) - KD_INPUT_TYPES[spec['type']]
+    if unknown:
+        raise ValueError(f'train.kd_inputs: keys {sorted(unknown)} are not used by type {spec["type"]!r}; valid '
+                         f'keys: {sorted(KD_INPUT_TYPES[spec["type"]])}')
+    if spec['type'] == 'noise' and not (isinstance(spec.get('sigma'), (int, float)) and spec['sigma'] > 0):
+        raise ValueError(f'train.kd_inputs: type noise needs sigma > 0 (noise std in 0-255 units), got '
+                         f'{spec.get("sigma")!r}')
+    return dict(spec, loss_weight=float(spec.get('loss_weight', 1.0)))

@@ -332,6 +332,9 @@ def main(argv=None):
     p.add_argument('--ckpt', default=None, help='student checkpoint (default: path.pretrain_network_g)')
     p.add_argument('--param-key', default=None, help='state-dict key in the checkpoint (default params)')
     p.add_argument('--no-teacher', action='store_true', help='skip network_t even if the options define it')
+    p.add_argument('--teacher-from', default=None,
+                   help="options YAML whose network_t is the teacher to compare with, instead of -opt's (e.g. the "
+                        "twin's options, whose teacher is the ANN the twin learnt from)")
     p.add_argument('--size', type=int, default=256)
     p.add_argument('--batch', type=int, default=1)
     p.add_argument('--channels', type=int, default=3, help='input channels (1 for grey Gaussian-denoising nets)')
@@ -350,9 +353,14 @@ def main(argv=None):
         x = make_input(a.size, a.batch, a.image, a.sigma, channels=a.channels)
         student = measure_energy(build_from_options(opt, 'g', a.ckpt, a.param_key), inputs=x, e_mac=a.e_mac,
                                  e_ac=a.e_ac)
-        teacher = None
-        if opt.get('network_t') and not a.no_teacher:
-            teacher = measure_energy(build_from_options(opt, 't'), inputs=x, e_mac=a.e_mac, e_ac=a.e_ac)
+        teacher, teacher_opt = None, opt
+        if a.teacher_from:
+            with open(a.teacher_from) as f:
+                teacher_opt = yaml.safe_load(f)
+            if not isinstance(teacher_opt, dict) or not teacher_opt.get('network_t'):
+                raise KeyError(f'--teacher-from {a.teacher_from!r} has no network_t section')
+        if teacher_opt.get('network_t') and not a.no_teacher:
+            teacher = measure_energy(build_from_options(teacher_opt, 't'), inputs=x, e_mac=a.e_mac, e_ac=a.e_ac)
     except (OSError, KeyError, ValueError) as e:
         p.exit(2, f'spikerir-energy: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}\n')
     name = opt.get('name', os.path.splitext(os.path.basename(a.opt))[0])
