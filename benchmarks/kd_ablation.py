@@ -69,6 +69,7 @@ VARIANTS = {
     # the student alone with more iterations: the compute the twin costs, and more
     'alone_long': {'alone': True, 'iters': '1.3333*iters'},
     'alone_2x': {'alone': True, 'iters': '2*iters'},
+    'alone_2.5x': {'alone': True, 'iters': '2.5*iters'},  # more than the shipped recipe's compute
 }
 
 
