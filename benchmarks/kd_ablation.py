@@ -165,25 +165,12 @@ def write_json(path, obj):
 
 
 # ---------------------------------------------------------------------------------------------- demo data
-def _photo(name):
-    import skimage.data
-    img = skimage.data.stereo_motorcycle()[0] if name == 'motorcycle' else getattr(skimage.data, name)()
-    return np.stack([img] * 3, -1) if img.ndim == 2 else img[..., :3]
-
-
 def write_crops(folder, photos, grid):
-    """CROPxCROP crops on a grid x grid lattice of each photo (PNG, BGR for OpenCV); written once."""
-    import cv2
+    """CROPxCROP crops on a grid x grid lattice of each photo (the demo's writer); written once."""
+    from spikerir_plugin import demo
     if os.path.isdir(folder) and os.listdir(folder):
         return folder
-    os.makedirs(folder, exist_ok=True)
-    for name in photos:
-        img = _photo(name)
-        h, w = img.shape[:2]
-        for i, y in enumerate(np.linspace(0, h - CROP, grid).astype(int)):
-            for j, x in enumerate(np.linspace(0, w - CROP, grid).astype(int)):
-                cv2.imwrite(os.path.join(folder, f'{name}_{i}{j}.png'), img[y:y + CROP, x:x + CROP, ::-1])
-    return folder
+    return demo.write_demo_images(folder, photos, CROP, grid)
 
 
 def demo_base_options(workdir, eval_set, iters):
