@@ -6,6 +6,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
+import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket')
@@ -67,3 +68,13 @@ class LogLines(logging.Handler):
 
     def emit(self, record):
         self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for a module of tiny tensors (`pytestmark = pytest.mark.usefixtures('one_thread')`): a
+    second thread only adds start-up cost, and oversubscribes a busy 2-core CI box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -24,13 +24,7 @@ SPIKING = {  # small configurations covering both neuron kinds, the three attent
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second thread only adds start-up cost, and oversubscribes a busy 2-core CI box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # conftest: tiny tensors, one thread
 
 
 def trained_like(name):
