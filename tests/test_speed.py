@@ -175,8 +175,12 @@ def test_cuda_graph_on_cpu_raises_clear_error():
         fast.prepare_model(torch.nn.Conv2d(3, 3, 1), {'cuda_graph': True})
 
 
-def test_check_fused_lif_reports_cpu_reference():
+def test_check_fused_lif_reports_the_cpu_loop_in_use():
+    from spikerir_plugin.archs.neurons import spikingjelly_loops
     info, fused = fast.check_fused_lif('cpu')
+    assert info == {'implementation': 'spikerir-cpu-loop', 'spikingjelly': 'torch-reference'} and fused is True
+    with spikingjelly_loops():
+        info, fused = fast.check_fused_lif('cpu')
     assert info['implementation'] == 'torch-reference' and fused is False
 
 
@@ -190,14 +194,14 @@ def test_train_step_benchmark_tiny_end_to_end(tmp_path):
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
     header, cases = lines[0], [r for r in lines if 'name' in r]
     ratios = {r['ratio']: r for r in lines if 'ratio' in r}
-    assert header['lif_implementation']['implementation'] == 'torch-reference' and header['fused'] is False
+    assert header['lif_implementation']['implementation'] == 'spikerir-cpu-loop' and header['fused'] is True
     assert [r['name'] for r in cases] == ['esdnet_sj', 'esdnet_fast', 'spikerir_tiny', 'kd_tiny']
     for r in cases:
         assert r['device'] == 'cpu' and r['dtype'] == 'fp32' and (r['batch'], r['size']) == (2, 32)
         assert r['step_ms'] > 0 and r['params'] > 0 and r['saved_for_backward_mib'] > 0
         assert r['peak_mem_kind'] == 'cpu_estimate_params_grads_adam_saved'
         assert r['peak_mem_mib'] > r['saved_for_backward_mib'] + 16 * r['params'] / 2 ** 20 - 0.1
-        assert r['lif_impl'] == 'torch-reference' and r['lif_state_dtype'] == 'float32'
+        assert r['lif_impl'] == 'spikerir-cpu-loop' and r['lif_state_dtype'] == 'float32'
     assert cases[0]['params'] == cases[1]['params'] and cases[3]['teacher_params'] > 0
     assert cases[3]['params'] > cases[2]['params']  # the hint adapters train with the student
     assert set(ratios) == {'esdnet_fast/esdnet_sj', 'kd_tiny/spikerir_tiny'}

@@ -41,6 +41,11 @@ def spikingjelly_loops():
         _fused_cpu_loops.pop()
 
 
+def fused_cpu_loops_active():
+    """Whether multi-step neuron calls on the CPU run the fused loops (False inside ``spikingjelly_loops()``)."""
+    return _fused_cpu_loops[-1]
+
+
 class _RestingStateMixin:
     """Multi-step forward from the resting potential, without leaving state behind."""
 

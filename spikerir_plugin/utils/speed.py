@@ -229,14 +229,20 @@ def cuda_graph_step(step_fn, device, speed=None, model=None, warmup_steps=3):
 
 
 def check_fused_lif(device, execution='eager'):
-    """(spikingjelly's neuron_implementation('lif', device) dict, fused?) - fused means a CUDA native or Triton
-    kernel; on CPU it is the torch reference loop (fused False). It applies to fp32 neuron state only."""
+    """(implementation dict, fused?) of the LIF neurons' multi-step loop on ``device``. On CUDA: spikingjelly's
+    neuron_implementation('lif', device) dict; fused means its native or Triton kernel (fp32 neuron state only). On
+    the CPU: the plugin's fused loop (``archs/neuron_kernels.py``, fused True) unless ``spikingjelly_loops()`` is
+    active, then spikingjelly's per-step torch reference (fused False); spikingjelly's own choice is kept under the
+    key ``spikingjelly``."""
+    from spikerir_plugin.archs.neurons import fused_cpu_loops_active
     device = torch.device(device)
     try:
         info = dict(functional.neuron_implementation('lif', device, execution=execution))
     except RuntimeError as error:  # e.g. a CUDA device without any usable provider
         warnings.warn(f'spikingjelly could not select a LIF implementation on {device}: {error}')
         return {'implementation': 'unavailable', 'unavailable': {'error': str(error)}}, False
+    if device.type == 'cpu' and fused_cpu_loops_active():
+        return {'implementation': 'spikerir-cpu-loop', 'spikingjelly': info.get('implementation')}, True
     return info, device.type == 'cuda' and info.get('implementation') in FUSED_LIF_IMPLEMENTATIONS
 
 
