@@ -56,6 +56,7 @@ SIGMA = 25
 TUNE_PHOTOS = ('coffee', 'camera')  # the demo's validation photos: variants are chosen on these
 REPORT_PHOTOS = ('motorcycle', 'coins', 'brick', 'clock')  # never used to choose: the reported numbers
 CROP, TRAIN_GRID, EVAL_GRID = 96, 4, 3
+TRAIN_SIDE = 48  # training crop side (the demo trains on 32x32 to fit its time budget)
 
 # The built-in variants (patches on the demo's distillation options, spikerir_plugin/demo.py:student_options).
 VARIANTS = {
@@ -180,7 +181,7 @@ def demo_base_options(workdir, eval_set, iters):
     train_dir = write_crops(os.path.join(data, 'train'), demo.TRAIN_PHOTOS, TRAIN_GRID)
     photos = TUNE_PHOTOS if eval_set == 'tune' else REPORT_PHOTOS
     val_dir = write_crops(os.path.join(data, eval_set), photos, EVAL_GRID)
-    opt = demo.student_options(iters, train_dir, val_dir, twin_ckpt=None)
+    opt = demo.student_options(iters, train_dir, val_dir, twin_ckpt=None, gt_size=TRAIN_SIDE)
     opt['datasets']['train']['io_backend'] = {'type': 'disk'}
     opt['datasets']['val']['name'] = f'photos-{eval_set}'
     return opt, train_dir, val_dir, photos
@@ -195,11 +196,11 @@ def train_demo_teacher(workdir, spec, train_dir, val_dir, device, threads, ann_s
     distilled = spec.get('distil') is not None
     if distilled:
         ann_ckpt = train_demo_teacher(workdir, ann_spec, train_dir, val_dir, device, threads, ann_spec)
-        opt = demo.twin_options(iters, train_dir, val_dir, ann_ckpt)
+        opt = demo.twin_options(iters, train_dir, val_dir, ann_ckpt, gt_size=TRAIN_SIDE)
         opt['network_t'] = copy.deepcopy(ann_spec['network'])
         opt['train'] = merge(opt['train'], spec['distil'])
     else:
-        opt = demo.teacher_options(iters, train_dir, val_dir)
+        opt = demo.teacher_options(iters, train_dir, val_dir, gt_size=TRAIN_SIDE)
     opt['datasets']['train']['io_backend'] = {'type': 'disk'}
     opt['network_g'] = copy.deepcopy(spec['network'])
     opt['train'] = merge(opt['train'], spec.get('train') or {})

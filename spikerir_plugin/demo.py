@@ -37,6 +37,9 @@ import yaml
 SIGMA = 25
 TRAIN_PHOTOS = ('astronaut', 'chelsea', 'rocket', 'immunohistochemistry')
 VAL_PHOTOS = ('coffee', 'camera')
+# Training crop side. 32 keeps the demo within minutes on two cores (a step costs about half that of 48x48 crops);
+# benchmarks/kd_ablation.py trains on 48x48 crops.
+TRAIN_CROP = 32
 TEACHER_NET = {'type': 'NAFNet', 'img_channel': 3, 'width': 16, 'middle_blk_num': 1, 'enc_blk_nums': [1, 1, 1],
                'dec_blk_nums': [1, 1, 1]}
 STUDENT_NET = {'type': 'SpikerIR', 'preset': 'tiny', 'T': 4}
@@ -65,12 +68,12 @@ def write_demo_images(folder, photos, size, per_side):
     return folder
 
 
-def base_options(name, iters, train_lmdb, val_dir, batch):
+def base_options(name, iters, train_lmdb, val_dir, batch, gt_size):
     return {
         'name': name, 'scale': 1, 'num_gpu': 'auto', 'manual_seed': 10,
         'datasets': {
             'train': {'name': 'photos-train', 'type': 'GaussianDenoiseDataset', 'dataroot_gt': train_lmdb,
-                      'io_backend': {'type': 'lmdb'}, 'sigma': SIGMA, 'gt_size': 48, 'use_hflip': True,
+                      'io_backend': {'type': 'lmdb'}, 'sigma': SIGMA, 'gt_size': gt_size, 'use_hflip': True,
                       'use_rot': True, 'num_worker_per_gpu': 0, 'batch_size_per_gpu': batch,
                       'dataset_enlarge_ratio': 1, 'prefetch_mode': None},
             'val': {'name': 'photos-val', 'type': 'GaussianDenoiseDataset', 'dataroot_gt': val_dir,
@@ -84,8 +87,8 @@ def base_options(name, iters, train_lmdb, val_dir, batch):
     }
 
 
-def teacher_options(iters, train_lmdb, val_dir):
-    opt = base_options('demo_teacher_NAFNet', iters, train_lmdb, val_dir, batch=8)
+def teacher_options(iters, train_lmdb, val_dir, gt_size=TRAIN_CROP):
+    opt = base_options('demo_teacher_NAFNet', iters, train_lmdb, val_dir, batch=8, gt_size=gt_size)
     opt.update(model_type='SRModel', network_g=TEACHER_NET)
     opt['train'] = {'ema_decay': 0, 'optim_g': {'type': 'Adam', 'lr': 2e-3, 'betas': [0.9, 0.99]},
                     'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [iters], 'restart_weights': [1],
@@ -94,10 +97,10 @@ def teacher_options(iters, train_lmdb, val_dir):
     return opt
 
 
-def distill_options(name, iters, train_lmdb, val_dir, student_net, teacher_net, teacher_ckpt):
+def distill_options(name, iters, train_lmdb, val_dir, student_net, teacher_net, teacher_ckpt, gt_size):
     """A SpikerIRDistillModel run of ``student_net`` from a frozen ``teacher_net``: L1 + 0.1 FFT to the ground truth,
     feature hints (MSE) and output KD (L1), both weighted by a cosine schedule from 1 to 0.1."""
-    opt = base_options(name, iters, train_lmdb, val_dir, batch=8)
+    opt = base_options(name, iters, train_lmdb, val_dir, batch=8, gt_size=gt_size)
     opt.update(model_type='SpikerIRDistillModel', network_g=dict(student_net), network_t=dict(teacher_net))
     opt['path'].update(pretrain_network_t=teacher_ckpt, param_key_t='params', strict_load_t=True)
     opt['train'] = {'ema_decay': 0, 'optim_g': {'type': 'AdamW', 'lr': 2e-3, 'weight_decay': 0.0,
@@ -112,19 +115,21 @@ def distill_options(name, iters, train_lmdb, val_dir, student_net, teacher_net, 
     return opt
 
 
-def twin_options(iters, train_lmdb, val_dir, teacher_ckpt):
+def twin_options(iters, train_lmdb, val_dir, teacher_ckpt, gt_size=TRAIN_CROP):
     """Step 1 of the recipe: the student's analog twin (same layers, rate neurons, T=1) distilled from the ANN
     teacher with output KD at a constant weight (no hints: the twin is 1/3 the teacher's width)."""
-    opt = distill_options('demo_twin_SpikerIR', iters, train_lmdb, val_dir, TWIN_NET, TEACHER_NET, teacher_ckpt)
+    opt = distill_options('demo_twin_SpikerIR', iters, train_lmdb, val_dir, TWIN_NET, TEACHER_NET, teacher_ckpt,
+                          gt_size)
     opt['train'].pop('hint_opt')
     opt['train']['kd_schedule'] = {'type': 'constant', 'start': 1.0}
     return opt
 
 
-def student_options(iters, train_lmdb, val_dir, twin_ckpt):
+def student_options(iters, train_lmdb, val_dir, twin_ckpt, gt_size=TRAIN_CROP):
     """Step 2: the spiking student starts from its twin's weights and is distilled from it, layer for layer (the
     hints need no adapter: the twin has the student's channels at every layer)."""
-    opt = distill_options('demo_student_SpikerIR', iters, train_lmdb, val_dir, STUDENT_NET, TWIN_NET, twin_ckpt)
+    opt = distill_options('demo_student_SpikerIR', iters, train_lmdb, val_dir, STUDENT_NET, TWIN_NET, twin_ckpt,
+                          gt_size)
     opt['train'].update(FROM_TWIN)
     return opt
 
