@@ -1,4 +1,4 @@
-"""The one-command demo (CPU, minutes on 2 cores): ANN teacher -> SpikerIR student on real photos.
+"""The one-command demo (CPU, about 3 minutes on 2 idle cores): ANN teacher -> SpikerIR student on real photos.
 
 1. builds a small Gaussian-denoising set (sigma 25) from the photos bundled with scikit-image: clean training
    crops into an LMDB, held-out validation crops into a folder;
@@ -13,7 +13,7 @@
    writes a comparison image (noisy | teacher | student | clean);
 7. measures the energy (SynOps, MACs, firing rates, mJ) of student and teacher.
 
-    spikerir-demo [--workdir demo_work] [--teacher-iters 300] [--twin-iters 1000] [--student-iters 300] [--verbose]
+    spikerir-demo [--workdir demo_work] [--teacher-iters 150] [--twin-iters 300] [--student-iters 120] [--verbose]
 
 The console shows one line per stage (with a progress bar) and the results; everything else (basicsr's options
 dumps and network printouts, the full energy report) goes to the log files under --workdir (--verbose: also to the
@@ -359,10 +359,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog='spikerir-demo', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--workdir', default='demo_work')
-    parser.add_argument('--teacher-iters', type=int, default=300)
-    parser.add_argument('--twin-iters', type=int, default=1000, help="iterations of the student's analog twin "
-                                                                     '(about 1/4 the cost of a spiking one)')
-    parser.add_argument('--student-iters', type=int, default=300)
+    parser.add_argument('--teacher-iters', type=int, default=150)
+    parser.add_argument('--twin-iters', type=int, default=300, help="iterations of the student's analog twin (a step, "
+                        "the teacher's forward included, costs about half a spiking student's)")
+    parser.add_argument('--student-iters', type=int, default=120)
     parser.add_argument('--energy-size', type=int, default=128, help='input side for the energy report')
     parser.add_argument('--verbose', action='store_true', help='also print the logs (basicsr\'s console output)')
     args = parser.parse_args(argv)
