@@ -234,13 +234,11 @@ def step_costs(option_sets, steps, device):
     import tempfile
     import torch
     from basicsr.models import build_model
+    from spikerir_plugin.utils.options import in_process_train_options
     tmp = tempfile.mkdtemp(prefix='kd_step_cost_')
     models, batches = {}, {}
     for key, opt in option_sets.items():
-        opt = copy.deepcopy(opt)
-        opt.update(is_train=True, dist=False, rank=0, world_size=1, num_gpu=1 if device == 'cuda' else 0)
-        opt['path'] = dict(opt['path'], models=tmp, training_states=tmp, experiments_root=tmp, log=tmp,
-                           visualization=tmp)
+        opt = in_process_train_options(opt, tmp, device)
         models[key] = build_model(opt)
         ds = opt['datasets']['train']
         shape = (int(ds['batch_size_per_gpu']), 3, int(ds['gt_size']), int(ds['gt_size']))

@@ -33,6 +33,7 @@ import spikerir_plugin  # noqa: F401  (registers the archs and models)
 from basicsr.models import build_model
 from basicsr.utils import get_root_logger
 from spikerir_plugin.utils import speed as fast
+from spikerir_plugin.utils.options import in_process_train_options
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE_OPTIONS = os.path.join(REPO_ROOT, 'options', 'train_SpikerIR_SIDD.yml')
@@ -100,11 +101,10 @@ def recipe_train_options(recipe, teacher):
 def case_options(name, args, device, speed, workdir):
     """A basicsr options dict for the case (a random-weight teacher checkpoint is written to workdir)."""
     student, teacher, recipe = network_options(name, args.tiny)
-    opt = {'name': f'bench_{name}', 'model_type': 'SpikerIRDistillModel' if teacher else 'SpikingSRModel',
-           'is_train': True, 'dist': False, 'rank': 0, 'world_size': 1, 'scale': 1,
-           'num_gpu': 1 if device.type == 'cuda' else 0, 'network_g': student,
-           'path': {'models': workdir, 'training_states': workdir, 'pretrain_network_g': None},
-           'train': recipe_train_options(recipe, teacher), 'speed': speed}
+    opt = in_process_train_options(
+        {'name': f'bench_{name}', 'model_type': 'SpikerIRDistillModel' if teacher else 'SpikingSRModel',
+         'network_g': student, 'path': {'pretrain_network_g': None},
+         'train': recipe_train_options(recipe, teacher), 'speed': speed}, workdir, device.type)
     if teacher is not None:
         from basicsr.archs import build_network
         torch.manual_seed(1)

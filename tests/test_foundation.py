@@ -283,3 +283,23 @@ def test_basicsr_models_keep_basicsr_behaviour_with_the_plugin_installed(tmp_pat
     log = '\n'.join(open(p).read() for p in glob.glob(str(tmp_path / 'experiments' / 'plain' / 'train_*.log')))
     assert 'Resuming training from epoch: 1, iter: 6' in log and 'skipping' not in log
     assert (tmp_path / 'experiments' / 'plain' / 'models' / 'net_g_8.pth').is_file()
+
+
+def test_in_process_train_options_build_a_model_that_writes_only_under_the_workdir(tmp_path):
+    from basicsr.models import build_model
+    import spikerir_plugin  # noqa: F401
+    from spikerir_plugin.utils.options import in_process_train_options
+    opt = {'name': 'inproc', 'model_type': 'SpikingSRModel', 'path': {'pretrain_network_g': None},
+           'network_g': {'type': 'SpikerIR', 'preset': 'tiny', 'T': 2, 'reduction_t': 1},
+           'train': {'ema_decay': 0, 'optim_g': {'type': 'Adam', 'lr': 1e-3}, 'total_iter': 1, 'warmup_iter': -1,
+                     'scheduler': {'type': 'MultiStepLR', 'milestones': [1], 'gamma': 0.5},
+                     'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0}}}
+    work = tmp_path / 'work'
+    work.mkdir()
+    built = in_process_train_options(opt, str(work))
+    assert 'is_train' not in opt and opt['path'] == {'pretrain_network_g': None}  # the input is left as it was
+    model = build_model(built)
+    model.feed_data({'lq': torch.rand(1, 3, 16, 16), 'gt': torch.rand(1, 3, 16, 16)})
+    model.optimize_parameters(1)
+    model.save(0, 1)
+    assert sorted(os.listdir(work)) == ['1.state', 'net_g_1.pth']
