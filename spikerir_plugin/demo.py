@@ -426,8 +426,8 @@ def main(argv=None):
     started = time.time()
     energy_dir = os.path.join(results, 'energy')
     with log.capture():
-        energy_report.main(['-opt', student_yml, '--ckpt', checkpoint(s_opt), '--teacher-from', twin_yml, '--size', str(args.energy_size),
-                            '--sigma', str(SIGMA), '--out', energy_dir])
+        energy_report.main(['-opt', student_yml, '--ckpt', checkpoint(s_opt), '--teacher-from', twin_yml,
+                            '--size', str(args.energy_size), '--sigma', str(SIGMA), '--out', energy_dir])
     with open(os.path.join(energy_dir, 'energy.json')) as f:
         report = json.load(f)
     stage_done(7, 'energy', started, f"student {report['student']['totals']['energy_mJ']:.3f} mJ, teacher "

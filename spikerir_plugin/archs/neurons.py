@@ -59,7 +59,7 @@ class _RestingStateMixin:
         self._rest()
         try:
             plain_call = not (args or kwargs or self.store_v_seq or self._neuron_precision is not None)
-            if _fused_cpu_loops[-1] and plain_call:
+            if fused_cpu_loops_active() and plain_call:
                 spec = neuron_spec(self)
                 if fused_cpu_eligible(spec, x_seq):
                     return fused_multi_step(x_seq, spec)
