@@ -8,7 +8,9 @@ spiking network (``--modes``):
     eval          the arch in eval mode (its neurons run the fused CPU loops)
     exact         inference_network(net): the frozen inference copy, bit-equal outputs (the default path)
     fast          inference_network(net, exact=False): batch norms folded, channels-last convolutions
-    compiled      inference_network(net, compile=True): exact, neuron loops through torch.compile
+    compiled      inference_network(net, compile=True): exact, neuron loops and attention tails through
+                  torch.compile
+    fast-compiled inference_network(net, exact=False, compile=True): both
 For every spiking run it also reports the max abs difference from the eval forward on the same real photo
 (scikit-image's astronaut), and for every run the time of its convolutions alone (``conv_ms``, the median over the
 timed forwards of the summed convolution calls, measured by hooks around them; on CUDA in a forward of its own):
@@ -28,6 +30,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -55,7 +58,7 @@ BUILDERS = {
     'esdnet': lambda: ESDNet(),
 }
 SPIKING = ('tiny', 'base', 'esdnet')
-MODES = ('spikingjelly', 'eval', 'exact', 'fast', 'compiled')
+MODES = ('spikingjelly', 'eval', 'exact', 'fast', 'compiled', 'fast-compiled')
 
 
 def runner(net, mode):
@@ -67,7 +70,7 @@ def runner(net, mode):
         return forward, net
     if mode == 'eval':
         return net, net
-    fast = inference_network(net, exact=mode != 'fast', compile=mode == 'compiled')
+    fast = inference_network(net, exact=mode not in ('fast', 'fast-compiled'), compile='compiled' in mode)
     return fast, fast
 
 
@@ -127,14 +130,13 @@ def cpu_peak_memory(args, sink):
                 child = subprocess.run([sys.executable, __file__, '--memory-child', f'{case}:{mode}:{size}'],
                                        capture_output=True, text=True, check=True)
                 record = json.loads(child.stdout.strip().splitlines()[-1])
-                print(f"{case:9s} {mode:12s} {size:4d} peak memory growth {record['peak_rss_growth_mib']:.0f} MiB",
+                print(f"{case:9s} {mode:13s} {size:4d} peak memory growth {record['peak_rss_growth_mib']:.0f} MiB",
                       flush=True)
                 if sink:
                     sink.write(json.dumps(record) + '\n')
 
 
 def memory_child(spec):
-    import resource
     case, mode, size = spec.split(':')
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -181,19 +183,26 @@ def run_config(args, device, threads, size, sink):
             extra[(case, mode)] = info
         reference.clear()
         conv_times = {key: [] for key in times}
+        faults = {key: [] for key in times}  # (minor page faults, system seconds) of each timed forward
         for _ in range(args.repeats):  # round-robin: every run sees the same load
             for case, mode, fn, module, _net in runs:
                 with ConvTimer(module, device) if device.type == 'cpu' else contextlib.nullcontext() as timer:
                     sync(device)
+                    usage = resource.getrusage(resource.RUSAGE_SELF)
                     start = time.perf_counter()
                     fn(x)
                     sync(device)
                     times[(case, mode)].append((time.perf_counter() - start) * 1e3)
+                    after = resource.getrusage(resource.RUSAGE_SELF)
+                    faults[(case, mode)].append((after.ru_minflt - usage.ru_minflt, after.ru_stime - usage.ru_stime))
                 if timer is not None:
                     conv_times[(case, mode)].append(timer.ms)
         for key, values in conv_times.items():
             if values:
                 extra[key]['conv_ms'] = statistics.median(values)
+        for key, values in faults.items():  # fresh pages of large tensors: the kernel zeroes them (system time)
+            extra[key]['minor_faults'] = statistics.median(v[0] for v in values)
+            extra[key]['system_ms'] = statistics.median(v[1] for v in values) * 1e3
     load_after = os.getloadavg()
     base_times = times.get((BASELINE, 'eval'))
     records = []
@@ -296,9 +305,9 @@ def emit(record, sink):
     conv = f"{record['conv_ms']:.0f}" if 'conv_ms' in record else '-'
     diff = f"{record['max_abs_diff_vs_eval']:.1e}" if 'max_abs_diff_vs_eval' in record else '-'
     mem = f"mem {record['peak_mem_mib']:.0f} MiB  " if 'peak_mem_mib' in record else ''
-    print(f"{record['case']:9s} {record['mode']:12s} {record['size']:4d} thr {record['threads'] or '-'}  "
+    print(f"{record['case']:9s} {record['mode']:13s} {record['size']:4d} thr {record['threads'] or '-'}  "
           f"{record['ms_median']:9.1f} ms (min {record['ms_min']:.1f}, max {record['ms_max']:.1f})  "
-          f"vs nafnet32 {ratio}  conv {conv} ms  {mem}diff {diff}  "
+          f"vs nafnet32 {ratio}  conv {conv} ms  sys {record.get('system_ms', 0):.0f} ms  {mem}diff {diff}  "
           f"load {record['load_avg_1min'][0]:.1f}/{record['load_avg_1min'][1]:.1f}", flush=True)
 
 

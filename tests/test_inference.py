@@ -152,6 +152,24 @@ def test_inexact_copy_is_close(name):
     assert diff.median() < 1e-6 and psnr > 50
 
 
+@pytest.mark.parametrize('name', ['SpikerIR', 'SpikerIR-if-sj'])
+def test_compiled_copies_equal_their_eager_copies(name):
+    """compile=True (torch.compile'd neuron loops and attention tails, a C++ compiler on the CPU): the exact copy
+    still equals the eval forward bit for bit, the fast one equals the eager fast copy bit for bit, at two sizes
+    (the second runs the shape-generic kernels)."""
+    net = trained_like(name)
+    exact, fast = inference_network(net, compile=True), inference_network(net, exact=False, compile=True)
+    assert all(m.compiled for m in (*exact.modules(), *fast.modules()) if hasattr(m, 'compiled'))
+    fast_eager = build_inference_network(net, exact=False)
+    for size in [(32, 32), (21, 26)]:
+        x = make_input(size, 1, sigma=15)
+        with torch.no_grad():
+            ref, out = net(x), exact(x)
+            assert torch.equal(out, ref), f'{size}: max abs diff {(out - ref).abs().max().item():.3g}'
+            ref, out = fast_eager(x), fast(x)
+            assert torch.equal(out, ref), f'{size}: max abs diff {(out - ref).abs().max().item():.3g}'
+
+
 def test_copy_is_cached_and_rebuilt_after_training():
     net = trained_like('SpikerIR')
     x = make_input(24, 1)

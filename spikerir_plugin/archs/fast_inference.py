@@ -167,10 +167,14 @@ class InferenceAttention(nn.Module):
     the training module, so the gates are the same bits; maxima need no indices here (``amax``), and the gates,
     ReLU and residual are applied in place instead of building a new feature map at each step."""
 
-    def __init__(self, attention):
+    def __init__(self, attention, compiled=False):
         super().__init__()
         self.T = attention.T
         self.ta, self.ca, self.sa = attention.ta, attention.ca, attention.sa
+        self.compiled = compiled  # the gating tail as one torch.compile'd pass (see _gate_relu_residual)
+
+    def extra_repr(self):
+        return f'compiled={self.compiled}'
 
     def forward(self, y, residual):
         nhwc = y.stride(2) == 1 and not y.is_contiguous()  # exact=False runs channels-last
@@ -184,11 +188,37 @@ class InferenceAttention(nn.Module):
             if self.ca is not None:
                 gate_c = self.ca(plane_mean.mean(0), plane_max.amax(0))[None]
                 weight = gate_c if weight is None else weight * gate_c
-            y.mul_(weight[..., None, None])
-        if self.sa is not None:
+            gate = weight[..., None, None]
+        else:
+            gate = None
+        if self.sa is not None:  # its statistics read y after the temporal/channel gates
+            if gate is not None:
+                y.mul_(gate)
             stats = _nhwc_pixel_stats(y) if nhwc else torch.stack((y.mean((0, 2)), y.amax((0, 2))), dim=1)
-            y.mul_(torch.sigmoid(self.sa.conv(stats))[None])
-        return y.relu_().add_(residual)
+            gate = torch.sigmoid(self.sa.conv(stats))[None]
+        if self.compiled:
+            return _compiled_gate_relu_residual_(y, gate, residual)
+        return _gate_relu_residual_(y, gate, residual)
+
+
+def _gate_relu_residual_(y, gate, residual):
+    """relu(y * gate) + residual written over y (gate None: no product), in the training module's order. Under
+    torch.compile the three passes become one kernel that writes y in place; the operations are the same IEEE
+    ones in the same order (a product, a maximum with 0, a sum: nothing to contract or reassociate), so the bits
+    are the same; the gate's sigmoid stays an ATen call outside (ATen's and the compiler's exp may differ)."""
+    if gate is not None:
+        y.mul_(gate)
+    return y.relu_().add_(residual)
+
+
+_compiled_tails = {}
+
+
+def _compiled_gate_relu_residual_(y, gate, residual):
+    fn = _compiled_tails.get(y.device.type)
+    if fn is None:
+        fn = _compiled_tails[y.device.type] = torch.compile(_gate_relu_residual_, dynamic=True)
+    return fn(y, gate, residual)
 
 
 def _nhwc_plane_stats(y):
@@ -261,7 +291,7 @@ class _Converter:
         if isinstance(module, SpikingResidualBlock):
             return InferenceResidualBlock(module, self)
         if isinstance(module, FastMultiDimensionalAttention):
-            return InferenceAttention(module)
+            return InferenceAttention(module, self.compiled)
         if _is_plain_conv(module):
             return InferenceConv2d.from_conv(module, channels_last=not self.exact)
         if type(module) in (nn.BatchNorm2d, layer.BatchNorm2d, layer.ThresholdDependentBatchNorm2d) and \
