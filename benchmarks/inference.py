@@ -47,6 +47,7 @@ from spikerir_plugin.archs.neurons import spikingjelly_loops  # noqa: E402
 from spikerir_plugin.archs.restormer_arch import Restormer  # noqa: E402
 from spikerir_plugin.archs.spikerir_arch import SpikerIR  # noqa: E402
 from spikerir_plugin.tools.energy_report import make_input  # noqa: E402
+from spikerir_plugin.utils.cpu_memory import keep_freed_memory  # noqa: E402
 from spikerir_plugin.utils.inference import inference_network  # noqa: E402
 
 BASELINE = 'nafnet32'
@@ -211,7 +212,9 @@ def run_config(args, device, threads, size, sink):
         record = {'case': case, 'mode': mode, 'device': device_name(device), 'threads': threads if
                   device.type == 'cpu' else None, 'size': size, 'params': sum(p.numel() for p in net.parameters()),
                   'ms_median': statistics.median(t), 'ms_min': min(t), 'ms_max': max(t), 'repeats': len(t),
-                  'load_avg_1min': [load_before[0], load_after[0]], **extra[(case, mode)]}
+                  'load_avg_1min': [load_before[0], load_after[0]], 'allocator_env': allocator_env(),
+                  'keep_freed_memory': args.keep_freed_memory,
+                  **extra[(case, mode)]}
         if base_times:
             ratios = [a / b for a, b in zip(t, base_times)]  # same round, same load
             record.update(ratio_vs_nafnet32=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios))
@@ -311,6 +314,13 @@ def emit(record, sink):
           f"load {record['load_avg_1min'][0]:.1f}/{record['load_avg_1min'][1]:.1f}", flush=True)
 
 
+def allocator_env():
+    """The environment settings that change how CPU tensors get their memory (glibc malloc tunables, PyTorch's
+    transparent-huge-page switch): they decide how many page faults a forward takes (benchmarks/README.md)."""
+    return {k: v for k, v in os.environ.items() if k.startswith('MALLOC_') or k in ('THP_MEM_ALLOC_ENABLE',
+                                                                                      'LD_PRELOAD')}
+
+
 def parse_list(text, valid, flag, cast=str):
     items = [cast(v) for v in text.split(',') if v]
     bad = [v for v in items if valid is not None and v not in valid]
@@ -334,6 +344,8 @@ def parse_args(argv):
     p.add_argument('--memory-child', default=None, help=argparse.SUPPRESS)
     p.add_argument('--numerics', action='store_true', help='compare exact/fast copies with the eval forward on '
                    'real photos (trained-like batch-norm statistics) instead of timing')
+    p.add_argument('--keep-freed-memory', action='store_true', help="glibc malloc keeps freed memory (as "
+                   "spikerir-restore and spikerir-energy do on the CPU): no page faults after the warm-up forward")
     p.add_argument('--out', default=None, help='JSON lines file')
     a = p.parse_args(argv)
     a.cases = parse_list(a.cases, BUILDERS, '--cases')
@@ -349,10 +361,12 @@ def main(argv=None):
     if args.memory_child:
         return memory_child(args.memory_child)
     device = torch.device(args.device)
+    if args.keep_freed_memory and not keep_freed_memory():
+        raise SystemExit('--keep-freed-memory: this C library is not glibc; set its allocator options instead')
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise SystemExit('--device cuda: no CUDA device is visible to torch')
     print(json.dumps({'torch': torch.__version__, 'device': device_name(device), 'cpu_count': os.cpu_count(),
-                      'malloc_env': {k: v for k, v in os.environ.items() if k.startswith('MALLOC_')}}), flush=True)
+                      'allocator_env': allocator_env(), 'keep_freed_memory': args.keep_freed_memory}), flush=True)
     sink = open(args.out, 'w') if args.out else None
     records = []
     try:

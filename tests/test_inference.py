@@ -1,11 +1,15 @@
 """Inference fast path: fused neuron loops (spikes and surrogate gradients equal spikingjelly's), the frozen
 inference copies of SpikerIR / ESDNet / SPIDEN (outputs equal the arch in eval mode), caching, save/load, the entry
-point and the energy report's counts."""
+point, the energy report's counts and keeping freed CPU memory."""
 import io
+import json
+import resource
+import subprocess
 
 import pytest
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
+from conftest import PYTHON, subprocess_env
 from spikingjelly.activation_based import neuron
 from torch import nn
 
@@ -230,3 +234,33 @@ def test_energy_report_counts_equal_the_arch():
     assert fast['layers'] == plain['layers'] and fast['neurons'] == plain['neurons']
     assert fast['totals'] == plain['totals'] and fast['first_layer'] == plain['first_layer']
     assert fast['totals']['synops'] > 0 and fast['totals']['macs'] > 0
+
+
+KEEP_FREED_MEMORY_PROBE = '''
+import json, resource, sys, torch
+from spikerir_plugin.utils.cpu_memory import keep_freed_memory
+kept = keep_freed_memory() if sys.argv[1] == 'keep' else None
+def page_faults_of_a_large_tensor():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    x = torch.ones(16 << 20)  # 64 MiB, freed again at once
+    del x
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(json.dumps([kept, [page_faults_of_a_large_tensor() for _ in range(3)]]))
+'''
+
+
+@pytest.mark.parametrize('mode', ['default', 'keep'])
+def test_keep_freed_memory_stops_page_faults(mode):
+    """keep_freed_memory (spikerir-restore and spikerir-energy on the CPU): a freed 64 MiB tensor's pages are
+    reused by the next one instead of being mapped (and zeroed) again; glibc's defaults map them every time.
+    Each mode in a fresh process (the setting is process-wide), glibc's malloc variables cleared."""
+    env = {k: v for k, v in subprocess_env().items() if not k.startswith('MALLOC_')}
+    proc = subprocess.run([PYTHON, '-c', KEEP_FREED_MEMORY_PROBE, mode], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    kept, faults = json.loads(proc.stdout.strip().splitlines()[-1])
+    pages = (64 << 20) // resource.getpagesize()
+    if mode == 'keep':
+        assert kept is True and faults[-1] < pages // 100, faults
+    else:
+        assert kept is None and min(faults) > pages // 2, faults

@@ -31,6 +31,7 @@ from torch import nn
 from spikerir_plugin.archs.neurons import check_stateless
 from spikerir_plugin.utils.atomic import atomic_savefig, atomic_write_text
 from spikerir_plugin.utils.checkpoint import load_weights
+from spikerir_plugin.utils.cpu_memory import keep_freed_memory
 from spikerir_plugin.utils.inference import inference_network
 
 E_MAC_PJ, E_AC_PJ = 4.6, 0.9
@@ -344,6 +345,7 @@ def main(argv=None):
     p.add_argument('--e-ac', type=float, default=E_AC_PJ, help='pJ per SynOp (default 0.9)')
     p.add_argument('--out', default=None, help='output folder (default results/energy/<name>)')
     a = p.parse_args(argv)
+    keep_freed_memory()  # the measured forwards run on the CPU (utils/cpu_memory.py)
     try:
         with open(a.opt) as f:
             opt = yaml.safe_load(f)

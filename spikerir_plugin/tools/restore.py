@@ -362,7 +362,11 @@ def main(argv=None):
     from spikerir_plugin.models.tiled_inference import check_tile_opt, tiled_forward
     from spikerir_plugin.utils import speed as fast
     from spikerir_plugin.utils.atomic import atomic_imwrite
+    from spikerir_plugin.utils.cpu_memory import keep_freed_memory
     from spikerir_plugin.utils.inference import inference_network
+
+    if device.type == 'cpu':
+        keep_freed_memory()  # no fresh pages for every image's activations (utils/cpu_memory.py)
 
     try:
         net_opt, ckpt, param_key, strict, option, tile_opt = network_spec(a)
