@@ -136,6 +136,23 @@ def test_options_file_glob_and_single_file_with_a_spiking_net(photos, tmp_path, 
     assert all(0 < float(r['mean_firing_rate']) < 1 for r in rows)
 
 
+def test_fast_runs_the_folded_copy_of_a_spiking_net(photos, tmp_path, capsys, monkeypatch):
+    """--fast restores through inference_network(net, exact=False): the same image up to the rare pixels near a
+    spike that flipped at its threshold."""
+    import spikerir_plugin.utils.inference as inference
+    net = trained_like(SPIKER, seed=1)
+    ckpt = tmp_path / 'net.pth'
+    torch.save({'params': net.state_dict()}, ckpt)
+    calls, real = [], inference.inference_network
+    monkeypatch.setattr(inference, 'inference_network', lambda n, **kw: calls.append(kw) or real(n, **kw))
+    rc = main(['-i', str(photos['root'] / 'in' / 'color.png'), '-o', str(tmp_path / 'out'), '--arch', 'SpikerIR',
+               '--arch-args', 'preset=tiny,T=2,reduction_t=2', '--ckpt', str(ckpt), '--fast', '--device', 'cpu'])
+    assert rc == 0, capsys.readouterr().err
+    assert calls == [{'exact': False}]
+    diff = np.abs(read(tmp_path / 'out' / 'color.png')[..., ::-1] - run_net(net, photos['rgb']))
+    assert diff.mean() < 0.5 and diff.max() <= 16, (diff.mean(), diff.max())
+
+
 def test_tiles_raw_and_official_checkpoints_and_a_one_channel_net(photos, naf_ckpt, tmp_path):
     net, _ = naf_ckpt
     raw = tmp_path / 'raw.pth'
@@ -175,6 +192,8 @@ def test_tiles_raw_and_official_checkpoints_and_a_one_channel_net(photos, naf_ck
                                                                                           'does not exist']),
     (['--arch', 'NAFNet', '--arch-args', '{width: 16}', '--ckpt', '<ckpt>'], ['does not match', 'width']),
     (['--arch', 'NAFNet', '--ckpt', '<ckpt>', '--tile', '16', '--overlap', '16'], ['--overlap']),
+    (['--arch', 'NAFNet', '--arch-args', NAF_ARGS, '--ckpt', '<ckpt>', '--fast'], ['--fast', 'spiking archs',
+                                                                                  'NAFNet']),
 ])
 def test_bad_command_lines_exit_2_with_a_clear_message(photos, naf_ckpt, tmp_path, capsys, extra, words):
     extra = [e.replace('<ckpt>', str(naf_ckpt[1])).replace('<dir>', str(tmp_path)) for e in extra]
