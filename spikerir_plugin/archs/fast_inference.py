@@ -28,8 +28,11 @@ membrane potential that lands within rounding of the threshold can then fire in 
 the flipped spike changes the output locally. Measured figures are in benchmarks/README.md ("Inference"): the
 output is the same to ~1e-6 except at the few pixels near a flipped spike, where it differs by up to ~1e-2.
 
-``compile=True`` runs the neuron loops through torch.compile (one fused kernel per layer shape; exact for tau = 2
-and IF neurons; the first call per input shape compiles, and on the CPU it needs a C++ compiler).
+``compile=True`` (with either setting of ``exact``) runs the neuron loops and each attention's gate/ReLU/residual
+tail through torch.compile: one fused kernel per neuron layer for all T steps, one pass instead of three for the
+tail. The compiled kernels do the same IEEE operations in the same order (exact for tau = 2 and IF neurons), so
+the outputs are the same bits as without compile (checked in tests/test_inference.py). The first call compiles
+(kernels generic in the image size); on the CPU it needs a C++ compiler.
 """
 import copy
 import types

@@ -13,8 +13,10 @@ DataParallel / DistributedDataParallel wrappers are looked through.
 
 Options (spiking archs only): ``exact=False`` folds tdBN/BN into channels-last convolutions (faster; spikes within
 rounding of the threshold may flip, so outputs are not bit-equal: see archs/fast_inference.py); ``compile=True``
-compiles the neuron loops with torch.compile (needs a C++ compiler on the CPU; the first call per input shape
-compiles).
+compiles the neuron loops and the attention tails with torch.compile (same outputs; needs a C++ compiler on the
+CPU; the first call compiles). On the CPU the page faults of fresh activation memory can take a third of a
+forward: ``spikerir_plugin.utils.cpu_memory.keep_freed_memory()`` (process-wide; the plugin's restore and energy
+commands call it) removes them.
 """
 from torch import nn
 
