@@ -75,7 +75,9 @@ class InferenceNeuron(nn.Module):
         if self.spec is None:
             raise TypeError(f'{type(node).__name__} is not a LIF/IF neuron with spikingjelly 2.0 dynamics')
         self.surrogate_function = node.surrogate_function  # for spikingjelly's CUDA kernels
-        self.compiled = compiled
+        # compiled only where the compiler's arithmetic is known to equal the loop's (a division by tau = 2 is an
+        # exact scaling; other taus keep the eager loop)
+        self.compiled = compiled and (self.spec.tau is None or self.spec.tau == 2.0)
         # exact: contiguous spikes like the arch's neurons (the next conv sees the same layout); else x's layout
         self.exact = exact
         self.inplace = False  # set by the conversion where the input is a fresh tensor nothing else reads
