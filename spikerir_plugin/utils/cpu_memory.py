@@ -1,18 +1,18 @@
 """Keep freed CPU memory in the process for reuse: a large share of a CPU forward is otherwise page faults.
 
-With glibc's default malloc settings every large tensor a forward frees goes back to the operating system (blocks
-of 32 MiB and more are unmapped; smaller ones shrink the heap once enough is free at its top), so the next forward
-maps them again and the kernel zeroes every fresh page: measured on a 2-core VM, the system time of one 512x512
+With glibc's default malloc settings much of what a forward frees goes back to the operating system (blocks above
+malloc's mmap threshold, which adapts from 128 KiB up to 32 MiB, are unmapped; the heap shrinks once enough is
+free at its top), so the next forward maps that memory again and the kernel zeroes every fresh page: measured on a 2-core VM, the system time of one 512x512
 forward was 45% of NAFNet-width32's wall time and 31-45% of the spiking students' (``sys`` in
 ``benchmarks/inference.py``, which has ``--keep-freed-memory``). A spiking network allocates T times more activation
 memory than an ANN of its width, so it pays more.
 
 ``keep_freed_memory()`` tells glibc's malloc to keep what is freed (no unmapping below 1 GiB, no heap trimming), so
-from the second forward on no page is mapped again. It changes how the whole process allocates, and the resident
+after the first forward or two no page is mapped again. It changes how the whole process allocates, and the resident
 memory stays at its peak until the process ends, so only the plugin's own inference commands call it
-(``spikerir-restore`` and ``spikerir-energy``, on the CPU); a BasicSR run is left as it is. The same settings for any
-other process, through the environment: ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483647``.
-Without glibc (macOS, Windows, musl) it does nothing and returns False.
+(``spikerir-restore`` and ``spikerir-energy``, on the CPU); a BasicSR run is left as it is. Call it in your own
+inference process at its start. (glibc's ``MALLOC_*`` environment variables with the same values did not stop the
+faults as reliably in our measurements.) Without glibc (macOS, Windows, musl) it does nothing and returns False.
 """
 import ctypes
 import ctypes.util
