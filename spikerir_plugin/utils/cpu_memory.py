@@ -2,10 +2,10 @@
 
 With glibc's default malloc settings much of what a forward frees goes back to the operating system (blocks above
 malloc's mmap threshold, which adapts from 128 KiB up to 32 MiB, are unmapped; the heap shrinks once enough is
-free at its top), so the next forward maps that memory again and the kernel zeroes every fresh page: measured on a 2-core VM, the system time of one 512x512
-forward was 45% of NAFNet-width32's wall time and 31-45% of the spiking students' (``sys`` in
-``benchmarks/inference.py``, which has ``--keep-freed-memory``). A spiking network allocates T times more activation
-memory than an ANN of its width, so it pays more.
+free at its top), so the next forward maps that memory again and the kernel zeroes every fresh page. Measured on a
+2-core VM, the system time of one 512x512 forward (1 thread) was 41% of NAFNet-width32's wall time and 30-47% of
+the spiking students' (``sys`` in ``benchmarks/inference.py``, which has ``--keep-freed-memory``). A spiking
+network allocates T times more activation memory than an ANN of its width, so it pays more.
 
 ``keep_freed_memory()`` tells glibc's malloc to keep what is freed (no unmapping below 1 GiB, no heap trimming), so
 after the first forward or two no page is mapped again. It changes how the whole process allocates, and the resident
