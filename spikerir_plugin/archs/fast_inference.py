@@ -30,8 +30,8 @@ output is the same to ~1e-6 except at the few pixels near a flipped spike, where
 
 ``compile=True`` (with either setting of ``exact``) runs the neuron loops and each attention's gate/ReLU/residual
 tail through torch.compile: one fused kernel per neuron layer for all T steps, one pass instead of three for the
-tail. The compiled kernels do the same IEEE operations in the same order (exact for tau = 2 and IF neurons), so
-the outputs are the same bits as without compile (checked in tests/test_inference.py). The first call compiles
+tail. The compiled kernels do the same IEEE operations in the same order, so the outputs are the same bits as
+without compile (checked in tests/test_inference.py); LIF neurons with a tau other than 2 keep the eager loop. The first call compiles
 (kernels generic in the image size); on the CPU it needs a C++ compiler.
 """
 import copy
@@ -176,7 +176,7 @@ class InferenceAttention(nn.Module):
         super().__init__()
         self.T = attention.T
         self.ta, self.ca, self.sa = attention.ta, attention.ca, attention.sa
-        self.compiled = compiled  # the gating tail as one torch.compile'd pass (see _gate_relu_residual)
+        self.compiled = compiled  # the gating tail as one torch.compile'd pass (see _gate_relu_residual_)
 
     def extra_repr(self):
         return f'compiled={self.compiled}'
