@@ -245,15 +245,16 @@ def page_faults_of_a_large_tensor():
     x = torch.ones(16 << 20)  # 64 MiB, freed again at once
     del x
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print(json.dumps([kept, [page_faults_of_a_large_tensor() for _ in range(3)]]))
+print(json.dumps([kept, [page_faults_of_a_large_tensor() for _ in range(6)]]))
 '''
 
 
 @pytest.mark.parametrize('mode', ['default', 'keep'])
 def test_keep_freed_memory_stops_page_faults(mode):
     """keep_freed_memory (spikerir-restore and spikerir-energy on the CPU): a freed 64 MiB tensor's pages are
-    reused by the next one instead of being mapped (and zeroed) again; glibc's defaults map them every time.
-    Each mode in a fresh process (the setting is process-wide), glibc's malloc variables cleared."""
+    reused by the next ones instead of being mapped (and zeroed) again; glibc's defaults map them every time.
+    Each mode in a fresh process (the setting is process-wide), glibc's malloc variables cleared. The heap may
+    need a second round to settle (an allocation made in between can pin the first block below the top)."""
     env = {k: v for k, v in subprocess_env().items() if not k.startswith('MALLOC_')}
     proc = subprocess.run([PYTHON, '-c', KEEP_FREED_MEMORY_PROBE, mode], env=env, capture_output=True, text=True,
                           timeout=120)
@@ -261,6 +262,6 @@ def test_keep_freed_memory_stops_page_faults(mode):
     kept, faults = json.loads(proc.stdout.strip().splitlines()[-1])
     pages = (64 << 20) // resource.getpagesize()
     if mode == 'keep':
-        assert kept is True and faults[-1] < pages // 100, faults
+        assert kept is True and sum(f < pages // 100 for f in faults[1:]) >= 3, faults
     else:
         assert kept is None and min(faults) > pages // 2, faults
