@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import functional, layer
 from torch import nn
 
-from spikerir_plugin.archs.neuron_kernels import compiled_multi_step_spikes, multi_step_spikes, neuron_spec
+from spikerir_plugin.archs.neuron_kernels import (compiled_for, compiled_multi_step_spikes, multi_step_spikes,
+                                                    neuron_spec)
 
 
 def _frozen(t):
@@ -201,9 +202,8 @@ class InferenceAttention(nn.Module):
                 y.mul_(gate)
             stats = _nhwc_pixel_stats(y) if nhwc else torch.stack((y.mean((0, 2)), y.amax((0, 2))), dim=1)
             gate = torch.sigmoid(self.sa.conv(stats))[None]
-        if self.compiled:
-            return _compiled_gate_relu_residual_(y, gate, residual)
-        return _gate_relu_residual_(y, gate, residual)
+        tail = compiled_for(_gate_relu_residual_, y.device.type) if self.compiled else _gate_relu_residual_
+        return tail(y, gate, residual)
 
 
 def _gate_relu_residual_(y, gate, residual):
@@ -215,15 +215,6 @@ def _gate_relu_residual_(y, gate, residual):
         y.mul_(gate)
     return y.relu_().add_(residual)
 
-
-_compiled_tails = {}
-
-
-def _compiled_gate_relu_residual_(y, gate, residual):
-    fn = _compiled_tails.get(y.device.type)
-    if fn is None:
-        fn = _compiled_tails[y.device.type] = torch.compile(_gate_relu_residual_, dynamic=True)
-    return fn(y, gate, residual)
 
 
 def _nhwc_plane_stats(y):

@@ -147,17 +147,23 @@ def _functional_spikes(x, spec):
     return torch.stack(steps)
 
 
-_compiled = {}
+_compiled = {}  # (function, device type) -> its torch.compile'd version
+
+
+def compiled_for(fn, device_type):
+    """``fn`` through torch.compile with shape-generic kernels, one compiled version per device type (the
+    inference copies' neuron loops and attention tails share this cache)."""
+    compiled = _compiled.get((fn, device_type))
+    if compiled is None:
+        compiled = _compiled[(fn, device_type)] = torch.compile(fn, dynamic=True)
+    return compiled
 
 
 def compiled_multi_step_spikes(x, spec, out=None):
     """``multi_step_spikes`` through torch.compile (one fused kernel per layer shape; the first call per T and
     device compiles). Exact for the plugin's neurons (tau 2 makes the division by tau a multiplication by 0.5)."""
-    fn = _compiled.get(x.device.type)
-    if fn is None:
-        fn = _compiled[x.device.type] = torch.compile(_functional_spikes, dynamic=True)
     with torch.no_grad():
-        spikes = fn(x, spec)
+        spikes = compiled_for(_functional_spikes, x.device.type)(x, spec)
         if out is None:
             return spikes
         out.copy_(spikes)
