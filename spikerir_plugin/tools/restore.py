@@ -388,10 +388,12 @@ def main(argv=None):
     net = net.to(device)
     speed = {'bf16': a.bf16}
     fast.prepare_model(net, speed)
-    if a.fast and not hasattr(net, 'for_inference'):
-        parser.exit(2, f'spikerir-restore: error: --fast applies to the spiking archs (SpikerIR, ESDNet, SPIDEN); '
-                       f'{type(net).__name__} runs as it is: drop --fast\n')
-    runner = inference_network(net, exact=not a.fast)
+    try:
+        runner = inference_network(net, exact=not a.fast)
+    except ValueError as e:  # with --fast: a network without an inference copy (inference_network says which)
+        if not a.fast:
+            raise
+        parser.exit(2, f'spikerir-restore: error: --fast: {e}; drop --fast\n')
     out_dir = a.output
     energy_csv = None if a.energy is None else (a.energy or os.path.join(out_dir, 'energy.csv'))
     energy_rows, written = [], {}
