@@ -158,9 +158,10 @@ def test_inexact_copy_is_close(name):
 
 @pytest.mark.parametrize('name', ['SpikerIR', 'SpikerIR-if-sj'])
 def test_compiled_copies_equal_their_eager_copies(name):
-    """compile=True (torch.compile'd neuron loops and attention tails, a C++ compiler on the CPU): the exact copy
-    still equals the eval forward bit for bit, the fast one equals the eager fast copy bit for bit, at two sizes
-    (the second runs the shape-generic kernels)."""
+    """compile=True (torch.compile'd neuron loops and attention passes, a C++ compiler on the CPU): the exact copy
+    still equals the eval forward bit for bit; the fast one (whose compiled spatial statistics may round
+    differently) stays as close to the eager fast copy as that copy is to the eval forward; two sizes (the second
+    runs the shape-generic kernels)."""
     net = trained_like(name)
     exact, fast = inference_network(net, compile=True), inference_network(net, exact=False, compile=True)
     assert all(m.compiled for m in (*exact.modules(), *fast.modules()) if hasattr(m, 'compiled'))
@@ -170,8 +171,31 @@ def test_compiled_copies_equal_their_eager_copies(name):
         with torch.no_grad():
             ref, out = net(x), exact(x)
             assert torch.equal(out, ref), f'{size}: max abs diff {(out - ref).abs().max().item():.3g}'
-            ref, out = fast_eager(x), fast(x)
-            assert torch.equal(out, ref), f'{size}: max abs diff {(out - ref).abs().max().item():.3g}'
+            diff = (fast(x) - fast_eager(x)).abs()
+        psnr = 10 * torch.log10(1 / diff.double().square().mean().clamp_min(1e-30))
+        assert diff.median() < 1e-6 and psnr > 50, f'{size}: max abs diff {diff.max().item():.3g}'
+
+
+def test_fused_attention_equals_the_training_module():
+    """The fast compiled attention (statistics of the gated map without writing it, one pass for both gates, ReLU
+    and residual) against FastMultiDimensionalAttention + residual on a channels-last map, and the exact
+    attention bit for bit."""
+    from spikerir_plugin.archs.fast_inference import InferenceAttention
+    from spikerir_plugin.archs.spiking_blocks import FastMultiDimensionalAttention
+    torch.manual_seed(3)
+    module = FastMultiDimensionalAttention(T=4, C=8, reduction_t=2, reduction_c=2).eval()
+    y = torch.randn(4, 2, 13, 17, 8).permute(0, 1, 4, 2, 3)  # [T, B, C, H, W], channels-last steps
+    shortcut, residual = torch.randn_like(y), torch.randn_like(y)
+    with torch.no_grad():
+        ref = module(y + shortcut) + residual
+        fused = InferenceAttention(module, compiled=True, exact=False)
+        out = fused(y.clone(), residual, addend=shortcut)
+        y, shortcut, residual = y.contiguous(), shortcut.contiguous(), residual.contiguous()  # the arch's layout
+        exact_ref = module(y + shortcut) + residual
+        exact = InferenceAttention(module)(y.clone(), residual, addend=shortcut)
+    assert fused.fused and out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    assert torch.equal(exact, exact_ref)
 
 
 def test_copy_is_cached_and_rebuilt_after_training():

@@ -30,9 +30,11 @@ output is the same to ~1e-6 except at the few pixels near a flipped spike, where
 
 ``compile=True`` (with either setting of ``exact``) runs the neuron loops and each attention's gate/ReLU/residual
 tail through torch.compile: one fused kernel per neuron layer for all T steps, one pass instead of three for the
-tail. The compiled kernels do the same IEEE operations in the same order, so the outputs are the same bits as
-without compile (checked in tests/test_inference.py); LIF neurons with a tau other than 2 keep the eager loop. The first call compiles
-(kernels generic in the image size); on the CPU it needs a C++ compiler.
+tail. The compiled kernels do the same IEEE operations in the same order, so the exact copy's outputs are the same
+bits as without compile (checked in tests/test_inference.py); LIF neurons with a tau other than 2 keep the eager
+loop. With ``exact=False`` the attention's spatial statistics are compiled too (``InferenceAttention``): a
+compiled reduction may sum in another order, so that copy may differ from the eager fast copy in the last bits.
+The first call compiles (kernels generic in the image size); on the CPU it needs a C++ compiler.
 """
 import copy
 import types
@@ -167,43 +169,74 @@ class InferenceBatchNorm(nn.Module):
 
 class InferenceAttention(nn.Module):
     """``FastMultiDimensionalAttention`` followed by the block's residual, computed in the attention input's
-    storage: ``forward(y, residual)`` returns relu(attention(y)) + residual, overwriting y.
+    storage: ``forward(y, residual, addend)`` returns relu(attention(y + addend)) + residual, overwriting y.
 
     The same reductions (plane means over H, W; the spatial mean over T, C) run on the same tensor layout as in
     the training module, so the gates are the same bits; maxima need no indices here (``amax``), and the gates,
-    ReLU and residual are applied in place instead of building a new feature map at each step."""
+    ReLU and residual are applied in place instead of building a new feature map at each step.
 
-    def __init__(self, attention, compiled=False):
+    With ``compiled`` and not ``exact`` the spatial gate's statistics are taken from y times the temporal/channel
+    gate in one compiled pass without writing that product, and both gates, ReLU and residual are applied in one
+    more: two passes over the feature map instead of five. The compiled reduction sums in another order than
+    ATen's, so the spatial gate may differ in the last bits: for exact=False only."""
+
+    def __init__(self, attention, compiled=False, exact=True):
         super().__init__()
         self.T = attention.T
         self.ta, self.ca, self.sa = attention.ta, attention.ca, attention.sa
         self.compiled = compiled  # the gating tail as one torch.compile'd pass (see _gate_relu_residual_)
+        self.fused = compiled and not exact  # the spatial statistics in a compiled pass too
 
     def extra_repr(self):
-        return f'compiled={self.compiled}'
+        return f'compiled={self.compiled}, fused={self.fused}'
 
-    def forward(self, y, residual):
+    def forward(self, y, residual, addend=None):
+        if addend is not None:  # the block's shortcut
+            y.add_(addend)
         nhwc = y.stride(2) == 1 and not y.is_contiguous()  # exact=False runs channels-last
-        if self.ta is not None or self.ca is not None:
-            # the training module's reductions on NCHW (same calls, same bits); see _nhwc_* for channels-last
-            plane_mean, plane_max = _nhwc_plane_stats(y) if nhwc else (y.mean((3, 4)), y.amax((3, 4)))
-            weight = None
-            if self.ta is not None:
-                gate_t = self.ta(plane_mean.mean(2).t(), plane_max.amax(2).t()).t()[:, :, None]
-                plane_mean, plane_max, weight = plane_mean * gate_t, plane_max * gate_t, gate_t
-            if self.ca is not None:
-                gate_c = self.ca(plane_mean.mean(0), plane_max.amax(0))[None]
-                weight = gate_c if weight is None else weight * gate_c
-            gate = weight[..., None, None]
-        else:
-            gate = None
-        if self.sa is not None:  # its statistics read y after the temporal/channel gates
-            if gate is not None:
-                y.mul_(gate)
-            stats = _nhwc_pixel_stats(y) if nhwc else torch.stack((y.mean((0, 2)), y.amax((0, 2))), dim=1)
-            gate = torch.sigmoid(self.sa.conv(stats))[None]
+        gate = self._temporal_channel_gate(y, nhwc)
+        if self.sa is None:
+            tail = compiled_for(_gate_relu_residual_, y.device.type) if self.compiled else _gate_relu_residual_
+            return tail(y, gate, residual)
+        if self.fused:
+            stats = compiled_for(_gated_pixel_stats, y.device.type)(y, gate)
+            spatial = torch.sigmoid(self.sa.conv(stats))[None]
+            return compiled_for(_gates_relu_residual_, y.device.type)(y, gate, spatial, residual)
+        if gate is not None:  # the spatial statistics read y after the temporal/channel gates
+            y.mul_(gate)
+        stats = _nhwc_pixel_stats(y) if nhwc else torch.stack((y.mean((0, 2)), y.amax((0, 2))), dim=1)
+        spatial = torch.sigmoid(self.sa.conv(stats))[None]
         tail = compiled_for(_gate_relu_residual_, y.device.type) if self.compiled else _gate_relu_residual_
-        return tail(y, gate, residual)
+        return tail(y, spatial, residual)
+
+    def _temporal_channel_gate(self, y, nhwc):
+        """The product of the temporal and channel gates, [T, B, C, 1, 1], or None without either."""
+        if self.ta is None and self.ca is None:
+            return None
+        # the training module's reductions on NCHW (same calls, same bits); see _nhwc_* for channels-last
+        plane_mean, plane_max = _nhwc_plane_stats(y) if nhwc else (y.mean((3, 4)), y.amax((3, 4)))
+        weight = None
+        if self.ta is not None:
+            gate_t = self.ta(plane_mean.mean(2).t(), plane_max.amax(2).t()).t()[:, :, None]
+            plane_mean, plane_max, weight = plane_mean * gate_t, plane_max * gate_t, gate_t
+        if self.ca is not None:
+            gate_c = self.ca(plane_mean.mean(0), plane_max.amax(0))[None]
+            weight = gate_c if weight is None else weight * gate_c
+        return weight[..., None, None]
+
+
+def _gated_pixel_stats(y, gate):
+    """[B, 2, H, W]: mean and max over T and C of y * gate (None: of y), the product not written back."""
+    gated = y if gate is None else y * gate
+    return torch.stack((gated.mean((0, 2)), gated.amax((0, 2))), dim=1)
+
+
+def _gates_relu_residual_(y, gate, spatial, residual):
+    """relu(y * gate * spatial) + residual written over y, the products in that order (gate None: no product);
+    the same IEEE operations as y.mul_(gate) followed by _gate_relu_residual_(y, spatial, residual)."""
+    if gate is not None:
+        y.mul_(gate)
+    return y.mul_(spatial).relu_().add_(residual)
 
 
 def _gate_relu_residual_(y, gate, residual):
@@ -252,9 +285,10 @@ class InferenceResidualBlock(nn.Module):
         spikes = y = first_neuron(x)
         for module in rest:
             y = module(y)
-        y = y.add_(self.shortcut(spikes if self.spike_shortcut else x))  # y is a fresh tensor of this block
-        if isinstance(self.attn, InferenceAttention):
-            return self.attn(y, x)
+        shortcut = self.shortcut(spikes if self.spike_shortcut else x)
+        if isinstance(self.attn, InferenceAttention):  # it adds the shortcut (in its first pass when fused)
+            return self.attn(y, x, addend=shortcut)
+        y = y.add_(shortcut)  # y is a fresh tensor of this block
         if isinstance(self.attn, nn.Identity):
             return y.add_(x)
         return self.attn(y) + x
@@ -287,7 +321,7 @@ class _Converter:
         if isinstance(module, SpikingResidualBlock):
             return InferenceResidualBlock(module, self)
         if isinstance(module, FastMultiDimensionalAttention):
-            return InferenceAttention(module, self.compiled)
+            return InferenceAttention(module, self.compiled, self.exact)
         if _is_plain_conv(module):
             return InferenceConv2d.from_conv(module, channels_last=not self.exact)
         if type(module) in (nn.BatchNorm2d, layer.BatchNorm2d, layer.ThresholdDependentBatchNorm2d) and \
