@@ -59,6 +59,7 @@ setup(
     long_description_content_type='text/markdown',
     python_requires='>=3.11',
     packages=find_packages(include=['spikerir_plugin', 'spikerir_plugin.*']),
+    package_data={'spikerir_plugin.archs': ['csrc/*.c']},  # the spike-convolution kernels, built on first use
     py_modules=['spikerir_compat'],
     install_requires=[
         'basicsr==1.4.2', 'torch', 'torchvision', 'spikingjelly>=2', 'lmdb', 'opencv-python', 'pyyaml',

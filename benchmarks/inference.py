@@ -7,7 +7,10 @@ spiking network (``--modes``):
     spikingjelly  the arch in eval mode with spikingjelly's own neuron loops (the state before the fast path)
     eval          the arch in eval mode (its neurons run the fused CPU loops)
     exact         inference_network(net): the frozen inference copy, bit-equal outputs (the default path)
-    fast          inference_network(net, exact=False): batch norms folded, channels-last convolutions
+    fast-dense    build_inference_network(net, exact=False, spike_tables=False): batch norms folded, channels-
+                  last oneDNN convolutions everywhere
+    fast          inference_network(net, exact=False): as fast-dense, and on the CPU the convolutions that read
+                  spikes run on bit-packed spikes by table look-ups (archs/spike_conv.py) where their tables fit
     compiled      inference_network(net, compile=True): exact, neuron loops and attention tails through
                   torch.compile
     fast-compiled inference_network(net, exact=False, compile=True): both
@@ -42,6 +45,7 @@ sys.path.insert(0, REPO_ROOT)
 
 import spikerir_plugin  # noqa: E402,F401  (registers the archs)
 from spikerir_plugin.archs.esdnet_arch import ESDNet  # noqa: E402
+from spikerir_plugin.archs.fast_inference import build_inference_network  # noqa: E402
 from spikerir_plugin.archs.nafnet_arch import NAFNet  # noqa: E402
 from spikerir_plugin.archs.neurons import spikingjelly_loops  # noqa: E402
 from spikerir_plugin.archs.restormer_arch import Restormer  # noqa: E402
@@ -59,7 +63,7 @@ BUILDERS = {
     'esdnet': lambda: ESDNet(),
 }
 SPIKING = ('tiny', 'base', 'esdnet')
-MODES = ('spikingjelly', 'eval', 'exact', 'fast', 'compiled', 'fast-compiled')
+MODES = ('spikingjelly', 'eval', 'exact', 'fast-dense', 'fast', 'compiled', 'fast-compiled')
 
 
 def runner(net, mode):
@@ -71,6 +75,9 @@ def runner(net, mode):
         return forward, net
     if mode == 'eval':
         return net, net
+    if mode == 'fast-dense':
+        fast = build_inference_network(net, exact=False, spike_tables=False)
+        return fast, fast
     fast = inference_network(net, exact=mode not in ('fast', 'fast-compiled'), compile='compiled' in mode)
     return fast, fast
 
@@ -251,21 +258,23 @@ def numerics(args, device, size, sink):
     than 1e-5, spikes that differ, PSNR between the outputs."""
     from spikingjelly.activation_based.neuron import BaseNode
     from spikerir_plugin.archs.fast_inference import InferenceNeuron
+    from spikerir_plugin.archs.spike_conv import PackedSpikes
     x = make_input(size, 4, sigma=15).to(device)
     for case in [c for c in args.cases if c in SPIKING]:
         torch.manual_seed(0)
         net = with_batch_norm_statistics(BUILDERS[case]().to(device), device)
         spikes = {}
 
-        def record(tag, name):
-            return lambda m, i, o: spikes.setdefault(name, {}).__setitem__(tag, o.clone())
+        def record(tag, name):  # packed spikes (spike-table convolutions) are compared unpacked
+            return lambda m, i, o: spikes.setdefault(name, {}).__setitem__(
+                tag, o.unpack() if isinstance(o, PackedSpikes) else o.clone())
         hooks = [m.register_forward_hook(record('eval', n)) for n, m in net.named_modules() if isinstance(m, BaseNode)]
         with torch.no_grad():
             ref = net(x)
         for h in hooks:
             h.remove()
-        for mode in ('exact', 'fast'):
-            fast = inference_network(net, exact=mode == 'exact')
+        for mode in ('exact', 'fast-dense', 'fast'):
+            fast = runner(net, mode)[0]
             hooks = [m.register_forward_hook(record(mode, n)) for n, m in fast.named_modules()
                      if isinstance(m, InferenceNeuron)]
             with torch.no_grad():

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import functional, layer
 from torch import nn
 
+from spikerir_plugin.archs import spike_conv
 from spikerir_plugin.archs.neuron_kernels import (compiled_for, compiled_multi_step_spikes, multi_step_spikes,
                                                     neuron_spec)
 
@@ -84,9 +85,11 @@ class InferenceNeuron(nn.Module):
         # exact: contiguous spikes like the arch's neurons (the next conv sees the same layout); else x's layout
         self.exact = exact
         self.inplace = False  # set by the conversion where the input is a fresh tensor nothing else reads
+        self.pack = False  # set by the conversion where only spike-table convolutions read the spikes
 
     def extra_repr(self):
-        return f'{self.spec}, compiled={self.compiled}, exact={self.exact}, inplace={self.inplace}'
+        return (f'{self.spec}, compiled={self.compiled}, exact={self.exact}, inplace={self.inplace}, '
+                f'pack={self.pack}')
 
     def forward(self, x, out=None):
         if x.requires_grad and torch.is_grad_enabled():
@@ -94,6 +97,8 @@ class InferenceNeuron(nn.Module):
                                '(train the original network instead)')
         if x.dtype in (torch.bfloat16, torch.float16):  # fp32 neuron state under autocast, as speed.prepare_model
             x = x.float()
+        if self.pack and out is None and x.device.type == 'cpu' and x.dtype == torch.float32 and x.dim() == 5:
+            return spike_conv.pack_spikes(x, self.spec)  # the spikes as bits, for the next convolutions
         if x.device.type == 'cuda':  # spikingjelly's fused kernels, exactly what the arch's own neurons run there
             return self._cuda(x, out)
         if self.compiled:  # one fused kernel returns a fresh tensor; copied only into a caller's buffer
@@ -131,9 +136,16 @@ class InferenceConv2d(nn.Conv2d):
         if channels_last:  # NHWC weights make the convolution run (and return) channels-last
             weight = weight.contiguous(memory_format=torch.channels_last)
         new.weight, new.bias = _frozen(weight), _frozen(bias)
+        new.spike_table = None
         return new
 
+    def attach_spike_table(self):
+        """Let this convolution read PackedSpikes (spike_conv.py): the tables of its folded weights (CPU only)."""
+        self.spike_table = spike_conv.SpikeTable(self.weight, self.bias)
+
     def forward(self, x):
+        if isinstance(x, spike_conv.PackedSpikes):
+            return spike_conv.table_conv(x, self.spike_table, self.stride[0], self.padding[0])
         return _seq_apply(super().forward, x)
 
 
@@ -279,6 +291,12 @@ class InferenceResidualBlock(nn.Module):
         self.residual = convert(block.residual)
         self.shortcut = convert(block.shortcut)
         self.attn = convert(block.attn)
+        first_neuron, shortcut_conv = self.residual[0], self.shortcut[0]
+        if self.spike_shortcut and getattr(first_neuron, 'pack', False):  # its spikes feed the shortcut too
+            if spike_conv.table_eligible(shortcut_conv):
+                shortcut_conv.attach_spike_table()
+            else:
+                first_neuron.pack = False
 
     def forward(self, x):
         first_neuron, *rest = self.residual
@@ -310,8 +328,8 @@ def _foldable(conv, norm):
 class _Converter:
     """Maps a module of a (deep-copied) arch to its inference counterpart; containers are converted in place."""
 
-    def __init__(self, exact, compiled):
-        self.exact, self.compiled = exact, compiled
+    def __init__(self, exact, compiled, spike_tables=False):
+        self.exact, self.compiled, self.spike_tables = exact, compiled, spike_tables
 
     def __call__(self, module):
         from spikingjelly.activation_based.neuron import BaseNode
@@ -350,6 +368,8 @@ class _Converter:
                 seq._modules[names[i]] = self(child)
                 i += 1
         _mark_inplace(seq)
+        if self.spike_tables:
+            _attach_spike_tables(seq)
         return seq
 
 
@@ -366,6 +386,17 @@ def _mark_inplace(seq):
         if isinstance(module, InferenceNeuron) and isinstance(previous, (InferenceConv2d, InferenceBatchNorm)):
             module.inplace = True
         previous = module
+
+
+def _attach_spike_tables(seq):
+    """Inside a Sequential a neuron's spikes go to the next layer alone: where that is a convolution that can run
+    on packed spikes (spike_conv.table_eligible), the neuron writes bits and the convolution reads them."""
+    layers = [m for m in seq if not isinstance(m, nn.Identity)]
+    for neuron, conv in zip(layers, layers[1:]):
+        if isinstance(neuron, InferenceNeuron) and isinstance(conv, InferenceConv2d) and \
+                spike_conv.packable(neuron.spec) and spike_conv.table_eligible(conv):
+            conv.attach_spike_table()
+            neuron.pack = True
 
 
 def _expanded_encode(self, x):
@@ -385,10 +416,11 @@ _HOOK_DICTS = ('_forward_hooks', '_forward_pre_hooks', '_backward_hooks', '_back
                '_forward_hooks_with_kwargs', '_forward_pre_hooks_with_kwargs', '_forward_hooks_always_called')
 
 
-def build_inference_network(net, exact=True, compile=False):
+def build_inference_network(net, exact=True, compile=False, spike_tables=True):
     """A frozen inference copy of a spiking arch (see the module docstring); ``net`` itself is left untouched.
-    The copy carries no hooks of ``net``."""
-    fast = _Converter(exact, compile)(copy.deepcopy(net))
+    The copy carries no hooks of ``net``. ``spike_tables=False`` keeps dense convolutions with exact=False."""
+    use_tables = (spike_tables and not exact and _on_cpu(net) and spike_conv.kernels() is not None)
+    fast = _Converter(exact, compile, use_tables)(copy.deepcopy(net))
     for module in fast.modules():
         for name in _HOOK_DICTS:
             hooks = getattr(module, name, None)
@@ -401,6 +433,10 @@ def build_inference_network(net, exact=True, compile=False):
     fast.eval()
     fast._inference_copy = True  # for_inference() on the copy returns the copy itself
     return fast
+
+
+def _on_cpu(net):
+    return all(p.device.type == 'cpu' for p in net.parameters())
 
 
 def _fingerprint(net):

@@ -4,106 +4,161 @@
  * weights where a spike arrived. With the input channels packed 8 to a byte, the sum of the weights of 8 channels
  * at one kernel tap is one of 256 precomputed rows (the table), so one look-up and one vector add replace 8
  * multiply-adds per output channel, and the spike map is read as 1 bit per element instead of 32.
- * Layer sizes whose 256-row tables would not stay in cache use 4-bit groups (16 rows each).
  *
- * pack_spikes: the plugin's neurons (hard reset to 0; LIF with tau 2 and no input decay, or IF) run over T steps
- *   and write their spikes as bits: out[t, b, pad + h, pad + w, g] bit k = spike of channel 8 g + k.
- * table_conv: out[n, y, x, :] = bias + sum over taps (i, j) and groups g of table[i, j, g, P[n, y s + i + o,
- *   x s + j + o, g], :] for a packed map P with a zero border (o = border - padding).
- * Both work on a range of rows [begin, end), so that the caller can split the work over threads. Built and loaded
- * by spike_conv.py.
+ * pack_spikes: the plugin's neurons (hard reset to 0; LIF with tau 2 and no input decay, or IF) run over the T
+ *   steps of a membrane input and write their spikes as bits: out[t, b, 1 + h, 1 + w, g], bit k = the spike of
+ *   channel 8 g + k, with a zero border of one pixel.
+ * table_conv: out[n, y, x, :] = bias + sum over taps (i, j) and groups g of
+ *   table[(i K + j) G + g][P[n, y s + i + o, x s + j + o, g]][:], o = 1 - padding, for one slice of the output
+ *   channels (a layer whose whole table would leave the cache runs as several slices, each with its own table).
+ *   Each (tap, group) block of the table is 256 rows of cout floats plus 16 floats of skew, so that the rows of
+ *   one code in different blocks do not share a cache set (blocks of a power-of-two size all would).
+ * Both work on a range of rows [begin, end), so that the caller can split the work over threads. Built and
+ * loaded by spike_conv.py; the arithmetic of the neurons is that of neuron_kernels.py (no fast-math).
  */
 #include <stdint.h>
-#include <string.h>
 
 typedef float v8f __attribute__((vector_size(32), aligned(4)));
+typedef int32_t v8i __attribute__((vector_size(32), aligned(4)));
 
-/* x: float, element (t, b, c, h, w) at x[t st + b sb + c sc + h sh + w sw]; rows are (b, h) pairs */
+#define UNROLL _Pragma("GCC unroll 16")
+
+/* x: element (t, b, c, h, w) at x[t st + b sb + c sc + h sh + w sw]; rows are (b, h) pairs */
 void pack_spikes(const float *x, int64_t st, int64_t sb, int64_t sc, int64_t sh, int64_t sw,
                  int64_t T, int64_t B, int64_t C, int64_t H, int64_t W,
-                 uint8_t *out, int64_t groups, int64_t pad, float v_th, int64_t leaky,
-                 int64_t begin, int64_t end)
+                 uint8_t *out, float v_th, int64_t leaky, int64_t begin, int64_t end)
 {
-    const int64_t Hp = H + 2 * pad, Wp = W + 2 * pad;
+    const int64_t groups = (C + 7) / 8, Hp = H + 2, Wp = W + 2;
     for (int64_t row = begin; row < end; ++row) {
         const int64_t b = row / H, h = row % H;
         for (int64_t w = 0; w < W; ++w) {
             for (int64_t g = 0; g < groups; ++g) {
-                float v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-                const int64_t channels = C - 8 * g < 8 ? C - 8 * g : 8;
-                for (int64_t t = 0; t < T; ++t) {
-                    const float *src = x + t * st + b * sb + (8 * g) * sc + h * sh + w * sw;
-                    unsigned bits = 0;
-                    for (int64_t k = 0; k < channels; ++k) {
-                        /* the same charge as neuron_kernels.py: x + v / 2 (exact halving) or x + v */
-                        const float charged = leaky ? src[k * sc] + v[k] * 0.5f : src[k * sc] + v[k];
-                        const int fire = charged >= v_th;
-                        bits |= (unsigned)fire << k;
-                        v[k] = fire ? 0.0f : charged;
+                const float *src = x + b * sb + (8 * g) * sc + h * sh + w * sw;
+                uint8_t *dst = out + ((b * Hp + 1 + h) * Wp + 1 + w) * groups + g;
+                const int64_t plane = B * Hp * Wp * groups;  /* one time step of out */
+                if (sc == 1 && C - 8 * g >= 8) {  /* 8 contiguous channels (channels-last): vector lanes */
+                    v8f v = {0, 0, 0, 0, 0, 0, 0, 0};
+                    const v8f threshold = {v_th, v_th, v_th, v_th, v_th, v_th, v_th, v_th};
+                    for (int64_t t = 0; t < T; ++t) {
+                        const v8f input = *(const v8f *)(src + t * st);
+                        /* the same charge as neuron_kernels.py: x + v / 2 (an exact halving) or x + v */
+                        const v8f charged = leaky ? input + v * 0.5f : input + v;
+                        const v8i fire = charged >= threshold;  /* -1 where it fires */
+                        unsigned bits = 0;
+                        UNROLL for (int k = 0; k < 8; ++k) bits |= (unsigned)(fire[k] & 1) << k;
+                        dst[t * plane] = (uint8_t)bits;
+                        v = (v8f)((v8i)charged & ~fire);  /* hard reset to 0 where it fired */
                     }
-                    out[((t * B + b) * Hp + pad + h) * Wp * groups + (pad + w) * groups + g] = (uint8_t)bits;
+                } else {
+                    const int64_t channels = C - 8 * g < 8 ? C - 8 * g : 8;
+                    float v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+                    for (int64_t t = 0; t < T; ++t) {
+                        unsigned bits = 0;
+                        for (int64_t k = 0; k < channels; ++k) {
+                            const float input = src[t * st + k * sc];
+                            const float charged = leaky ? input + v[k] * 0.5f : input + v[k];
+                            const int fire = charged >= v_th;
+                            bits |= (unsigned)fire << k;
+                            v[k] = fire ? 0.0f : charged;
+                        }
+                        dst[t * plane] = (uint8_t)bits;
+                    }
                 }
             }
         }
     }
 }
 
-/* U output pixels at a time (independent add chains), NV vectors of 8 output channels, BITS 8 or 4 per look-up */
-#define TABLE_CONV(NV, U, BITS)                                                                                 \
-    static void table_conv_##NV##_##BITS(const uint8_t *P, int64_t Hp, int64_t Wp, int64_t groups,              \
-                                         const float *table, const float *bias, float *out, int64_t K,           \
-                                         int64_t stride, int64_t offset, int64_t Ho, int64_t Wo,                 \
-                                         int64_t begin, int64_t end)                                             \
+/* NV vectors of 8 output channels, G groups, K x K taps (compile-time), U output pixels at a time (independent
+ * add chains); rows are (n, y) pairs */
+#define TABLE_CONV(NAME, NV, G, K, U)                                                                            \
+    static void NAME(const uint8_t *P, int64_t Hp, int64_t Wp, const float *table, const float *bias,           \
+                     float *out, int64_t step, int64_t stride, int64_t offset, int64_t Ho, int64_t Wo,           \
+                     int64_t begin, int64_t end)                                                                 \
     {                                                                                                            \
-        const int64_t cout = 8 * NV, rows = 1 << BITS, step = stride * groups;                                   \
+        const int64_t cout = 8 * (NV), block = 256 * cout + 16;                                                  \
         for (int64_t r = begin; r < end; ++r) {                                                                  \
             const int64_t n = r / Ho, y = r % Ho;                                                                \
+            const uint8_t *base = P + ((n * Hp + y * stride + offset) * Wp + offset) * (G);                      \
+            float *dst = out + r * Wo * step;                                                                    \
             int64_t x = 0;                                                                                       \
-            for (; x < Wo; x += U) {                                                                             \
-                const int64_t u_count = Wo - x < U ? Wo - x : U;                                                 \
+            for (; x + (U) <= Wo; x += (U)) {                                                                    \
                 v8f acc[U][NV];                                                                                  \
-                _Pragma("GCC unroll 8") for (int u = 0; u < U; ++u)                                                                      \
-                    _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) acc[u][v] = ((const v8f *)bias)[v];                             \
-                for (int64_t i = 0; i < K; ++i) {                                                                \
-                    const uint8_t *line = P + ((n * Hp + y * stride + i + offset) * Wp + x * stride + offset) * groups; \
-                    for (int64_t j = 0; j < K; ++j) {                                                            \
-                        const uint8_t *codes = line + j * groups;                                                \
-                        const float *tap = table + (i * K + j) * groups * (8 / BITS) * rows * cout;              \
-                        for (int64_t g = 0; g < groups; ++g) {                                                   \
-                            _Pragma("GCC unroll 8") for (int u = 0; u < U; ++u) {                                                        \
-                                const unsigned code = u < u_count ? codes[u * step + g] : 0;                     \
-                                if (BITS == 8) {                                                                 \
-                                    const v8f *sum = (const v8f *)(tap + (g * rows + code) * cout);              \
-                                    _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) acc[u][v] += sum[v];                            \
-                                } else {                                                                         \
-                                    const v8f *lo = (const v8f *)(tap + ((2 * g) * rows + (code & 15)) * cout);  \
-                                    const v8f *hi = (const v8f *)(tap + ((2 * g + 1) * rows + (code >> 4)) * cout); \
-                                    _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) acc[u][v] += lo[v] + hi[v];                     \
-                                }                                                                                \
-                            }                                                                                    \
-                        }                                                                                        \
+                UNROLL for (int u = 0; u < (U); ++u) UNROLL for (int v = 0; v < (NV); ++v)                       \
+                    acc[u][v] = ((const v8f *)bias)[v];                                                          \
+                UNROLL for (int i = 0; i < (K); ++i) UNROLL for (int j = 0; j < (K); ++j)                        \
+                UNROLL for (int g = 0; g < (G); ++g) {                                                           \
+                    const float *tap = table + ((i * (K) + j) * (G) + g) * block;                                \
+                    UNROLL for (int u = 0; u < (U); ++u) {                                                       \
+                        const v8f *row = (const v8f *)(tap + base[(i * Wp + (x + u) * stride + j) * (G) + g] * cout); \
+                        UNROLL for (int v = 0; v < (NV); ++v) acc[u][v] += row[v];                               \
                     }                                                                                            \
                 }                                                                                                \
-                for (int u = 0; u < u_count; ++u)                                                                \
-                    _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) ((v8f *)(out + (r * Wo + x + u) * cout))[v] = acc[u][v];        \
+                UNROLL for (int u = 0; u < (U); ++u) UNROLL for (int v = 0; v < (NV); ++v)                       \
+                    ((v8f *)(dst + (x + u) * step))[v] = acc[u][v];                                              \
+            }                                                                                                    \
+            for (; x < Wo; ++x) {                                                                                \
+                v8f acc[NV];                                                                                     \
+                UNROLL for (int v = 0; v < (NV); ++v) acc[v] = ((const v8f *)bias)[v];                           \
+                UNROLL for (int i = 0; i < (K); ++i) UNROLL for (int j = 0; j < (K); ++j)                        \
+                UNROLL for (int g = 0; g < (G); ++g) {                                                           \
+                    const v8f *row = (const v8f *)(table + ((i * (K) + j) * (G) + g) * block                     \
+                                                   + base[(i * Wp + x * stride + j) * (G) + g] * cout);          \
+                    UNROLL for (int v = 0; v < (NV); ++v) acc[v] += row[v];                                      \
+                }                                                                                                \
+                UNROLL for (int v = 0; v < (NV); ++v) ((v8f *)(dst + x * step))[v] = acc[v];                     \
             }                                                                                                    \
         }                                                                                                        \
     }
 
-#define WIDTH(NV, U) TABLE_CONV(NV, U, 8) TABLE_CONV(NV, U, 4)
-WIDTH(1, 4) WIDTH(2, 2) WIDTH(3, 1) WIDTH(4, 1) WIDTH(5, 1) WIDTH(6, 1) WIDTH(7, 1) WIDTH(8, 1)
+/* the shapes of the plugin's archs (8 or 16 output channels, 1, 2 or 4 groups, 1x1 or 3x3) */
+TABLE_CONV(conv_1_1_3, 1, 1, 3, 4) TABLE_CONV(conv_1_2_3, 1, 2, 3, 4) TABLE_CONV(conv_1_4_3, 1, 4, 3, 4)
+TABLE_CONV(conv_2_1_3, 2, 1, 3, 2) TABLE_CONV(conv_2_2_3, 2, 2, 3, 2) TABLE_CONV(conv_2_4_3, 2, 4, 3, 2)
+TABLE_CONV(conv_1_1_1, 1, 1, 1, 4) TABLE_CONV(conv_1_2_1, 1, 2, 1, 4) TABLE_CONV(conv_1_4_1, 1, 4, 1, 4)
+TABLE_CONV(conv_2_1_1, 2, 1, 1, 2) TABLE_CONV(conv_2_2_1, 2, 2, 1, 2) TABLE_CONV(conv_2_4_1, 2, 4, 1, 2)
 
-/* returns 0, or -1 for an output width this file has no kernel for (a multiple of 8 up to 64) */
-int table_conv(const uint8_t *P, int64_t Hp, int64_t Wp, int64_t groups, const float *table, int64_t nibbles,
-               const float *bias, float *out, int64_t cout, int64_t K, int64_t stride, int64_t offset,
-               int64_t Ho, int64_t Wo, int64_t begin, int64_t end)
+/* any other shape: the same sums with run-time sizes (cout a multiple of 8, up to 64) */
+static void conv_any(const uint8_t *P, int64_t Hp, int64_t Wp, int64_t groups, const float *table,
+                     const float *bias, float *out, int64_t cout, int64_t step, int64_t K, int64_t stride,
+                     int64_t offset, int64_t Ho, int64_t Wo, int64_t begin, int64_t end)
 {
-    switch (cout) {
-#define CASE(NV) case 8 * NV:                                                                                   \
-        if (nibbles) table_conv_##NV##_4(P, Hp, Wp, groups, table, bias, out, K, stride, offset, Ho, Wo, begin, end); \
-        else table_conv_##NV##_8(P, Hp, Wp, groups, table, bias, out, K, stride, offset, Ho, Wo, begin, end);         \
-        return 0;
-        CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
+    const int64_t nv = cout / 8, block = 256 * cout + 16;
+    for (int64_t r = begin; r < end; ++r) {
+        const int64_t n = r / Ho, y = r % Ho;
+        const uint8_t *base = P + ((n * Hp + y * stride + offset) * Wp + offset) * groups;
+        for (int64_t x = 0; x < Wo; ++x) {
+            v8f acc[8];
+            for (int64_t v = 0; v < nv; ++v) acc[v] = ((const v8f *)bias)[v];
+            for (int64_t i = 0; i < K; ++i)
+                for (int64_t j = 0; j < K; ++j)
+                    for (int64_t g = 0; g < groups; ++g) {
+                        const v8f *row = (const v8f *)(table + ((i * K + j) * groups + g) * block
+                                                       + base[(i * Wp + x * stride + j) * groups + g] * cout);
+                        for (int64_t v = 0; v < nv; ++v) acc[v] += row[v];
+                    }
+            for (int64_t v = 0; v < nv; ++v) ((v8f *)(out + (r * Wo + x) * step))[v] = acc[v];
+        }
     }
-    return -1;
+}
+
+/* P: [N, Hp, Wp, groups] packed spikes with a one-pixel zero border; out: [N, Ho, Wo, cout] output channels of
+ * pixels step floats apart (a slice of the output channels when step > cout). Returns 0, or -1 for a shape it
+ * cannot run (cout not a multiple of 8 or above 64, padding above 1). */
+int table_conv(const uint8_t *P, int64_t Hp, int64_t Wp, int64_t groups, const float *table, const float *bias,
+               float *out, int64_t cout, int64_t step, int64_t K, int64_t stride, int64_t padding, int64_t Ho,
+               int64_t Wo, int64_t begin, int64_t end)
+{
+    const int64_t offset = 1 - padding;
+    if (cout % 8 || cout > 64 || offset < 0 || step < cout)
+        return -1;
+#define RUN(NAME) NAME(P, Hp, Wp, table, bias, out, step, stride, offset, Ho, Wo, begin, end); return 0
+    if (K == 3) {
+        if (cout == 8) { if (groups == 1) { RUN(conv_1_1_3); } if (groups == 2) { RUN(conv_1_2_3); } if (groups == 4) { RUN(conv_1_4_3); } }
+        if (cout == 16) { if (groups == 1) { RUN(conv_2_1_3); } if (groups == 2) { RUN(conv_2_2_3); } if (groups == 4) { RUN(conv_2_4_3); } }
+    } else if (K == 1) {
+        if (cout == 8) { if (groups == 1) { RUN(conv_1_1_1); } if (groups == 2) { RUN(conv_1_2_1); } if (groups == 4) { RUN(conv_1_4_1); } }
+        if (cout == 16) { if (groups == 1) { RUN(conv_2_1_1); } if (groups == 2) { RUN(conv_2_2_1); } if (groups == 4) { RUN(conv_2_4_1); } }
+    }
+    conv_any(P, Hp, Wp, groups, table, bias, out, cout, step, K, stride, offset, Ho, Wo, begin, end);
+    return 0;
 }
