@@ -128,3 +128,32 @@ def test_without_a_compiler_the_fast_copy_keeps_dense_convolutions(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'spike-driven convolutions unavailable' in result.stdout and 'dense convolutions' in result.stdout
     assert not list((tmp_path / 'cache').glob('*.so'))
+
+
+def test_without_openmp_the_rows_are_split_over_python_threads(tmp_path):
+    """A compiler without OpenMP: the serial build is used, and two threads still give the dense results."""
+    compiler = tmp_path / 'cc-without-openmp'
+    compiler.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && exit 1; done\nexec cc "$@"\n')
+    compiler.chmod(0o755)
+    script = (
+        'import torch\n'
+        'from torch import nn\n'
+        'from spikerir_plugin.archs import spike_conv\n'
+        'from spikerir_plugin.archs.neuron_kernels import NeuronSpec, multi_step_spikes\n'
+        'assert not spike_conv.kernels().threaded\n'
+        'torch.set_num_threads(2)\n'
+        'torch.manual_seed(0)\n'
+        'spec = NeuronSpec(2.0, False, 0.15, 0.0, 4.0, False)\n'
+        'x = torch.randn(4, 2, 16, 40, 12) * 0.3\n'
+        'conv = nn.Conv2d(16, 16, 3, 1, 1)\n'
+        'out = spike_conv.table_conv(spike_conv.pack_spikes(x, spec), spike_conv.SpikeTable(conv.weight, conv.bias),'
+        ' 1, 1)\n'
+        'with torch.no_grad():\n'
+        '    ref = conv(multi_step_spikes(x, spec).flatten(0, 1)).unflatten(0, (4, 2))\n'
+        'torch.testing.assert_close(out, ref, rtol=1e-5, atol=2e-6)\n'
+        'print("serial", spike_conv._pool[0])\n')
+    env = subprocess_env(CC=str(compiler), SPIKERIR_CACHE_DIR=str(tmp_path / 'cache'), OMP_NUM_THREADS='2')
+    result = subprocess.run([PYTHON, '-c', script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert 'serial 2' in result.stdout
+    assert [p.name.endswith('-serial.so') for p in (tmp_path / 'cache').glob('*.so')] == [True]

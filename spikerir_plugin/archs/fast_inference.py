@@ -23,10 +23,14 @@ ATen call on the same shapes and strides as in the arch's eval forward, and ever
 
 ``exact=False`` trades that for speed: every tdBN/BN is folded into the preceding convolution's weights and bias
 (one pass less per layer), the convolutions run channels-last (NHWC: oneDNN's faster path for these small channel
-counts, no layout conversions). These convolutions round differently from the arch's; a
-membrane potential that lands within rounding of the threshold can then fire in one and not in the other, and
-the flipped spike changes the output locally. Measured figures are in benchmarks/README.md ("Inference"): the
-output is the same to ~1e-6 except at the few pixels near a flipped spike, where it differs by up to ~1e-2.
+counts, no layout conversions), and on the CPU the convolutions that read spikes are spike-driven
+(``spike_conv.py``): inside a Sequential, a LIF/IF neuron whose next layer is such a convolution writes its spikes
+as bits, and the convolution adds table rows of summed weights instead of multiplying (``build_inference_network(
+..., spike_tables=False)`` keeps oneDNN's dense convolutions). These convolutions round differently from the
+arch's; a membrane potential that lands within rounding of the threshold can then fire in one and not in the
+other, and the flipped spike changes the output locally. Measured figures are in benchmarks/README.md
+("Inference"): the output is the same to ~1e-6 except at the pixels near a flipped spike, where it differs by up
+to a few 1e-2.
 
 ``compile=True`` (with either setting of ``exact``) runs the neuron loops and each attention's gate/ReLU/residual
 tail through torch.compile: one fused kernel per neuron layer for all T steps, one pass instead of three for the

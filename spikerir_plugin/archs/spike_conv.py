@@ -68,32 +68,45 @@ def _cpu_identity():
         return platform.processor()
 
 
+def _compile(compiler, flags, target):
+    """Compile SOURCE into target (atomically: concurrent builders each install a complete library)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(suffix='.so', dir=target.parent)
+    os.close(fd)
+    try:
+        result = subprocess.run([compiler, *flags, '-o', partial, str(SOURCE)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f'{compiler} failed on {SOURCE}: {result.stderr.strip()[-500:]}')
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
 def _build():
     compiler = os.environ.get('CC') or shutil.which('cc') or shutil.which('gcc')
     if compiler is None:
         raise RuntimeError('no C compiler found (set CC)')
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b'\0'.join([source, compiler.encode(), ' '.join(FLAGS).encode(),
+    key = hashlib.sha256(b'\0'.join([SOURCE.read_bytes(), compiler.encode(), ' '.join(FLAGS).encode(),
                                      _cpu_identity().encode(), platform.machine().encode()])).hexdigest()[:16]
-    target = _cache_dir() / f'spike_conv-{key}.so'
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, partial = tempfile.mkstemp(suffix='.so', dir=target.parent)
-        os.close(fd)
+    # with OpenMP where the compiler has it (the kernels then run on PyTorch's own OpenMP threads), else without
+    for variant, flags in (('omp', [*FLAGS, '-fopenmp']), ('serial', FLAGS)):
+        target = _cache_dir() / f'spike_conv-{key}-{variant}.so'
         try:
-            result = subprocess.run([compiler, *FLAGS, '-o', partial, str(SOURCE)], capture_output=True, text=True)
-            if result.returncode != 0:
-                raise RuntimeError(f'{compiler} failed on {SOURCE}: {result.stderr.strip()[-500:]}')
-            os.replace(partial, target)  # atomic: concurrent builders each install a complete library
-        finally:
-            if os.path.exists(partial):
-                os.remove(partial)
+            if not target.exists():
+                _compile(compiler, flags, target)
+            break
+        except (OSError, RuntimeError):
+            if variant == 'serial':
+                raise
     library = ctypes.CDLL(str(target))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    library.pack_spikes.argtypes = [ptr, *[i64] * 10, ptr, ctypes.c_float, i64, i64, i64]
+    library.pack_spikes.argtypes = [ptr, *[i64] * 10, ptr, ctypes.c_float, i64, i64, i64, i64]
     library.pack_spikes.restype = None
-    library.table_conv.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, *[i64] * 9]
+    library.table_conv.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, *[i64] * 10]
     library.table_conv.restype = ctypes.c_int
+    library.spike_conv_threaded.restype = ctypes.c_int
+    library.threaded = bool(library.spike_conv_threaded())
     return library
 
 
@@ -169,15 +182,16 @@ class SpikeTable:
 
 
 def _run_rows(function, args, rows):
-    """function(*args, begin, end) over rows split across torch's intra-op thread count (ctypes releases the GIL)."""
+    """function(*args, begin, end, threads) over rows on torch's intra-op thread count: split by the kernels'
+    OpenMP, or here over Python threads when they were built without it (ctypes releases the GIL)."""
     global _pool
     threads = max(1, min(torch.get_num_threads(), rows // 8))
-    if threads == 1:
-        return [function(*args, 0, rows)]
+    if threads == 1 or kernels().threaded:
+        return [function(*args, 0, rows, threads)]
     if _pool is None or _pool[0] != threads:
         _pool = (threads, ThreadPoolExecutor(max_workers=threads, thread_name_prefix='spike_conv'))
     bounds = [rows * i // threads for i in range(threads + 1)]
-    return list(_pool[1].map(lambda i: function(*args, bounds[i], bounds[i + 1]), range(threads)))
+    return list(_pool[1].map(lambda i: function(*args, bounds[i], bounds[i + 1], 1), range(threads)))
 
 
 def pack_spikes(x, spec):

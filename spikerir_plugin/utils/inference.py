@@ -11,10 +11,12 @@ eval mode:
 - any other network: ``net.eval()`` (``net`` switched to eval mode, as before).
 DataParallel / DistributedDataParallel wrappers are looked through.
 
-Options (spiking archs only): ``exact=False`` folds tdBN/BN into channels-last convolutions (faster; spikes within
-rounding of the threshold may flip, so outputs are not bit-equal: see archs/fast_inference.py); ``compile=True``
-compiles the neuron loops and the attention tails with torch.compile (same outputs; needs a C++ compiler on the
-CPU; the first call compiles). On the CPU the page faults of fresh activation memory can take a third of a
+Options (spiking archs only): ``exact=False`` folds tdBN/BN into channels-last convolutions and, on the CPU, runs
+the convolutions that read spikes as spike-driven table look-ups (archs/spike_conv.py; a C kernel built on first
+use with the system C compiler, dense convolutions without one); faster, but spikes within rounding of the
+threshold may flip, so outputs are not bit-equal (see archs/fast_inference.py). ``compile=True`` compiles the
+neuron loops and the attention's element-wise passes with torch.compile (the exact copy's outputs unchanged; needs
+a C++ compiler on the CPU; the first call compiles). On the CPU the page faults of fresh activation memory can take a third of a
 forward: ``spikerir_plugin.utils.cpu_memory.keep_freed_memory()`` (process-wide; the plugin's restore and energy
 commands call it) removes them.
 """

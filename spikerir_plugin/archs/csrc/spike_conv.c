@@ -13,10 +13,15 @@
  *   channels (a layer whose whole table would leave the cache runs as several slices, each with its own table).
  *   Each (tap, group) block of the table is 256 rows of cout floats plus 16 floats of skew, so that the rows of
  *   one code in different blocks do not share a cache set (blocks of a power-of-two size all would).
- * Both work on a range of rows [begin, end), so that the caller can split the work over threads. Built and
- * loaded by spike_conv.py; the arithmetic of the neurons is that of neuron_kernels.py (no fast-math).
+ * Both work on a range of rows [begin, end), split over `threads` OpenMP threads when built with -fopenmp: in a
+ * PyTorch process that is PyTorch's own OpenMP runtime (same SONAME, already loaded), so these kernels and
+ * PyTorch's operators share one thread pool instead of competing for the cores. Built and loaded by
+ * spike_conv.py; the arithmetic of the neurons is that of neuron_kernels.py (no fast-math).
  */
 #include <stdint.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 typedef float v8f __attribute__((vector_size(32), aligned(4)));
 typedef int32_t v8i __attribute__((vector_size(32), aligned(4)));
@@ -24,9 +29,9 @@ typedef int32_t v8i __attribute__((vector_size(32), aligned(4)));
 #define UNROLL _Pragma("GCC unroll 16")
 
 /* x: element (t, b, c, h, w) at x[t st + b sb + c sc + h sh + w sw]; rows are (b, h) pairs */
-void pack_spikes(const float *x, int64_t st, int64_t sb, int64_t sc, int64_t sh, int64_t sw,
-                 int64_t T, int64_t B, int64_t C, int64_t H, int64_t W,
-                 uint8_t *out, float v_th, int64_t leaky, int64_t begin, int64_t end)
+static void pack_rows(const float *x, int64_t st, int64_t sb, int64_t sc, int64_t sh, int64_t sw,
+                      int64_t T, int64_t B, int64_t C, int64_t H, int64_t W,
+                      uint8_t *out, float v_th, int64_t leaky, int64_t begin, int64_t end)
 {
     const int64_t groups = (C + 7) / 8, Hp = H + 2, Wp = W + 2;
     for (int64_t row = begin; row < end; ++row) {
@@ -144,9 +149,9 @@ static void conv_any(const uint8_t *P, int64_t Hp, int64_t Wp, int64_t groups, c
 /* P: [N, Hp, Wp, groups] packed spikes with a one-pixel zero border; out: [N, Ho, Wo, cout] output channels of
  * pixels step floats apart (a slice of the output channels when step > cout). Returns 0, or -1 for a shape it
  * cannot run (cout not a multiple of 8 or above 64, padding above 1). */
-int table_conv(const uint8_t *P, int64_t Hp, int64_t Wp, int64_t groups, const float *table, const float *bias,
-               float *out, int64_t cout, int64_t step, int64_t K, int64_t stride, int64_t padding, int64_t Ho,
-               int64_t Wo, int64_t begin, int64_t end)
+static int table_conv_rows(const uint8_t *P, int64_t Hp, int64_t Wp, int64_t groups, const float *table,
+                           const float *bias, float *out, int64_t cout, int64_t step, int64_t K, int64_t stride,
+                           int64_t padding, int64_t Ho, int64_t Wo, int64_t begin, int64_t end)
 {
     const int64_t offset = 1 - padding;
     if (cout % 8 || cout > 64 || offset < 0 || step < cout)
@@ -160,5 +165,51 @@ int table_conv(const uint8_t *P, int64_t Hp, int64_t Wp, int64_t groups, const f
         if (cout == 16) { if (groups == 1) { RUN(conv_2_1_1); } if (groups == 2) { RUN(conv_2_2_1); } if (groups == 4) { RUN(conv_2_4_1); } }
     }
     conv_any(P, Hp, Wp, groups, table, bias, out, cout, step, K, stride, offset, Ho, Wo, begin, end);
+    return 0;
+}
+
+/* rows [begin, end) split into equal parts over the threads */
+#ifdef _OPENMP
+#define SPLIT_ROWS(threads, begin, end, CALL)                                                                    \
+    _Pragma("omp parallel num_threads(threads)")                                                                 \
+    {                                                                                                            \
+        const int64_t n = omp_get_num_threads(), i = omp_get_thread_num(), rows = (end) - (begin);               \
+        const int64_t first = (begin) + rows * i / n, last = (begin) + rows * (i + 1) / n;                       \
+        CALL;                                                                                                    \
+    }
+#else
+#define SPLIT_ROWS(threads, begin, end, CALL)                                                                    \
+    {                                                                                                            \
+        const int64_t first = (begin), last = (end);                                                             \
+        (void)(threads);                                                                                         \
+        CALL;                                                                                                    \
+    }
+#endif
+
+/* 1 when built with OpenMP (the threads argument is used), else 0 (the caller splits the rows itself) */
+int spike_conv_threaded(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+void pack_spikes(const float *x, int64_t st, int64_t sb, int64_t sc, int64_t sh, int64_t sw,
+                 int64_t T, int64_t B, int64_t C, int64_t H, int64_t W,
+                 uint8_t *out, float v_th, int64_t leaky, int64_t begin, int64_t end, int64_t threads)
+{
+    SPLIT_ROWS(threads, begin, end, pack_rows(x, st, sb, sc, sh, sw, T, B, C, H, W, out, v_th, leaky, first, last))
+}
+
+int table_conv(const uint8_t *P, int64_t Hp, int64_t Wp, int64_t groups, const float *table, const float *bias,
+               float *out, int64_t cout, int64_t step, int64_t K, int64_t stride, int64_t padding, int64_t Ho,
+               int64_t Wo, int64_t begin, int64_t end, int64_t threads)
+{
+    if (cout % 8 || cout > 64 || padding > 1 || padding < 0 || step < cout)
+        return -1;
+    SPLIT_ROWS(threads, begin, end, table_conv_rows(P, Hp, Wp, groups, table, bias, out, cout, step, K, stride,
+                                                      padding, Ho, Wo, first, last))
     return 0;
 }
