@@ -1,16 +1,17 @@
 """Spike-driven convolutions for the fast CPU inference copy (``exact=False``): spikes packed into bits by the
 neuron, convolutions as table look-ups (csrc/spike_conv.c explains the kernels).
 
-Why our own kernel: oneDNN (PyTorch's CPU convolutions) has no binary-input convolution on x86, and a convolution
-reading a spike map of 8 or 16 channels is memory-bound there: its input is 32 bits per spike. Here a neuron
-layer whose output only feeds convolutions writes 1 bit per spike, and each such convolution adds precomputed rows
-of summed weights (one per 8 input channels and kernel tap) instead of multiplying. Measured in
-``benchmarks/inference.py`` (``fast`` against ``fast-dense``) and benchmarks/README.md ("Inference").
+Why our own kernel: oneDNN (PyTorch's CPU convolutions) has no binary-input convolution on x86, so a convolution
+that reads spikes multiplies every weight by 0 or 1 and reads 32 bits per spike. Here a neuron layer whose output
+only feeds convolutions writes 1 bit per spike, and each such convolution adds precomputed rows of summed weights
+(one per 8 input channels and kernel tap) instead of multiplying: the accumulate-only arithmetic that the energy
+report assumes for spike-driven layers. Measured in ``benchmarks/inference.py`` (``fast`` against ``fast-dense``),
+``benchmarks/spike_conv.py`` (layer by layer) and benchmarks/README.md ("Inference").
 
-The C file is compiled on first use with the system C compiler (``$CC``, else ``cc``) into the user's cache
-(``$XDG_CACHE_HOME/spikerir_plugin``, else ``~/.cache/spikerir_plugin``; ``SPIKERIR_CACHE_DIR`` overrides), once
-per source, compiler and CPU, and loaded with ctypes. Without a working compiler the fast copy keeps dense
-convolutions (one warning). The sums run in another order than oneDNN's, so outputs differ from the dense ones by
+The C file is compiled on first use with the system C compiler (``$CC``, else ``cc``; with OpenMP where it has
+it, which then runs on PyTorch's own OpenMP threads) into the user's cache (``$XDG_CACHE_HOME/spikerir_plugin``,
+else ``~/.cache/spikerir_plugin``; ``SPIKERIR_CACHE_DIR`` overrides), once per source, compiler and CPU, and
+loaded with ctypes. Without a working compiler the fast copy keeps dense convolutions (one warning). The sums run in another order than oneDNN's, so outputs differ from the dense ones by
 float rounding (and, through rounding, a membrane potential at a threshold may fire in one and not the other).
 """
 import ctypes
@@ -113,6 +114,8 @@ def _build():
 def kernels():
     """The compiled kernels (ctypes library), or None when they cannot be built here (warned once)."""
     global _library
+    if _library is not None:  # built (or failed) already: no lock on the per-call path
+        return _library or None
     with _lock:
         if _library is None:
             try:

@@ -146,17 +146,13 @@ static void conv_any(const uint8_t *P, int64_t Hp, int64_t Wp, int64_t groups, c
     }
 }
 
-/* P: [N, Hp, Wp, groups] packed spikes with a one-pixel zero border; out: [N, Ho, Wo, cout] output channels of
- * pixels step floats apart (a slice of the output channels when step > cout). Returns 0, or -1 for a shape it
- * cannot run (cout not a multiple of 8 or above 64, padding above 1). */
-static int table_conv_rows(const uint8_t *P, int64_t Hp, int64_t Wp, int64_t groups, const float *table,
-                           const float *bias, float *out, int64_t cout, int64_t step, int64_t K, int64_t stride,
-                           int64_t padding, int64_t Ho, int64_t Wo, int64_t begin, int64_t end)
+/* the specialised kernel for this shape, else conv_any (shapes checked by table_conv) */
+static void table_conv_rows(const uint8_t *P, int64_t Hp, int64_t Wp, int64_t groups, const float *table,
+                            const float *bias, float *out, int64_t cout, int64_t step, int64_t K, int64_t stride,
+                            int64_t padding, int64_t Ho, int64_t Wo, int64_t begin, int64_t end)
 {
     const int64_t offset = 1 - padding;
-    if (cout % 8 || cout > 64 || offset < 0 || step < cout)
-        return -1;
-#define RUN(NAME) NAME(P, Hp, Wp, table, bias, out, step, stride, offset, Ho, Wo, begin, end); return 0
+#define RUN(NAME) NAME(P, Hp, Wp, table, bias, out, step, stride, offset, Ho, Wo, begin, end); return
     if (K == 3) {
         if (cout == 8) { if (groups == 1) { RUN(conv_1_1_3); } if (groups == 2) { RUN(conv_1_2_3); } if (groups == 4) { RUN(conv_1_4_3); } }
         if (cout == 16) { if (groups == 1) { RUN(conv_2_1_3); } if (groups == 2) { RUN(conv_2_2_3); } if (groups == 4) { RUN(conv_2_4_3); } }
@@ -165,7 +161,6 @@ static int table_conv_rows(const uint8_t *P, int64_t Hp, int64_t Wp, int64_t gro
         if (cout == 16) { if (groups == 1) { RUN(conv_2_1_1); } if (groups == 2) { RUN(conv_2_2_1); } if (groups == 4) { RUN(conv_2_4_1); } }
     }
     conv_any(P, Hp, Wp, groups, table, bias, out, cout, step, K, stride, offset, Ho, Wo, begin, end);
-    return 0;
 }
 
 /* rows [begin, end) split into equal parts over the threads */
@@ -203,6 +198,9 @@ void pack_spikes(const float *x, int64_t st, int64_t sb, int64_t sc, int64_t sh,
     SPLIT_ROWS(threads, begin, end, pack_rows(x, st, sb, sc, sh, sw, T, B, C, H, W, out, v_th, leaky, first, last))
 }
 
+/* P: [N, Hp, Wp, groups] packed spikes with a one-pixel zero border; out: [N, Ho, Wo, cout] output channels of
+ * pixels step floats apart (a slice of the output channels when step > cout). Returns 0, or -1 for a shape it
+ * cannot run (cout not a multiple of 8 or above 64, padding above 1). */
 int table_conv(const uint8_t *P, int64_t Hp, int64_t Wp, int64_t groups, const float *table, const float *bias,
                float *out, int64_t cout, int64_t step, int64_t K, int64_t stride, int64_t padding, int64_t Ho,
                int64_t Wo, int64_t begin, int64_t end, int64_t threads)
