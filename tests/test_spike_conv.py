@@ -21,14 +21,17 @@ LIF = NeuronSpec(tau=2.0, decay_input=False, v_threshold=0.15, v_reset=0.0, alph
 IF = NeuronSpec(tau=None, decay_input=False, v_threshold=0.3, v_reset=0.0, alpha=4.0, detach_reset=False)
 
 
-def membrane_input(channels, height, width, layout):
+def membrane_input(channels, height, width, layout, steps=4):
     torch.manual_seed(channels * 100 + height)
-    x = torch.randn(4, 2, channels, height, width) * 0.3 + 0.05
-    x[1, 0, :, 0, :3] = 0.15  # exactly at the LIF threshold at t = 1 (charged from rest: x itself)
+    x = torch.randn(steps, 2, channels, height, width) * 0.3 + 0.05
+    x[0, 0, :, 0, :3] = 0.15  # exactly at the LIF threshold at t = 0 (charged from rest: x itself)
+    x[0, 1, :, 0, :3] = 0.3  # and at the IF threshold
+    x[0, 1, :, 1, :2] = float('inf')  # overflow: fires, and the membrane is NaN from then on (h - h)
+    x[1, 1, :, 2, :2] = float('nan')
     if layout == 'channels_last':  # a conv output with channels-last weights, seen per time step
-        return x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (4, 2))
+        return x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (steps, 2))
     if layout == 'expanded':  # the image conv's output seen T times (stride 0), as the first block reads it
-        return x[:1].expand(4, -1, -1, -1, -1)
+        return x[:1].expand(steps, -1, -1, -1, -1)
     return x
 
 
@@ -40,12 +43,13 @@ def kernels():
 
 
 @pytest.mark.parametrize('spec', [LIF, IF], ids=['lif', 'if'])
-@pytest.mark.parametrize('channels, layout', [(8, 'channels_last'), (16, 'contiguous'), (12, 'channels_last'),
-                                              (5, 'contiguous'), (8, 'expanded')])
-def test_packing_neuron_fires_like_the_neuron(kernels, spec, channels, layout):
-    x = membrane_input(channels, 7, 9, layout)
+@pytest.mark.parametrize('channels, layout, steps', [(8, 'channels_last', 4), (16, 'contiguous', 4),
+                                                     (12, 'channels_last', 3), (5, 'contiguous', 2),
+                                                     (8, 'expanded', 4)])
+def test_packing_neuron_fires_like_the_neuron(kernels, spec, channels, layout, steps):
+    x = membrane_input(channels, 7, 9, layout, steps)
     packed = spike_conv.pack_spikes(x, spec)
-    assert packed.bits.dtype == torch.uint8 and packed.bits.shape == (8, 9, 11, -(-channels // 8))
+    assert packed.bits.dtype == torch.uint8 and packed.bits.shape == (2 * steps, 9, 11, -(-channels // 8))
     border = torch.ones(9, 11, dtype=torch.bool)
     border[1:-1, 1:-1] = False
     assert not packed.bits[:, border].any()  # the zero padding of the convolutions
@@ -56,15 +60,15 @@ def test_packing_neuron_fires_like_the_neuron(kernels, spec, channels, layout):
 @pytest.mark.parametrize('threads', [1, 2])
 @pytest.mark.parametrize('cin, cout, kernel, stride, padding', [
     (8, 8, 3, 1, 1), (16, 16, 3, 2, 1), (32, 16, 1, 1, 0), (4, 4, 3, 1, 1), (12, 24, 3, 1, 1), (16, 3, 3, 1, 0),
-    (32, 32, 3, 1, 1), (32, 40, 3, 2, 1)])
+    (32, 32, 3, 1, 1), (32, 40, 3, 2, 1), (16, 96, 1, 1, 0), (24, 16, 1, 2, 0)])
 def test_table_convolution_equals_the_dense_convolution(kernels, threads, cin, cout, kernel, stride, padding):
-    x = membrane_input(cin, 11, 10, 'channels_last')
+    x = membrane_input(cin, 11, 10, 'channels_last').nan_to_num(0.0, 0.0, 0.0)  # finite membranes
     torch.manual_seed(cout)
     conv = nn.Conv2d(cin, cout, kernel, stride, padding)
     assert spike_conv.table_eligible(conv)
     table = spike_conv.SpikeTable(conv.weight, conv.bias)
-    if cin == 32 and kernel == 3:
-        assert len(table.slices) > 1  # a whole table would leave the cache: sliced by output channels
+    if (cin == 32 and kernel == 3) or cout > 64:
+        assert len(table.slices) > 1  # a whole table would leave the cache, or the kernels' 64 channels
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -85,9 +89,9 @@ def test_tables_that_cannot_stay_in_cache_are_not_used():
 
 
 def test_fast_copy_runs_spike_convolutions_where_they_apply(kernels):
-    """SpikerIR tiny: every convolution that reads spikes and whose tables fit runs on packed spikes, the others
-    (image and head convolutions, level-3 convolutions of 32 -> 32 channels are sliced, not excluded) densely; the
-    output stays as close to the eval forward as the dense fast copy is."""
+    """SpikerIR tiny: the convolutions that read spikes run on packed spikes (level-3 convolutions of 32 -> 32
+    channels with sliced tables), the image and head convolutions densely; the output stays as close to the eval
+    forward as the dense fast copy is."""
     torch.manual_seed(0)
     net = SpikerIR(preset='tiny').eval()
     fast = build_inference_network(net, exact=False)
@@ -95,6 +99,8 @@ def test_fast_copy_runs_spike_convolutions_where_they_apply(kernels):
     tables = {n for n, m in fast.named_modules() if isinstance(m, InferenceConv2d) and m.spike_table is not None}
     packing = {n for n, m in fast.named_modules() if isinstance(m, InferenceNeuron) and m.pack}
     assert 'encoder_level1.0.residual.1' in tables and 'encoder_level1.0.shortcut.0' in tables
+    assert 'encoder_level3.0.residual.1' in tables  # 32 -> 32 channels: sliced, not excluded
+    assert len(fast.get_submodule('encoder_level3.0.residual.1').spike_table.slices) == 4
     assert 'patch_embed.proj' not in tables and 'output' not in tables
     assert 'encoder_level1.0.residual.0' in packing and 'up2_1.up.0' in packing
     assert not any(m.spike_table is not None for m in dense.modules() if isinstance(m, InferenceConv2d))

@@ -89,7 +89,8 @@ class InferenceNeuron(nn.Module):
         # exact: contiguous spikes like the arch's neurons (the next conv sees the same layout); else x's layout
         self.exact = exact
         self.inplace = False  # set by the conversion where the input is a fresh tensor nothing else reads
-        self.pack = False  # set by the conversion where only spike-table convolutions read the spikes
+        self.pack = False  # set by the conversion where only spike-table convolutions read the spikes: the layer
+        # then returns spike_conv.PackedSpikes (bits), which forward hooks on it see too (PackedSpikes.unpack())
 
     def extra_repr(self):
         return (f'{self.spec}, compiled={self.compiled}, exact={self.exact}, inplace={self.inplace}, '
@@ -193,7 +194,7 @@ class InferenceAttention(nn.Module):
 
     With ``compiled`` and not ``exact`` the spatial gate's statistics are taken from y times the temporal/channel
     gate in one compiled pass without writing that product, and both gates, ReLU and residual are applied in one
-    more: two passes over the feature map instead of five. The compiled reduction sums in another order than
+    more: after the shortcut sum and the plane statistics, two passes over the feature map instead of four. The compiled reduction sums in another order than
     ATen's, so the spatial gate may differ in the last bits: for exact=False only."""
 
     def __init__(self, attention, compiled=False, exact=True):
@@ -308,7 +309,7 @@ class InferenceResidualBlock(nn.Module):
         for module in rest:
             y = module(y)
         shortcut = self.shortcut(spikes if self.spike_shortcut else x)
-        if isinstance(self.attn, InferenceAttention):  # it adds the shortcut (in its first pass when fused)
+        if isinstance(self.attn, InferenceAttention):  # it adds the shortcut first, in y's storage
             return self.attn(y, x, addend=shortcut)
         y = y.add_(shortcut)  # y is a fresh tensor of this block
         if isinstance(self.attn, nn.Identity):

@@ -18,6 +18,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -37,7 +38,7 @@ SKEW = 16  # floats between the 256-row blocks of a table (see csrc/spike_conv.c
 
 _lock = threading.Lock()
 _library = None  # the loaded kernels, False once building failed
-_pool = None  # (thread count, executor)
+_pool = None  # (size, executor): the Python threads of a build without OpenMP
 
 
 class PackedSpikes:
@@ -75,31 +76,16 @@ def _compile(compiler, flags, target):
     fd, partial = tempfile.mkstemp(suffix='.so', dir=target.parent)
     os.close(fd)
     try:
-        result = subprocess.run([compiler, *flags, '-o', partial, str(SOURCE)], capture_output=True, text=True)
+        result = subprocess.run([*compiler, *flags, '-o', partial, str(SOURCE)], capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f'{compiler} failed on {SOURCE}: {result.stderr.strip()[-500:]}')
+            raise RuntimeError(f'{shlex.join(compiler)} failed on {SOURCE}: {result.stderr.strip()[-500:]}')
         os.replace(partial, target)
     finally:
         if os.path.exists(partial):
             os.remove(partial)
 
 
-def _build():
-    compiler = os.environ.get('CC') or shutil.which('cc') or shutil.which('gcc')
-    if compiler is None:
-        raise RuntimeError('no C compiler found (set CC)')
-    key = hashlib.sha256(b'\0'.join([SOURCE.read_bytes(), compiler.encode(), ' '.join(FLAGS).encode(),
-                                     _cpu_identity().encode(), platform.machine().encode()])).hexdigest()[:16]
-    # with OpenMP where the compiler has it (the kernels then run on PyTorch's own OpenMP threads), else without
-    for variant, flags in (('omp', [*FLAGS, '-fopenmp']), ('serial', FLAGS)):
-        target = _cache_dir() / f'spike_conv-{key}-{variant}.so'
-        try:
-            if not target.exists():
-                _compile(compiler, flags, target)
-            break
-        except (OSError, RuntimeError):
-            if variant == 'serial':
-                raise
+def _load(target):
     library = ctypes.CDLL(str(target))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     library.pack_spikes.argtypes = [ptr, *[i64] * 10, ptr, ctypes.c_float, i64, i64, i64, i64]
@@ -109,6 +95,24 @@ def _build():
     library.spike_conv_threaded.restype = ctypes.c_int
     library.threaded = bool(library.spike_conv_threaded())
     return library
+
+
+def _build():
+    compiler = shlex.split(os.environ.get('CC', '')) or [shutil.which('cc') or shutil.which('gcc') or 'cc']
+    key = hashlib.sha256(b'\0'.join([SOURCE.read_bytes(), ' '.join(compiler).encode(), ' '.join(FLAGS).encode(),
+                                     _cpu_identity().encode(), platform.machine().encode()])).hexdigest()[:16]
+    # with OpenMP where the compiler has it (the kernels then share PyTorch's OpenMP runtime where PyTorch uses
+    # GNU OpenMP, as its Linux wheels do), else without; a failed variant is retried by the next process
+    errors = []
+    for variant, flags in (('omp', [*FLAGS, '-fopenmp']), ('serial', FLAGS)):
+        target = _cache_dir() / f'spike_conv-{key}-{variant}.so'
+        try:
+            if not target.exists():
+                _compile(compiler, flags, target)
+            return _load(target)
+        except (OSError, RuntimeError) as error:
+            errors.append(error)
+    raise RuntimeError(str(errors[-1]))
 
 
 def kernels():
@@ -133,10 +137,10 @@ def packable(spec):
 
 
 def _slice_width(in_channels, out_channels, kernel_size):
-    """Output channels per table slice: all of them (padded to a multiple of 8) where that table stays in cache,
-    else 16 or 8; None where even 8 would not."""
+    """Output channels per table slice: all of them (padded to a multiple of 8, at most 64) where that table stays
+    in cache, else 16 or 8; None where even 8 would not."""
     groups, padded = -(-in_channels // 8), _padded(out_channels)
-    for width in dict.fromkeys((padded, 16, 8)):
+    for width in dict.fromkeys((min(padded, 64), 16, 8)):  # the kernels take up to 64 output channels a slice
         if width <= padded and kernel_size ** 2 * groups * (256 * width + SKEW) * 4 <= TABLE_BYTES_MAX:
             return width
     return None
@@ -191,8 +195,8 @@ def _run_rows(function, args, rows):
     threads = max(1, min(torch.get_num_threads(), rows // 8))
     if threads == 1 or kernels().threaded:
         return [function(*args, 0, rows, threads)]
-    if _pool is None or _pool[0] != threads:
-        _pool = (threads, ThreadPoolExecutor(max_workers=threads, thread_name_prefix='spike_conv'))
+    if _pool is None or _pool[0] < threads:  # one pool, replaced only when torch's thread count grows
+        _pool = (torch.get_num_threads(), ThreadPoolExecutor(torch.get_num_threads(), 'spike_conv'))
     bounds = [rows * i // threads for i in range(threads + 1)]
     return list(_pool[1].map(lambda i: function(*args, bounds[i], bounds[i + 1], 1), range(threads)))
 

@@ -303,8 +303,8 @@ def build_parser():
     p.add_argument('--device', default='auto', help='auto (CUDA when available), cpu, cuda, cuda:1, ...')
     p.add_argument('--bf16', action='store_true', help='bf16 autocast (CUDA only)')
     p.add_argument('--fast', action='store_true', help='spiking nets: batch norms folded, spike-driven '
-                   'convolutions on the CPU (about 2-3x faster there; a spike within rounding of its threshold can '
-                   'flip, changing the pixels near it by up to a few 1e-2)')
+                   'convolutions on the CPU (SpikerIR about 2-3x faster there, ESDNet 1.1x; a spike within '
+                   'rounding of its threshold can flip, changing the pixels near it by up to a few 1e-2)')
     p.add_argument('--compare', action='store_true', help='also write <out>/compare/<stem>.png: input | output '
                                                           '(| ground truth)')
     p.add_argument('--gt', help='folder of ground-truth images (same stems) for --compare')

@@ -52,7 +52,8 @@ static void pack_rows(const float *x, int64_t st, int64_t sb, int64_t sc, int64_
                         unsigned bits = 0;
                         UNROLL for (int k = 0; k < 8; ++k) bits |= (unsigned)(fire[k] & 1) << k;
                         dst[t * plane] = (uint8_t)bits;
-                        v = (v8f)((v8i)charged & ~fire);  /* hard reset to 0 where it fired */
+                        /* hard reset as neuron_kernels.py: h - h where it fired (0, or NaN for an infinite h) */
+                        v = charged - (v8f)((v8i)charged & fire);
                     }
                 } else {
                     const int64_t channels = C - 8 * g < 8 ? C - 8 * g : 8;
@@ -64,7 +65,7 @@ static void pack_rows(const float *x, int64_t st, int64_t sb, int64_t sc, int64_
                             const float charged = leaky ? input + v[k] * 0.5f : input + v[k];
                             const int fire = charged >= v_th;
                             bits |= (unsigned)fire << k;
-                            v[k] = fire ? 0.0f : charged;
+                            v[k] = fire ? charged - charged : charged;
                         }
                         dst[t * plane] = (uint8_t)bits;
                     }
