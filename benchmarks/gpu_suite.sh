@@ -2,7 +2,8 @@
 # The GPU measurements behind the tables in benchmarks/README.md, in one go (about 6 minutes on an H200):
 #   bash benchmarks/gpu_suite.sh OUTDIR
 # CUDA tests, then benchmarks/train_step.py in every configuration (eager fp32/bf16, channels_last, block
-# checkpointing, teacher bf16 + CUDA graph, whole-step CUDA graph, compile), the fast paths' distance from the
+# checkpointing, teacher bf16 + CUDA graph, whole-step CUDA graph, compile), restoration speed of the students
+# against NAFNet-width32 (benchmarks/inference.py, exact and fast copies), the fast paths' distance from the
 # reference path (esdnet_equality.py) and torch.profiler kernel tables (profile_step.py). Every part has its own
 # time limit, so one failing or slow part does not cost the others. DEVICE=cpu TINY=1 runs the same steps with tiny
 # networks on a CPU (a check of this script).
@@ -33,6 +34,7 @@ part() {  # part NAME SECONDS COMMAND...: run with a time limit, log its status
     $PY -c "import torch; from importlib.metadata import version; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'spikingjelly', version('spikingjelly'))"
     C="esdnet_fast,spikerir_tiny,spikerir_base,kd_tiny,kd_base"
     part eager 120 $B --cases $C --sizes $SIZES --dtypes fp32,bf16 $ITERS --out "$OUT/eager.jsonl"
+    [ "$DEVICE" = cuda ] && part inference 40 $PY benchmarks/inference.py --device cuda --cases nafnet32,tiny,base,esdnet --modes exact,fast --sizes 256,512 --repeats 5 --profile= --out "$OUT/inference.jsonl"
     part reference 45 $B --cases esdnet_sj --sizes $SJ_SIZES --dtypes fp32 $SJ_ITERS --out "$OUT/reference.jsonl"
     part channels-last 70 $B --cases $C --sizes $SIZES --dtypes bf16 --channels-last $ITERS --out "$OUT/channels_last.jsonl"
     part checkpoint 40 $B --cases esdnet_fast --sizes $BIG --dtypes fp32,bf16 --channels-last --checkpoint $ITERS --out "$OUT/checkpoint.jsonl"
