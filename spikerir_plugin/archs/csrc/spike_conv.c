@@ -18,6 +18,7 @@
  * PyTorch's operators share one thread pool instead of competing for the cores. Built and loaded by
  * spike_conv.py; the arithmetic of the neurons is that of neuron_kernels.py (no fast-math).
  */
+#include <stddef.h>
 #include <stdint.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -147,21 +148,32 @@ static void conv_any(const uint8_t *P, int64_t Hp, int64_t Wp, int64_t groups, c
     }
 }
 
+typedef void (*specialised_conv)(const uint8_t *, int64_t, int64_t, const float *, const float *, float *, int64_t,
+                                 int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
+
+/* the specialised kernel for this shape, or NULL */
+static specialised_conv specialised(int64_t K, int64_t cout, int64_t groups)
+{
+    static const specialised_conv by_shape[2][2][3] = {  /* [K 1 or 3][cout 8 or 16][groups 1, 2 or 4] */
+        {{conv_1_1_1, conv_1_2_1, conv_1_4_1}, {conv_2_1_1, conv_2_2_1, conv_2_4_1}},
+        {{conv_1_1_3, conv_1_2_3, conv_1_4_3}, {conv_2_1_3, conv_2_2_3, conv_2_4_3}},
+    };
+    const int k = K == 1 ? 0 : K == 3 ? 1 : -1, v = cout == 8 ? 0 : cout == 16 ? 1 : -1;
+    const int g = groups == 1 ? 0 : groups == 2 ? 1 : groups == 4 ? 2 : -1;
+    return k < 0 || v < 0 || g < 0 ? NULL : by_shape[k][v][g];
+}
+
 /* the specialised kernel for this shape, else conv_any (shapes checked by table_conv) */
 static void table_conv_rows(const uint8_t *P, int64_t Hp, int64_t Wp, int64_t groups, const float *table,
                             const float *bias, float *out, int64_t cout, int64_t step, int64_t K, int64_t stride,
                             int64_t padding, int64_t Ho, int64_t Wo, int64_t begin, int64_t end)
 {
     const int64_t offset = 1 - padding;
-#define RUN(NAME) NAME(P, Hp, Wp, table, bias, out, step, stride, offset, Ho, Wo, begin, end); return
-    if (K == 3) {
-        if (cout == 8) { if (groups == 1) { RUN(conv_1_1_3); } if (groups == 2) { RUN(conv_1_2_3); } if (groups == 4) { RUN(conv_1_4_3); } }
-        if (cout == 16) { if (groups == 1) { RUN(conv_2_1_3); } if (groups == 2) { RUN(conv_2_2_3); } if (groups == 4) { RUN(conv_2_4_3); } }
-    } else if (K == 1) {
-        if (cout == 8) { if (groups == 1) { RUN(conv_1_1_1); } if (groups == 2) { RUN(conv_1_2_1); } if (groups == 4) { RUN(conv_1_4_1); } }
-        if (cout == 16) { if (groups == 1) { RUN(conv_2_1_1); } if (groups == 2) { RUN(conv_2_2_1); } if (groups == 4) { RUN(conv_2_4_1); } }
-    }
-    conv_any(P, Hp, Wp, groups, table, bias, out, cout, step, K, stride, offset, Ho, Wo, begin, end);
+    const specialised_conv conv = specialised(K, cout, groups);
+    if (conv)
+        conv(P, Hp, Wp, table, bias, out, step, stride, offset, Ho, Wo, begin, end);
+    else
+        conv_any(P, Hp, Wp, groups, table, bias, out, cout, step, K, stride, offset, Ho, Wo, begin, end);
 }
 
 /* rows [begin, end) split into equal parts over the threads */
