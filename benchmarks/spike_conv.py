@@ -34,7 +34,7 @@ LAYERS = [
 ]
 
 
-def best_ms(fn, repeats):
+def median_ms(fn, repeats):
     fn()
     times = []
     for _ in range(repeats):
@@ -42,16 +42,6 @@ def best_ms(fn, repeats):
         fn()
         times.append(time.perf_counter() - start)
     return 1e3 * statistics.median(times)
-
-
-def whole_table(conv):
-    """A SpikeTable with every output channel in one slice, whatever its size."""
-    limit = spike_conv.TABLE_BYTES_MAX
-    spike_conv.TABLE_BYTES_MAX = 1 << 40
-    try:
-        return spike_conv.SpikeTable(conv.weight, conv.bias)
-    finally:
-        spike_conv.TABLE_BYTES_MAX = limit
 
 
 def main():
@@ -71,15 +61,15 @@ def main():
         conv = nn.Conv2d(cin, cout, k, stride, k // 2).eval()
         conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
-            dense = best_ms(lambda: conv(multi_step_spikes(x, LIF, out=torch.empty_like(x)).flatten(0, 1)),
+            dense = median_ms(lambda: conv(multi_step_spikes(x, LIF, out=torch.empty_like(x)).flatten(0, 1)),
                             args.repeats)
             row = f'{cin:>3} -> {cout:>2} @{side:>3} k{k} s{stride}'
-            whole = whole_table(conv)
-            whole_ms = best_ms(lambda: spike_conv.table_conv(spike_conv.pack_spikes(x, LIF), whole, stride, k // 2),
+            whole = spike_conv.SpikeTable(conv.weight, conv.bias, max_bytes=1 << 40)  # one slice, any size
+            whole_ms = median_ms(lambda: spike_conv.table_conv(spike_conv.pack_spikes(x, LIF), whole, stride, k // 2),
                                args.repeats)
             if spike_conv.table_eligible(conv):
                 table = spike_conv.SpikeTable(conv.weight, conv.bias)
-                sliced = best_ms(lambda: spike_conv.table_conv(spike_conv.pack_spikes(x, LIF), table, stride,
+                sliced = median_ms(lambda: spike_conv.table_conv(spike_conv.pack_spikes(x, LIF), table, stride,
                                                                k // 2), args.repeats)
                 print(f'{row:>22} {len(table.slices):>6} {dense:7.2f} {sliced:7.2f} {sliced / dense:6.2f} '
                       f'{whole_ms:7.2f} {whole_ms / dense:6.2f}', flush=True)

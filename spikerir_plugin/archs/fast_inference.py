@@ -194,8 +194,9 @@ class InferenceAttention(nn.Module):
 
     With ``compiled`` and not ``exact`` the spatial gate's statistics are taken from y times the temporal/channel
     gate in one compiled pass without writing that product, and both gates, ReLU and residual are applied in one
-    more: after the shortcut sum and the plane statistics, two passes over the feature map instead of four. The compiled reduction sums in another order than
-    ATen's, so the spatial gate may differ in the last bits: for exact=False only."""
+    more: after the shortcut sum and the plane statistics, two passes over the feature map instead of four. The
+    compiled reduction sums in another order than ATen's, so the spatial gate may differ in the last bits: for
+    exact=False only."""
 
     def __init__(self, attention, compiled=False, exact=True):
         super().__init__()
@@ -212,8 +213,8 @@ class InferenceAttention(nn.Module):
             y.add_(addend)
         nhwc = y.stride(2) == 1 and not y.is_contiguous()  # exact=False runs channels-last
         gate = self._temporal_channel_gate(y, nhwc)
+        tail = compiled_for(_gate_relu_residual_, y.device.type) if self.compiled else _gate_relu_residual_
         if self.sa is None:
-            tail = compiled_for(_gate_relu_residual_, y.device.type) if self.compiled else _gate_relu_residual_
             return tail(y, gate, residual)
         if self.fused:
             stats = compiled_for(_gated_pixel_stats, y.device.type)(y, gate)
@@ -222,9 +223,7 @@ class InferenceAttention(nn.Module):
         if gate is not None:  # the spatial statistics read y after the temporal/channel gates
             y.mul_(gate)
         stats = _nhwc_pixel_stats(y) if nhwc else torch.stack((y.mean((0, 2)), y.amax((0, 2))), dim=1)
-        spatial = torch.sigmoid(self.sa.conv(stats))[None]
-        tail = compiled_for(_gate_relu_residual_, y.device.type) if self.compiled else _gate_relu_residual_
-        return tail(y, spatial, residual)
+        return tail(y, torch.sigmoid(self.sa.conv(stats))[None], residual)
 
     def _temporal_channel_gate(self, y, nhwc):
         """The product of the temporal and channel gates, [T, B, C, 1, 1], or None without either."""
@@ -249,11 +248,11 @@ def _gated_pixel_stats(y, gate):
 
 
 def _gates_relu_residual_(y, gate, spatial, residual):
-    """relu(y * gate * spatial) + residual written over y, the products in that order (gate None: no product);
-    the same IEEE operations as y.mul_(gate) followed by _gate_relu_residual_(y, spatial, residual)."""
+    """relu(y * gate * spatial) + residual written over y, the products in that order (gate None: no product): the
+    unfused path's y.mul_(gate) and tail as one function, which torch.compile turns into one pass."""
     if gate is not None:
         y.mul_(gate)
-    return y.mul_(spatial).relu_().add_(residual)
+    return _gate_relu_residual_(y, spatial, residual)
 
 
 def _gate_relu_residual_(y, gate, residual):

@@ -11,8 +11,9 @@ report assumes for spike-driven layers. Measured in ``benchmarks/inference.py`` 
 The C file is compiled on first use with the system C compiler (``$CC``, else ``cc``; with OpenMP where it has
 it, which then runs on PyTorch's own OpenMP threads) into the user's cache (``$XDG_CACHE_HOME/spikerir_plugin``,
 else ``~/.cache/spikerir_plugin``; ``SPIKERIR_CACHE_DIR`` overrides), once per source, compiler and CPU, and
-loaded with ctypes. Without a working compiler the fast copy keeps dense convolutions (one warning). The sums run in another order than oneDNN's, so outputs differ from the dense ones by
-float rounding (and, through rounding, a membrane potential at a threshold may fire in one and not the other).
+loaded with ctypes. Without a working compiler the fast copy keeps dense convolutions (one warning). The sums run
+in another order than oneDNN's, so outputs differ from the dense ones by float rounding (and, through rounding, a
+membrane potential at a threshold may fire in one and not the other).
 """
 import ctypes
 import hashlib
@@ -136,12 +137,12 @@ def packable(spec):
     return spec.v_reset == 0.0 and (spec.tau is None or (spec.tau == 2.0 and not spec.decay_input))
 
 
-def _slice_width(in_channels, out_channels, kernel_size):
+def _slice_width(in_channels, out_channels, kernel_size, max_bytes=TABLE_BYTES_MAX):
     """Output channels per table slice: all of them (padded to a multiple of 8, at most 64) where that table stays
-    in cache, else 16 or 8; None where even 8 would not."""
+    within max_bytes, else 16 or 8; None where even 8 would not."""
     groups, padded = -(-in_channels // 8), _padded(out_channels)
     for width in dict.fromkeys((min(padded, 64), 16, 8)):  # the kernels take up to 64 output channels a slice
-        if width <= padded and kernel_size ** 2 * groups * (256 * width + SKEW) * 4 <= TABLE_BYTES_MAX:
+        if width <= padded and kernel_size ** 2 * groups * (256 * width + SKEW) * 4 <= max_bytes:
             return width
     return None
 
@@ -162,12 +163,13 @@ def _padded(channels):
 class SpikeTable:
     """The tables of one convolution for table_conv: for every slice of (up to 64, 16 or 8) output channels, every
     tap and every group of 8 input channels, the 256 sums of the weights of the channels whose bit is set (summed in
-    float64, then rounded once); output channels padded to a multiple of 8 with zero weights."""
+    float64, then rounded once); output channels padded to a multiple of 8 with zero weights. ``max_bytes`` bounds
+    a slice's table (the default keeps it in the L2 cache; benchmarks/spike_conv.py also times unsliced tables)."""
 
-    def __init__(self, weight, bias):
+    def __init__(self, weight, bias, max_bytes=TABLE_BYTES_MAX):
         cout, cin, k, _ = weight.shape
         groups, padded = -(-cin // 8), _padded(cout)
-        width = _slice_width(cin, cout, k)
+        width = _slice_width(cin, cout, k, max_bytes)
         w = torch.zeros(padded, groups * 8, k, k, dtype=torch.float64)
         w[:cout, :cin] = weight.detach().double()
         codes = torch.arange(256)
@@ -203,13 +205,10 @@ def _run_rows(function, args, rows):
 
 def pack_spikes(x, spec):
     """Run a packable neuron over a multi-step float32 CPU input x [T, B, C, H, W] (any strides) and return its
-    spikes as PackedSpikes, or None where the kernels are unavailable."""
-    library = kernels()
-    if library is None:
-        return None
+    spikes as PackedSpikes (the kernels must be available: ``kernels()`` is not None)."""
     t, b, c, h, w = x.shape
     bits = torch.zeros(t * b, h + 2, w + 2, -(-c // 8), dtype=torch.uint8)
-    _run_rows(library.pack_spikes, (x.data_ptr(), *x.stride(), t, b, c, h, w, bits.data_ptr(), spec.v_threshold,
+    _run_rows(kernels().pack_spikes, (x.data_ptr(), *x.stride(), t, b, c, h, w, bits.data_ptr(), spec.v_threshold,
                                     int(spec.tau is not None)), b * h)
     return PackedSpikes(bits, (t, b, c, h, w))
 

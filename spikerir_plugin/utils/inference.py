@@ -16,9 +16,9 @@ the convolutions that read spikes as spike-driven table look-ups (archs/spike_co
 use with the system C compiler, dense convolutions without one); faster, but spikes within rounding of the
 threshold may flip, so outputs are not bit-equal (see archs/fast_inference.py). ``compile=True`` compiles the
 neuron loops and the attention's element-wise passes with torch.compile (the exact copy's outputs unchanged; needs
-a C++ compiler on the CPU; the first call compiles). On the CPU the page faults of fresh activation memory can take a third of a
-forward: ``spikerir_plugin.utils.cpu_memory.keep_freed_memory()`` (process-wide; the plugin's restore and energy
-commands call it) removes them.
+a C++ compiler on the CPU; the first call compiles). On the CPU the page faults of fresh activation memory can take
+a third of a forward: ``spikerir_plugin.utils.cpu_memory.keep_freed_memory()`` (process-wide; the plugin's restore
+and energy commands call it) removes them.
 """
 from torch import nn
 
