@@ -433,7 +433,9 @@ def test_kd_schedule_state_roundtrip_restores_the_saved_schedule():
 
 # ---------------------------------------------------------------------------------------------- EMA, checkpoints
 def test_ema_averages_parameters_and_batchnorm_buffers(tmp_path, teacher_ckpt):
-    model = build_model(distill_opt(tmp_path, teacher_ckpt, ema_decay=0.5))
+    opt = distill_opt(tmp_path, teacher_ckpt, ema_decay=0.5)
+    opt['train']['ema_warmup'] = False  # basicsr's fixed decay from the first update
+    model = build_model(opt)
     lq, gt = noisy_patches(2, 32)
     model.feed_data({'lq': lq, 'gt': gt})
     model.optimize_parameters(1)
@@ -448,6 +450,22 @@ def test_ema_averages_parameters_and_batchnorm_buffers(tmp_path, teacher_ckpt):
         else:
             assert torch.equal(value, student[key])
     assert any(not torch.equal(model.net_g_ema.state_dict()[k], torch.zeros_like(student[k])) for k in bn_keys)
+
+
+def test_ema_warmup_copies_the_weights_first_and_reaches_the_fixed_decay(tmp_path, teacher_ckpt):
+    model = build_model(distill_opt(tmp_path, teacher_ckpt, ema_decay=0.999))
+    lq, gt = noisy_patches(2, 32)
+    model.feed_data({'lq': lq, 'gt': gt})
+    model.optimize_parameters(1)
+    for key, value in model.net_g.state_dict().items():  # a short run's EMA starts at its weights, not its init
+        assert torch.equal(model.net_g_ema.state_dict()[key], value), key
+    ema_before = {k: v.clone() for k, v in model.net_g_ema.state_dict().items()}
+    model.optimize_parameters(2)
+    student = model.net_g.state_dict()
+    key = next(k for k, v in student.items() if v.dtype.is_floating_point and not torch.equal(v, ema_before[k]))
+    torch.testing.assert_close(model.net_g_ema.state_dict()[key], 0.1 * ema_before[key] + 0.9 * student[key])
+    assert model.ema_decay_at(601) == pytest.approx(600 / 609)  # 600 iterations: an average over the last ~60
+    assert model.ema_decay_at(10 ** 6) == 0.999  # long runs: the configured decay
 
 
 def test_checkpoint_keeps_student_keys_clean_and_loads_strictly(tmp_path, teacher_ckpt):

@@ -7,6 +7,10 @@ Built through SRModel's own ``__init__`` (network, DDP, pretrained weights, trai
     train.fft_opt          a frequency-domain loss (FFTLoss) next to pixel_opt / perceptual_opt
     train.ema_decay        EMA of parameters *and* floating buffers (tdBN/BN running statistics; basicsr's EMA
                            averages parameters only, so a BN student's EMA kept its initial statistics)
+    train.ema_warmup       true (default): the update after iteration i decays by min(ema_decay, (i - 1) / (i + 8))
+                           (the first update copies the weights, then TensorFlow's (1 + n) / (10 + n) form), so a
+                           short run's EMA is not mostly its random initialisation (0.999 ** 600 = 0.55); false:
+                           basicsr's fixed decay from the first update
     val.tile               {size, overlap}: tiled validation/test for large images (tiled_inference.py)
     speed                  {channels_last, bf16, compile, checkpoint}: training fast paths (utils/speed.py)
 
@@ -129,6 +133,7 @@ class SpikingSRModel(SRModel):
         self.net_g.train()
         train_opt = self.opt['train']
         self.ema_decay = train_opt.get('ema_decay', 0)
+        self.ema_warmup = bool(train_opt.get('ema_warmup', True))
         if self.ema_decay > 0:
             get_root_logger().info(f'Use Exponential Moving Average with decay: {self.ema_decay}')
             self.net_g_ema = self.build_ema_network()
@@ -217,11 +222,19 @@ class SpikingSRModel(SRModel):
         self._step_losses = self.forward_backward(current_iter)
         self.optimizer_g.step()
         if self.ema_decay > 0:
-            self.model_ema(decay=self.ema_decay)
+            self.model_ema(decay=self.ema_decay_at(current_iter))
 
     def get_current_log(self):
         """The last step's losses averaged over ranks (basicsr's loop calls this on every rank, at print_freq)."""
         return self.reduce_loss_dict(self._step_losses)
+
+    def ema_decay_at(self, current_iter):
+        """The EMA decay of the update made at basicsr's ``current_iter`` (1 for the first step). Derived from the
+        iteration alone, so a resumed run continues the same schedule."""
+        if not self.ema_warmup:
+            return self.ema_decay
+        previous = max(int(current_iter) - 1, 0)  # updates made before this one
+        return min(self.ema_decay, previous / (previous + 9))
 
     def model_ema(self, decay=0.999):
         """EMA over parameters *and* floating buffers (tdBN running stats); integer buffers are copied."""
