@@ -615,6 +615,28 @@ def test_model_checkpoints_and_validation_images_are_written_atomically(tmp_path
     assert SRModel.nondist_validation.__globals__['imwrite'] is basicsr.utils.imwrite
 
 
+@pytest.mark.parametrize('umask', [0o022, 0o077, 0o002])
+def test_written_files_get_the_permissions_of_the_users_umask(tmp_path, umask):
+    """Checkpoints, training states, validation images and reports get what open() gives under the umask (as
+    basicsr's own files), not mkstemp's 0600."""
+    from spikerir_plugin.utils.atomic import atomic_write_text
+    old = os.umask(umask)
+    try:
+        opt = model_opt(tmp_path, is_train=True)
+        model = build_model(opt)
+        model.save(0, 2)
+        model.validation(torch.utils.data.DataLoader(OneImage(), batch_size=1), 2, None, save_img=True)
+        atomic_write_text(str(tmp_path / 'report.csv'), 'a,b\n')
+        with open(tmp_path / 'plain.txt', 'w') as f:  # what any other program writes here
+            f.write('x')
+    finally:
+        os.umask(old)
+    expected = 0o666 & ~umask
+    assert os.stat(tmp_path / 'plain.txt').st_mode & 0o777 == expected
+    for name in ('net_g_2.pth', '2.state', 'report.csv', os.path.join('vis', 'img', 'img_2.png')):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == expected, (name, oct(umask))
+
+
 def test_energy_report_and_demo_files_are_written_atomically(tmp_path, monkeypatch):
     from spikerir_plugin import demo
     from spikerir_plugin.tools import energy_report

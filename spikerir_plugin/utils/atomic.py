@@ -4,7 +4,8 @@ Every file the plugin writes during a run (weights, training states, reports, im
 the content is written to a temporary file in the destination folder, flushed and fsync'ed, then renamed over the
 destination (``os.replace`` is atomic on POSIX and Windows within one file system), and the folder is fsync'ed so
 the rename itself survives a power cut. A killed process leaves at most a ``.<name>.*.tmp`` file, never a
-truncated destination.
+truncated destination. The destination gets the permissions ``open()`` would give it under the process's umask
+(``mkstemp`` makes its file 0600 whatever the umask).
 """
 import contextlib
 import io
@@ -14,6 +15,13 @@ import tempfile
 
 # the temporary files atomic_write makes: .<destination name>.<random>.tmp
 _TEMP_RE = re.compile(r'^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$')
+
+
+def _current_umask():
+    """The process's umask (reading it means setting it; set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder):
@@ -38,6 +46,7 @@ def atomic_write(path, mode='wb'):
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=folder)
     try:
+        os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, mode, **({} if 'b' in mode else {'encoding': 'utf-8'})) as f:
             yield f
             f.flush()
