@@ -134,23 +134,44 @@ def test_teacher_from_official_style_files(tmp_path, teacher_ckpt, layout, param
 
 
 def test_non_strict_teacher_loads_what_fits(tmp_path, teacher_ckpt):
-    """strict_load_t: false skips missing, unexpected and mis-shaped keys and loads every key that fits."""
+    """strict_load_t: false skips a few missing, unexpected or mis-shaped keys and loads every key that fits."""
     saved = torch.load(teacher_ckpt)['params']
-    opt = _with(distill_opt(tmp_path, teacher_ckpt), 'network_t.middle_blk_num', 2)  # one extra middle block
-    opt['path']['strict_load_t'] = False
-    opt['network_t']['dec_blk_nums'] = [1, 1, 1, 2]  # and one extra decoder block
-    with_extra = build_model(opt).net_t.state_dict()
-    assert any(k.startswith('middle_blks.1.') for k in with_extra) and 'decoders.3.1.beta' in with_extra
-    for key, value in saved.items():
-        assert torch.equal(with_extra[key], value), key
     # a mis-shaped entry is skipped (the net keeps its own initialisation there), the rest still loads
-    edited = dict(saved, **{'intro.weight': torch.zeros(8, 3, 5, 5)})
+    edited = dict(saved, **{'intro.weight': torch.zeros(8, 3, 5, 5), 'extra.weight': torch.zeros(1)})
     torch.save({'params': edited}, tmp_path / 'edited.pth')
     opt = distill_opt(tmp_path, str(tmp_path / 'edited.pth'))
     opt['path']['strict_load_t'] = False
     teacher = build_model(opt).net_t.state_dict()
     assert teacher['intro.weight'].shape == (8, 3, 3, 3) and teacher['intro.weight'].abs().sum() > 0
     assert all(torch.equal(teacher[k], v) for k, v in saved.items() if k != 'intro.weight')
+
+
+def test_non_strict_teacher_that_would_stay_mostly_random_is_refused(tmp_path, teacher_ckpt):
+    """A teacher built with other arguments than its checkpoint: strict_load_t: false would freeze a mostly random
+    network, so it is an error that names the argument to fix."""
+    saved = torch.load(teacher_ckpt)['params']
+    opt = _with(distill_opt(tmp_path, teacher_ckpt), 'network_t.width', 4)
+    opt['path']['strict_load_t'] = False
+    with pytest.raises(ValueError) as caught:
+        build_model(opt)
+    text = str(caught.value)
+    assert re.search(rf'strict_load_t: false would load only \d+ of the {len(saved)} entries of network_t NAFNet',
+                     text), text
+    assert 'set network_t.width: 8 (the checkpoint fits it exactly' in text and 'shape mismatches' in text
+    opt = _with(distill_opt(tmp_path, teacher_ckpt), 'network_t.middle_blk_num', 4)  # extra blocks stay random
+    opt['path']['strict_load_t'] = False
+    with pytest.raises(ValueError, match=r'would load only .*set network_t.middle_blk_num: 1 \(the checkpoint'):
+        build_model(opt)
+
+
+def test_teacher_width_mismatch_names_the_argument_not_a_non_strict_load(tmp_path, teacher_ckpt):
+    opt = _with(distill_opt(tmp_path, teacher_ckpt), 'network_t.width', 16)
+    with pytest.raises(ValueError) as caught:
+        build_model(opt)
+    text = str(caught.value)
+    assert text.startswith(f"The teacher checkpoint '{teacher_ckpt}'")
+    assert "set network_t.width: 8 (the checkpoint fits it exactly; it is 16 now)" in text
+    assert 'strict_load_t' not in text
 
 
 def test_default_hint_layers_adapter_shapes_and_resize(tmp_path, teacher_ckpt):

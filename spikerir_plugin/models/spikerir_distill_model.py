@@ -116,7 +116,7 @@ class SpikerIRDistillModel(SpikingSRModel):
         path_opt = self.opt['path']
         teacher = build_network(dict(self.opt['network_t']))
         load_weights(teacher, path_opt.get('pretrain_network_t'), path_opt.get('param_key_t', 'params'),
-                     path_opt.get('strict_load_t', True))
+                     path_opt.get('strict_load_t', True), net_opt=self.opt['network_t'])
         teacher = teacher.to(self.device).eval()  # never DDP-wrapped: it is frozen and identical on every rank
         teacher.requires_grad_(False)
         fast.prepare_model(teacher, self.speed)

@@ -7,6 +7,8 @@ not atomic), truncated or corrupt archive, not a torch file at all, or a pickle 
 refuses (naming the global and how to allow it for a trusted file). ``load_weights`` then loads a state dict from it
 strictly, listing the keys present when the param key or the network does not match.
 """
+import inspect
+import logging
 import os
 import re
 import zipfile
@@ -15,6 +17,10 @@ import torch
 from basicsr.utils import get_root_logger
 
 _MAX_LISTED = 20
+# A non-strict load must fill at least this share of both the network's entries and the checkpoint's tensors. A
+# frozen teacher never trains what was not loaded, so it needs nearly all of them; a trained network (fine-tuning
+# with a new head, say) needs a clear majority.
+MIN_LOADED_SHARE = {'t': 0.9, 'g': 0.5}
 _LEGACY_MAGIC = b'\x80\x02\x8a\nl\xfc\x9cF'  # pickle of torch's magic number: the pre-1.6 (non-zip) format
 _GLOBAL_RE = re.compile(r'GLOBAL ([\w.]+) was not an allowed global')
 _UNPICKLER_RE = re.compile(r'WeightsUnpickler error:\s*(\S.*?)(?:\n\s*\n|$)', re.S)
@@ -106,7 +112,7 @@ def read_checkpoint(path, key='path', kind='checkpoint', fix=None, map_location=
                 f'clean.pth; or allow the type in the process that loads it, before loading: import {module}; '
                 f'torch.serialization.add_safe_globals([{unsafe}])', f'holds a pickled {unsafe}', path) from None
         unpickler = _UNPICKLER_RE.search(message)
-        detail = (unpickler.group(1) if unpickler else message).strip().split('\n')[0][:160]
+        detail = _first_sentence(unpickler.group(1) if unpickler else message)
         if head.startswith((b'PK', _LEGACY_MAGIC)):
             raise CheckpointError(f'{where} is a damaged torch archive ({size} bytes; torch: {detail}): it was '
                                   f'truncated or corrupted while being written or copied.{advice}',
@@ -123,6 +129,24 @@ def read_checkpoint(path, key='path', kind='checkpoint', fix=None, map_location=
     return ckpt
 
 
+def _logger():
+    """basicsr's logger once a pipeline has set it up; before that (launch checks) the same logger unconfigured, so
+    that an early message does not make basicsr's later set-up skip the run's log file."""
+    from basicsr.utils import logger as basicsr_logger
+    if 'basicsr' in basicsr_logger.initialized_logger:
+        return get_root_logger()
+    return logging.getLogger('basicsr')
+
+
+def _first_sentence(text, limit=200):
+    """The first sentence of an error message (torch's run on with advice for its own developers), whole words."""
+    line = text.strip().split('\n')[0]
+    sentence = line.split('. ')[0].rstrip('.')
+    if len(sentence) > limit:
+        sentence = sentence[:limit].rsplit(' ', 1)[0] + ' ...'
+    return sentence
+
+
 def _listing(keys):
     keys = sorted(keys)
     more = len(keys) - _MAX_LISTED
@@ -133,7 +157,7 @@ def _is_state_dict(obj):
     return isinstance(obj, dict) and bool(obj) and all(torch.is_tensor(v) for v in obj.values())
 
 
-def load_weights(net, path, param_key='params', strict=True, which='t', option=None, fix=None):
+def load_weights(net, path, param_key='params', strict=True, which='t', option=None, fix=None, net_opt=None):
     """Load checkpoint ``path`` into ``net`` and return ``net``.
 
     param_key: the entry holding the state dict ('params' / 'params_ema' fall back to each other, because basicsr's
@@ -141,7 +165,7 @@ def load_weights(net, path, param_key='params', strict=True, which='t', option=N
     is absent). strict: any missing, unexpected or mis-shaped key is an error listing them; otherwise what fits is
     loaded. ``which`` ('g' or 't') names the options in the error messages (path.pretrain_network_<which>, ...);
     ``option`` replaces those names for a command-line tool (e.g. '--ckpt'); ``fix`` replaces the advice given for a
-    missing or damaged file."""
+    missing or damaged file. ``net_opt`` (the network's options) lets a shape mismatch name the argument to change."""
     path_opt, key_opt, strict_opt = f'path.pretrain_network_{which}', f'path.param_key_{which}', \
         f'path.strict_load_{which}'
     if option is not None:
@@ -151,7 +175,7 @@ def load_weights(net, path, param_key='params', strict=True, which='t', option=N
         raise ValueError(f'{path_opt} is required when network_{which} is set (a checkpoint of the trained '
                          'network, e.g. basicsr net_g_<iter>.pth or an official NAFNet/Restormer file)')
     ckpt = read_checkpoint(path, path_opt, f'{role} checkpoint', fix=fix)
-    logger = get_root_logger()
+    logger = _logger()
     if param_key is not None and not (isinstance(ckpt, dict) and param_key in ckpt):
         available = list(ckpt) if isinstance(ckpt, dict) else []
         fallback = {'params': 'params_ema', 'params_ema': 'params'}.get(param_key)
@@ -176,20 +200,80 @@ def load_weights(net, path, param_key='params', strict=True, which='t', option=N
     own = net.state_dict()
     missing, unexpected = set(own) - set(state), set(state) - set(own)
     mismatched = [k for k in sorted(set(own) & set(state)) if own[k].shape != state[k].shape]
-    if strict and (missing or unexpected or mismatched):
+    loaded = len(own) - len(missing) - len(mismatched)
+    if missing or unexpected or mismatched:
+        network = f'network_{which}'
         shapes = '; '.join(f'{k}: checkpoint {tuple(state[k].shape)} vs net {tuple(own[k].shape)}'
                            for k in mismatched[:_MAX_LISTED])
-        raise ValueError(
-            f'{role.capitalize()} checkpoint {path!r} ({key_opt}={param_key!r}) does not match network_{which} '
-            f'{type(net).__name__}: check the network_{which} arguments (e.g. width/blocks). '
-            f'Missing keys: [{_listing(missing)}]; unexpected keys: [{_listing(unexpected)}]; '
-            f'shape mismatches: [{shapes}]. {strict_opt}: false loads what fits.')
-    if not strict:
+        fitting = fitting_argument(net_opt, state) if net_opt else None
+        fix = (f'set {network}.{fitting[0]}: {fitting[1]} (the checkpoint fits it exactly; it is {fitting[2]!r} '
+               'now)' if fitting else f'check the {network} arguments (e.g. width/blocks/preset) against the '
+               'options the checkpoint was trained with')
+        details = (f'Missing keys: [{_listing(missing)}]; unexpected keys: [{_listing(unexpected)}]; '
+                   f'shape mismatches: [{shapes}].')
+        if strict:
+            raise ValueError(f'The {role} checkpoint {path!r} ({key_opt}={param_key!r}) does not match {network} '
+                             f'{type(net).__name__}: {fix}. {details}')
+        share = MIN_LOADED_SHARE.get(which, MIN_LOADED_SHARE['g'])
+        if loaded < share * len(own) or loaded < share * len(state):
+            raise ValueError(
+                f'{strict_opt}: false would load only {loaded} of the {len(own)} entries of {network} '
+                f'{type(net).__name__} from the {len(state)} tensors of {path!r} (at least {share:.0%} of both must '
+                f'load): the rest would keep its random initialisation{" in a frozen teacher" if which == "t" else ""}'
+                f'. The checkpoint was made for another configuration: {fix}. {details}')
         for key in mismatched:
             state.pop(key)
-        if missing or unexpected or mismatched:
-            logger.warning(f'{role} loaded non-strictly: {len(missing)} missing, {len(unexpected)} unexpected, '
-                           f'{len(mismatched)} size-mismatched keys skipped')
+        logger.warning(f'{role} loaded non-strictly from {path}: {loaded} of {len(own)} entries loaded; '
+                       f'{len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} size-mismatched '
+                       'keys skipped')
     net.load_state_dict(state, strict=strict)
     logger.info(f'Loaded {role} {type(net).__name__} from {path} [{param_key}]')
     return net
+
+
+def fitting_argument(net_opt, state, max_candidates=12):
+    """(argument, value, current value) when the arch of ``net_opt`` built with that one integer argument changed
+    has exactly the keys and shapes of ``state``, else None. Candidates, most frequent first: the argument scaled
+    by the size ratios of the mismatched tensors (a width), and the lengths of the checkpoint's numbered module
+    lists (a number of blocks). Networks are built on the meta device (no memory, no initialisation cost)."""
+    from collections import Counter
+    from fractions import Fraction
+    from basicsr.utils.registry import ARCH_REGISTRY
+    try:
+        arch = ARCH_REGISTRY.get(net_opt['type'])
+        params = inspect.signature(arch).parameters
+    except Exception:  # an unknown or uninspectable arch: no suggestion
+        return None
+    kwargs = {k: v for k, v in net_opt.items() if k != 'type'}
+    current = {name: kwargs.get(name, p.default) for name, p in params.items()}
+    int_args = [n for n, v in current.items() if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+
+    def shapes(**changed):
+        try:
+            with torch.device('meta'):
+                built = arch(**dict(kwargs, **changed))
+        except Exception:
+            return None
+        return {k: tuple(v.shape) for k, v in built.state_dict().items()}
+
+    own = shapes()
+    if own is None:
+        return None
+    wanted = {k: tuple(v.shape) for k, v in state.items()}
+    ratios = Counter(Fraction(w, o) for k in set(own) & set(wanted) if len(own[k]) == len(wanted[k])
+                     for o, w in zip(own[k], wanted[k]) if o != w and o > 0)
+    blocks = {}  # numbered module lists of the checkpoint: prefix -> its length
+    for key in wanted:
+        parts = key.split('.')
+        for i, part in enumerate(parts):
+            if part.isdigit():
+                prefix = '.'.join(parts[:i])
+                blocks[prefix] = max(blocks.get(prefix, 0), int(part) + 1)
+    counts = Counter(blocks.values())
+    for name in int_args:
+        scaled = [current[name] * r for r, _ in ratios.most_common()]
+        tried = [int(v) for v in scaled if v.denominator == 1] + [n for n, _ in counts.most_common()]
+        for value in list(dict.fromkeys(v for v in tried if v != current[name]))[:max_candidates]:
+            if shapes(**{name: value}) == wanted:
+                return name, value, current[name]
+    return None
