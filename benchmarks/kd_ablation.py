@@ -1,41 +1,51 @@
-"""Distillation ablation: the student trained alone against distillation variants, at equal iterations, equal data
-and equal seeds, every run through basicsr's training pipeline and SpikerIRDistillModel.
+"""Distillation at equal compute, with the options that ship: the two-step recipe against the student trained alone
+for the same wall time and for the same iterations, every run through basicsr's training pipeline.
 
-    python benchmarks/kd_ablation.py                                   # demo photo set, built-in variants
-    python benchmarks/kd_ablation.py --only chain_kd alone_2x --seeds 0 1 2 --eval report
-    python benchmarks/kd_ablation.py --opt my_kd.yml --variants my_variants.yml --iters 5000 --jobs 4
+    python benchmarks/kd_ablation.py --seeds 0 1 2 --eval report --jobs 2 --workdir /tmp/kd_runs   # the README table
+    python benchmarks/kd_ablation.py --iters 2400 --seeds 0 1 --eval report --jobs 2               # 4x the budget
 
-For each variant the harness builds two option sets from one: the variant (a patch on the base distillation options)
-and the same run without a teacher (`student_alone_options`: no network_t, no distillation keys, model
-SpikingSRModel). Both train for the same iterations on the same batches (the model keeps the data stream independent
-of the teacher) from the same seed, and are scored by the same evaluator on the same held-out images. Variants that
-share their student-alone run share it.
+The arms are built from the shipped options files, changed only in size (below) and in the teacher they are given:
 
-Data: without --opt, the demo's photo set and recipe (spikerir_plugin/demo.py): clean 96x96 crops of four
-scikit-image photos, Gaussian noise sigma 25 drawn on the fly; a NAFNet teacher trained here by basicsr's SRModel
-(--teacher-iters); the student's analog twin distilled from it (--twin-iters), the default teacher of the student.
-Two held-out sets: `tune` (crops of the demo's validation photos, used to choose variants) and `report` (crops of
-four other photos, used only to report the chosen ones). With --opt, any distillation options file: its teacher,
-its data, its first validation set.
+    twin      step 1, options/train_SpikerIR_twin_GaussianDenoise_sigma25.yml: the student's analog twin (SpikerIR
+              `tiny`, neuron rate, T=1) distilled from the ANN teacher (SpikerIRDistillModel); its network_t (Restormer
+              and its release checkpoint) replaced by the teacher trained here; twin iterations = the shipped ratio
+              (900000 / 300000 = 3x the student's) unless --twin-iters
+    recipe    step 2, options/train_SpikerIR_GaussianDenoise_sigma25.yml: the spiking student (SpikerIR `tiny`, T=4)
+              started from the twin (init_from_teacher) and distilled from it (hints + output KD, cosine 1 -> 0.1);
+              path.pretrain_network_t = that twin's net_g_latest.pth, param_key_t as shipped (params_ema)
+    twin_gt   step 1 without its teacher (student_alone_options: no network_t, no distillation keys, SpikingSRModel):
+              the twin trained on the ground truth alone
+    chain_gt  step 2 from twin_gt: what the recipe gains without the user's teacher (recipe - chain_gt = the
+              teacher's own contribution)
+    alone     step 2 without its teacher (student_alone_options): the student alone, the student's iterations
+    alone_eq  the same, trained for the recipe's compute: round((twin step x twin iterations + student step x
+              iterations) / alone step) iterations, its schedules scaled; step times measured (step_costs) before
+              any training and kept in step_costs.json, so a second call trains the same runs
 
-Variants (--variants FILE, YAML; the built-ins below are the default): name -> patch. A patch is merged into the
-options (mappings merge key by key, a mapping with a `type` replaces the old one whole, `~` deletes a key); a
-string 'iters' or '<f>*iters' becomes that many iterations. Extra keys of a patch:
-    alone: true        a control: the patched run without its teacher (compared with the default student alone)
-    iters: N           this variant trains N iterations, its schedules scaled (e.g. a student alone given the
-                       compute another variant spends on its teacher)
-    teacher: ...       demo data only: `ann` (the NAFNet teacher itself), or keys replacing the default teacher's:
-                       `network`, `iters`, `distil` (a patch on the demo's twin options: trained by
-                       SpikerIRDistillModel from the ANN teacher; `~`: by SRModel on the ground truth), `train`.
-                       Each teacher is trained once and reused.
+Size changes (the only keys changed in either file): train.total_iter with scheduler.T_max and kd_schedule.end_iter
+scaled by the same factor; datasets.train.{dataroot_gt, gt_size (--gt-size, 48), batch_size_per_gpu (--batch, 8),
+num_worker_per_gpu 0, persistent_workers false}; datasets.val.{dataroot_gt, name}; val.val_freq, logger (print and
+checkpoint frequency, no tensorboard), manual_seed (the run's seed), num_gpu; and for step 1 network_t /
+path.pretrain_network_t (the teacher). Every other key (model_type, networks, AdamW lr 1e-3 and weight decay 1e-4,
+L1 + 0.1 FFT, ema_decay 0.999 with the models' EMA warm-up, KD and hint keys, dataset_enlarge_ratio, flips and
+rotations) is the shipped file's.
 
-Output (under --workdir): one table on the console (noisy input, teachers, student alone, each variant: mean +- std
-PSNR/SSIM over seeds and the paired gain over the student alone), results.json, curves.png (validation PSNR against
-iteration: alone and the best variants), and per run its options file, training log and scores. Trained runs are
-kept: a second call with more variants or another --eval trains only what is missing.
+The teacher: an ANN the user is assumed to have, here NAFNet width 16 (spikerir_plugin.demo.TEACHER_NET) trained
+once by basicsr's SRModel on the same crops (--teacher-iters, batch 8, lr 2e-3); its training is not counted in the
+compute (the user has it). The twin's training is counted.
+
+Data: clean 96x96 crops of four scikit-image photos (the demo's training photos), Gaussian noise sigma 25 drawn on
+the fly; two held-out sets of 96x96 crops with a fixed noise draw: `tune` (the demo's validation photos) and
+`report` (four other photos, never used to choose anything: the reported numbers).
+
+Output (under --workdir): the table on the console (arm, iterations, compute and measured wall time, PSNR with the
+raw weights `params` and the EMA weights `params_ema`, mean +- std over seeds, paired gains), results.json,
+curves.png (validation PSNR against compute: the validations of each run's log, the chains shifted by their twin's
+compute) and per run its options file, training log and scores. Trained runs are kept (a run's folder is named by a
+digest of everything its training depends on): a second call, e.g. with more seeds or another --eval, trains only
+what is missing.
 """
 import argparse
-import concurrent.futures
 import copy
 import hashlib
 import json
@@ -52,54 +62,20 @@ import yaml
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+SHIPPED_TWIN = 'options/train_SpikerIR_twin_GaussianDenoise_sigma25.yml'  # step 1
+SHIPPED_STUDENT = 'options/train_SpikerIR_GaussianDenoise_sigma25.yml'  # step 2
 SIGMA = 25
-TUNE_PHOTOS = ('coffee', 'camera')  # the demo's validation photos: variants are chosen on these
+TUNE_PHOTOS = ('coffee', 'camera')  # the demo's validation photos
 REPORT_PHOTOS = ('motorcycle', 'coins', 'brick', 'clock')  # never used to choose: the reported numbers
-CROP, TRAIN_GRID, EVAL_GRID = 96, 4, 3
-TRAIN_SIDE = 48  # training crop side (the demo trains on 32x32 to fit its time budget)
-
-# The built-in variants (patches on the demo's distillation options, spikerir_plugin/demo.py:student_options).
-VARIANTS = {
-    # the shipped recipe (the demo's): ANN teacher -> analog twin (distilled from it) -> student started from the
-    # twin and distilled from it
-    'chain_kd': {},
-    # the same chain with the twin trained on the ground truth alone: what the ANN teacher adds
-    'chain_gt': {'teacher': {'distil': None}},
-    # direct distillation from the ANN teacher (1x1 adapters on the decoder levels, output KD): the former recipe
-    'kd_ann': {'teacher': 'ann', 'train': {'init_from_teacher': None, 'hint_adapter': None}},
-    # the student alone with more iterations: the compute the twin costs, and more
-    'alone_long': {'alone': True, 'iters': '1.3333*iters'},
-    'alone_2x': {'alone': True, 'iters': '2*iters'},
-    'alone_2.5x': {'alone': True, 'iters': '2.5*iters'},  # more than the shipped recipe's compute
-}
+CROP = 96
+PARAM_KEYS = ('params', 'params_ema')
+ARMS = ('twin', 'recipe', 'alone', 'alone_eq', 'twin_gt', 'chain_gt')
 
 
 # ---------------------------------------------------------------------------------------------- options
-def merge(base, patch):
-    """A copy of ``base`` with ``patch`` merged in: mappings key by key, None deletes, other values replace. A
-    mapping that names a ``type`` (a loss, a schedule, a network) replaces the old one whole."""
-    out = copy.deepcopy(base)
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict) and 'type' not in value:
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def resolve_iters(value, iters):
-    """'iters' / '0.25*iters' -> an iteration count; lists and mappings recursively; anything else unchanged."""
-    if isinstance(value, dict):
-        return {k: resolve_iters(v, iters) for k, v in value.items()}
-    if isinstance(value, list):
-        return [resolve_iters(v, iters) for v in value]
-    if isinstance(value, str):
-        m = re.fullmatch(r'\s*(?:([\d.]+)\s*\*\s*)?iters\s*', value)
-        if m:
-            return int(round(float(m.group(1) or 1) * iters))
-    return value
+def load_options(path):
+    with open(os.path.join(REPO, path)) as f:
+        return yaml.safe_load(f)
 
 
 def rescale_iterations(opt, iters):
@@ -129,6 +105,16 @@ def rescale_iterations(opt, iters):
     return opt
 
 
+def resized(opt, iters, train_dir, val_dir, val_name, gt_size, batch):
+    """A shipped options dict changed in size only: iterations (schedules scaled), training crops, batch, data
+    folders, workers (see the module docstring)."""
+    opt = rescale_iterations(copy.deepcopy(opt), iters)
+    opt['datasets']['train'].update(dataroot_gt=train_dir, gt_size=int(gt_size), batch_size_per_gpu=int(batch),
+                                    num_worker_per_gpu=0, persistent_workers=False)
+    opt['datasets']['val'].update(dataroot_gt=val_dir, name=val_name)
+    return opt
+
+
 def prepare_run_options(opt, name, seed, iters, curve_points, device):
     opt = copy.deepcopy(opt)
     opt['name'] = name
@@ -138,12 +124,6 @@ def prepare_run_options(opt, name, seed, iters, curve_points, device):
     opt['logger'] = dict(opt.get('logger') or {}, print_freq=max(iters // 50, 1), save_checkpoint_freq=iters,
                          use_tb_logger=False, wandb={'project': None, 'resume_id': None})
     opt['path'] = dict(opt.get('path') or {}, resume_state=None)
-    for key, ds in opt['datasets'].items():
-        if key.startswith('val'):
-            ds.setdefault('name', key)
-    # only the first validation set is scored and drawn
-    first_val = next(k for k in opt['datasets'] if k.startswith('val'))
-    opt['datasets'] = {k: v for k, v in opt['datasets'].items() if not k.startswith('val') or k == first_val}
     return opt
 
 
@@ -165,65 +145,12 @@ def write_json(path, obj):
     os.replace(tmp, path)
 
 
-# ---------------------------------------------------------------------------------------------- demo data
 def write_crops(folder, photos, grid):
     """CROPxCROP crops on a grid x grid lattice of each photo (the demo's writer); written once."""
     from spikerir_plugin import demo
     if os.path.isdir(folder) and os.listdir(folder):
         return folder
     return demo.write_demo_images(folder, photos, CROP, grid)
-
-
-def demo_base_options(workdir, eval_set, iters):
-    """The demo's distillation options on folders under ``workdir`` (clean training crops on disk)."""
-    from spikerir_plugin import demo
-    data = os.path.join(workdir, 'datasets')
-    train_dir = write_crops(os.path.join(data, 'train'), demo.TRAIN_PHOTOS, TRAIN_GRID)
-    photos = TUNE_PHOTOS if eval_set == 'tune' else REPORT_PHOTOS
-    val_dir = write_crops(os.path.join(data, eval_set), photos, EVAL_GRID)
-    opt = demo.student_options(iters, train_dir, val_dir, twin_ckpt=None, gt_size=TRAIN_SIDE)
-    opt['datasets']['train']['io_backend'] = {'type': 'disk'}
-    opt['datasets']['val']['name'] = f'photos-{eval_set}'
-    return opt, train_dir, val_dir, photos
-
-
-def train_demo_teacher(workdir, spec, train_dir, val_dir, device, threads, ann_spec):
-    """Train (once) a teacher on the demo data; returns its checkpoint. By basicsr's SRModel on the ground truth,
-    or, with ``distil`` in the spec (a patch on the demo's twin options, {} for none), by SpikerIRDistillModel from
-    the ANN teacher ``ann_spec`` (trained first): the demo's analog twin is such a teacher assistant."""
-    from spikerir_plugin import demo
-    iters = int(spec['iters'])
-    distilled = spec.get('distil') is not None
-    if distilled:
-        ann_ckpt = train_demo_teacher(workdir, ann_spec, train_dir, val_dir, device, threads, ann_spec)
-        opt = demo.twin_options(iters, train_dir, val_dir, ann_ckpt, gt_size=TRAIN_SIDE)
-        opt['network_t'] = copy.deepcopy(ann_spec['network'])
-        opt['train'] = merge(opt['train'], spec['distil'])
-    else:
-        opt = demo.teacher_options(iters, train_dir, val_dir, gt_size=TRAIN_SIDE)
-    opt['datasets']['train']['io_backend'] = {'type': 'disk'}
-    opt['network_g'] = copy.deepcopy(spec['network'])
-    opt['train'] = merge(opt['train'], spec.get('train') or {})
-    TRAINED_TEACHERS[spec_key(spec)] = (opt, iters)
-    key = [opt['network_g'], opt['train'], os.path.basename(train_dir)]
-    if distilled:
-        key += [opt['network_t'], opt['path']['pretrain_network_t']]
-    name = f'teacher-{digest(key)}'
-    ckpt = os.path.join(workdir, 'teachers', name, 'experiments', name, 'models', 'net_g_latest.pth')
-    if not os.path.isfile(ckpt):
-        opt = prepare_run_options(opt, name, 0, iters, 1, device)
-        run_dir = os.path.join(workdir, 'teachers', name)
-        os.makedirs(run_dir, exist_ok=True)
-        print(f'training teacher {describe_net(spec["network"])} for {iters} iterations -> {run_dir}', flush=True)
-        train(opt, run_dir, threads, device)
-    return ckpt
-
-
-TRAINED_TEACHERS = {}  # spec key -> (training options, iterations) of each teacher trained on the demo data
-
-
-def spec_key(spec):
-    return digest({k: v for k, v in spec.items() if k != 'label'})
 
 
 def step_costs(option_sets, steps, device):
@@ -254,30 +181,7 @@ def step_costs(option_sets, steps, device):
     return {key: statistics.median(values) for key, values in times.items()}
 
 
-def teacher_spec(default, ann, patch):
-    """A variant's teacher: the default (the demo's twin), `ann` (the ANN teacher itself), or the default with the
-    variant's keys (a key set to ~ removed, e.g. `distil: ~` for a twin trained on the ground truth alone)."""
-    if patch == 'ann':
-        return dict(ann)
-    spec = dict(default, **(patch or {}))
-    return {k: v for k, v in spec.items() if v is not None}
 
-
-def teacher_label(spec):
-    how = ', distilled from the ANN teacher' if spec.get('distil') is not None else ''
-    return f'{describe_net(spec["network"])} ({spec["iters"]} it{how})'
-
-
-def describe_net(net):
-    if net.get('type') == 'NAFNet':
-        return f'NAFNet-w{net.get("width", 16)}'
-    if net.get('type') == 'SpikerIR':
-        twin = ' twin (rate)' if net.get('neuron') == 'rate' else ''
-        return f'SpikerIR-{net.get("preset", "tiny")}-T{net.get("T", 4)}{twin}'
-    return net.get('type', '?')
-
-
-# ---------------------------------------------------------------------------------------------- running
 def child_env(threads, device):
     env = dict(os.environ)
     env['PYTHONPATH'] = REPO + os.pathsep + env.get('PYTHONPATH', '')
@@ -301,17 +205,7 @@ def train(opt, run_dir, threads, device):
     return os.path.join(run_dir, 'experiments', opt['name'], 'models', 'net_g_latest.pth')
 
 
-_ITER = re.compile(r'\[epoch:\s*\d+, iter:\s*([\d,]+)')
 _VALID = re.compile(r'Validation (\S+)\n\s+# psnr: ([\d.]+)')
-
-
-def last_logged_iter(log_path):
-    try:
-        with open(log_path, errors='replace') as f:
-            found = _ITER.findall(f.read()[-20000:])
-    except OSError:
-        return 0
-    return int(found[-1].replace(',', '')) if found else 0
 
 
 def validation_curve(log_path, val_freq, iters):
@@ -323,142 +217,144 @@ def validation_curve(log_path, val_freq, iters):
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
-def evaluate(opt, net_spec, ckpt, which, device, tile=None):
-    """Mean PSNR/SSIM of a checkpoint (or of the noisy input, net_spec None) on the options' first validation set,
-    with the options' metrics, as the model's own validation computes them."""
+def evaluate(opt, net_spec, ckpt, param_key, device):
+    """Mean PSNR/SSIM of a checkpoint's ``param_key`` weights (or of the noisy input, net_spec None) on the options'
+    validation set, with the options' metrics, as the model's own validation computes them."""
     import torch
     from basicsr.archs import build_network
     from basicsr.data import build_dataset
     from basicsr.metrics import calculate_metric
     from basicsr.utils import tensor2img
-    from spikerir_plugin.models.tiled_inference import tiled_forward
     from spikerir_plugin.utils.checkpoint import load_weights
     from spikerir_plugin.utils.inference import inference_network
 
-    val_key = next(k for k in opt['datasets'] if k.startswith('val'))
-    ds_opt = dict(opt['datasets'][val_key], phase='val', scale=opt.get('scale', 1))
-    dataset = build_dataset(ds_opt)
-    metrics = (opt.get('val') or {}).get('metrics') or {
-        'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False}}
+    dataset = build_dataset(dict(opt['datasets']['val'], phase='val', scale=opt.get('scale', 1)))
+    metrics = opt['val']['metrics']
     net = None
     if net_spec is not None:
-        key = 'params_ema' if which == 'g' else (opt['path'].get('param_key_t', 'params'))
-        net = inference_network(load_weights(build_network(copy.deepcopy(net_spec)), ckpt, key, True, which=which)
-                                .to(device))
+        net = inference_network(load_weights(build_network(copy.deepcopy(net_spec)), ckpt, param_key, True,
+                                             which='g').to(device))
     scores = {name: [] for name in metrics}
     with torch.no_grad():
         for i in range(len(dataset)):
             sample = dataset[i]
             lq = sample['lq'][None].to(device)
-            if net is None:
-                out = lq
-            else:
-                out = tiled_forward(net, lq, tile['size'], tile['overlap']) if tile else net(lq)
+            out = lq if net is None else net(lq)
             data = {'img': tensor2img(out.cpu()), 'img2': tensor2img(sample['gt'][None])}
             for name, m in metrics.items():
                 scores[name].append(calculate_metric(data, m))
-    return {name: float(np.mean(v)) for name, v in scores.items()}, len(dataset)
+    return {name: float(np.mean(v)) for name, v in scores.items()}
 
 
-# ---------------------------------------------------------------------------------------------- the ablation
-class Progress:
-    """A tqdm bar over all training iterations of all runs, fed by polling the runs' logs."""
+# ---------------------------------------------------------------------------------------------- the runs
+class Run:
+    """One training run: its arm, seed, prepared options, folder (named by a digest of what its training depends
+    on) and the runs it needs first (a chain's twin)."""
 
-    def __init__(self, total):
-        from tqdm import tqdm
-        self.bar = tqdm(total=total, unit='it', desc='kd ablation', dynamic_ncols=True)
-        self.logs, self.done, self.lock, self.stop = {}, {}, threading.Lock(), False
-        self.thread = threading.Thread(target=self._poll, daemon=True)
-        self.thread.start()
+    def __init__(self, workdir, arm, seed, opt, curve_points, device, deps=()):
+        iters = int(opt['train']['total_iter'])
+        self.arm, self.seed, self.deps = arm, seed, tuple(deps)
+        self.opt = prepare_run_options(opt, f'{arm}_s{seed}', seed, iters, curve_points, device)
+        self.dir = os.path.join(workdir, 'runs', f'{arm}-s{seed}-{training_key(self.opt)}')
+        self.ckpt = os.path.join(self.dir, 'experiments', self.opt['name'], 'models', 'net_g_latest.pth')
+        self.result_path = os.path.join(self.dir, 'result.json')
 
-    def watch(self, log_path, iters):
-        with self.lock:
-            self.logs[log_path] = (iters, 0)
+    @property
+    def key(self):
+        return (self.arm, self.seed)
 
-    def finish(self, log_path, iters):
-        with self.lock:
-            _, seen = self.logs.pop(log_path, (iters, 0))
-            self.bar.update(iters - seen)
-
-    def _poll(self):
-        while not self.stop:
-            with self.lock:
-                for path, (iters, seen) in list(self.logs.items()):
-                    now = min(last_logged_iter(path), iters)
-                    if now > seen:
-                        self.bar.update(now - seen)
-                        self.logs[path] = (iters, now)
-            time.sleep(2)
-
-    def close(self):
-        self.stop = True
-        self.bar.close()
+    @property
+    def trained(self):
+        return os.path.isfile(self.result_path)
 
 
-arm_teachers = {}  # arm -> label of its teacher (build_arms)
+def run_all(runs, jobs, work):
+    """``work(run)`` for every run, ``jobs`` at a time, a run only once the runs it depends on are done (in list
+    order otherwise); a run whose dependency failed is skipped. Returns the keys of the failed and skipped runs."""
+    pending, done, failed = list(runs), set(), set()
+    cond = threading.Condition()
+
+    def worker():
+        while True:
+            with cond:
+                while True:
+                    for run in [r for r in pending if any(d in failed for d in r.deps)]:
+                        pending.remove(run)
+                        failed.add(run.key)
+                        print(f'skipped {run.arm} seed {run.seed}: a run it needs failed', flush=True)
+                    ready = [r for r in pending if all(d in done for d in r.deps)]
+                    if ready or not pending:
+                        break
+                    cond.wait()
+                if not ready:
+                    cond.notify_all()
+                    return
+                run = ready[0]
+                pending.remove(run)
+            try:
+                work(run)
+                ok = True
+            except Exception as exc:  # keep the other runs going; reported at the end
+                print(f'FAILED {run.arm} seed {run.seed}: {exc}', flush=True)
+                ok = False
+            with cond:
+                (done if ok else failed).add(run.key)
+                cond.notify_all()
+
+    threads = [threading.Thread(target=worker) for _ in range(max(int(jobs), 1))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return failed
 
 
-def build_arms(base, variants, iters, teacher_of):
-    """({arm name: (options, role, reference arm)}, {teacher label: (network, checkpoint)}): each variant, its
-    student-alone run (shared where equal), the default student alone."""
-    from spikerir_plugin.models.spikerir_distill_model import student_alone_options
-    arms, alone_names, teachers = {}, {}, {}
-    arm_teachers.clear()
-
-    def alone_arm(opt):
-        alone = student_alone_options(opt)
-        key = digest({k: v for k, v in alone.items() if k != 'name'})
-        if key not in alone_names:
-            label = 'alone' if not alone_names else f'alone [{describe_net(alone["network_g"])}-{key[:4]}]'
-            alone_names[key] = label
-            arms[label] = (alone, 'alone', None)
-        return alone_names[key]
-
-    default_alone = alone_arm(base)
-    for name, patch in variants.items():
-        patch = resolve_iters(copy.deepcopy(patch), iters)
-        teacher = patch.pop('teacher', None)
-        own_iters = patch.pop('iters', None)
-        without_teacher = patch.pop('alone', False)
-        opt = merge(base, patch)
-        if without_teacher:  # a control: this variant's student alone (e.g. with more iterations)
-            opt = student_alone_options(opt)
-        if own_iters is not None:  # e.g. a student alone given the compute a variant spends elsewhere
-            opt = rescale_iterations(opt, int(own_iters))
-        if opt.get('network_t'):
-            opt, label = teacher_of(opt, teacher)
-            teachers[label] = (opt['network_t'], opt['path']['pretrain_network_t'])
-            arm_teachers[name] = label
-            arms[name] = (opt, 'distilled', alone_arm(opt))
-        else:  # a control without a teacher (e.g. a larger batch): compared to the default student alone
-            opt['model_type'] = opt.get('model_type', 'SpikingSRModel')
-            arms[name] = (opt, 'control', default_alone)
-    return arms, teachers
+def train_teacher(workdir, iters, train_dir, val_dir, gt_size, device):
+    """The ANN teacher the user is assumed to have: NAFNet width 16 trained by basicsr's SRModel (once)."""
+    from spikerir_plugin import demo
+    opt = demo.teacher_options(iters, train_dir, val_dir, gt_size=gt_size)
+    opt['datasets']['train']['io_backend'] = {'type': 'disk'}
+    name = f'teacher-{digest([opt["network_g"], opt["train"], opt["datasets"]["train"]])}'
+    run_dir = os.path.join(workdir, 'teachers', name)
+    ckpt = os.path.join(run_dir, 'experiments', name, 'models', 'net_g_latest.pth')
+    info_path = os.path.join(run_dir, 'teacher.json')
+    if not os.path.isfile(info_path):
+        opt = prepare_run_options(opt, name, 0, iters, 1, device)
+        os.makedirs(run_dir, exist_ok=True)
+        print(f'training the teacher NAFNet-w16 for {iters} iterations -> {run_dir}', flush=True)
+        start = time.time()
+        train(opt, run_dir, 1, device)
+        write_json(info_path, {'iters': iters, 'wall_s': time.time() - start, 'checkpoint': ckpt})
+    with open(info_path) as f:
+        info = json.load(f)
+    return opt['network_g'], ckpt, info
 
 
-def training_compute(rows, arms, label_specs, ann_teacher, steps, device):
-    """row['compute']: each arm's training compute relative to the student alone: its iterations times its step
-    cost, plus, for a teacher trained here other than the ANN teacher (which a user already has; e.g. the twin),
-    that teacher's iterations times its step cost. Step costs: step_costs()."""
-    sets = {name: opt for name, (opt, _, _) in arms.items()}
-    assistant = {}
-    for name, label in arm_teachers.items():
-        key = spec_key(label_specs[label])
-        if key != spec_key(ann_teacher):
-            assistant[name] = key
-            sets[f'teacher {key}'] = TRAINED_TEACHERS[key][0]
-    costs = step_costs(sets, steps, device)
-
-    def compute(name):
-        total = costs[name] * int(arms[name][0]['train']['total_iter'])
-        if name in assistant:
-            total += costs[f'teacher {assistant[name]}'] * TRAINED_TEACHERS[assistant[name]][1]
-        return total
-
-    reference = compute('alone')
-    for row in rows:
-        row['compute'] = compute(row['arm']) / reference
-        row['step_s'] = costs[row['arm']]
+def measured_step_costs(workdir, sets, steps, device):
+    """Seconds per training step of each options set (step_costs), measured once per configuration and kept in
+    step_costs.json, so that alone_eq's iteration count, and with it its run, stays the same across calls."""
+    import torch
+    from basicsr.archs import build_network
+    path = os.path.join(workdir, 'step_costs.json')
+    cache = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            cache = json.load(f)
+    key = digest([{k: v for k, v in opt.items() if k not in ('path', 'name', 'val', 'logger')}
+                  for opt in sets.values()] + [steps, device])
+    if key not in cache:
+        sets = copy.deepcopy(sets)
+        for name, opt in sets.items():  # a chain's twin is not trained yet: an untrained one costs the same
+            if opt.get('train', {}).get('init_from_teacher'):
+                twin = os.path.join(workdir, f'untrained_twin_{name}.pth')
+                torch.manual_seed(0)
+                state = build_network(copy.deepcopy(opt['network_t'])).state_dict()
+                torch.save({'params': state, 'params_ema': state}, twin)
+                opt['path']['pretrain_network_t'] = twin
+        print(f'timing {steps} training steps of {", ".join(sets)} (round robin)', flush=True)
+        cache[key] = step_costs(sets, steps, device)
+        write_json(path, cache)
+    return cache[key]
 
 
 def mean_std(values):
@@ -466,28 +362,58 @@ def mean_std(values):
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
-def summarise(arms, results, seeds):
-    rows = []
-    for name, (opt, role, ref) in arms.items():
-        per_seed = results[name]
-        row = {'arm': name, 'role': role, 'reference': ref, 'seeds': seeds, 'network_g': opt['network_g']}
-        for metric in per_seed[seeds[0]]['scores']:
-            row[metric] = mean_std([per_seed[s]['scores'][metric] for s in seeds])
-            row[f'{metric}_per_seed'] = [per_seed[s]['scores'][metric] for s in seeds]
-        if ref is not None:
-            gains = [per_seed[s]['scores']['psnr'] - results[ref][s]['scores']['psnr'] for s in seeds]
-            row['gain_psnr'] = mean_std(gains)
-            row['gain_psnr_per_seed'] = gains
-            spread = max(row['gain_psnr'][1], row['psnr'][1], rows_by(rows, ref)['psnr'][1])
-            row['gain_exceeds_2std'] = bool(row['gain_psnr'][0] > 2 * spread) if len(seeds) > 1 else None
-        row['wall_s'] = float(np.mean([per_seed[s]['wall_s'] for s in seeds]))
-        row['curve'] = mean_curve([per_seed[s]['curve'] for s in seeds])
-        rows.append(row)
-    return rows
+def fmt(ms, sign=False):
+    return f'{ms[0]:+6.2f} +- {ms[1]:.2f}' if sign else f'{ms[0]:6.2f} +- {ms[1]:.2f}'
 
 
-def rows_by(rows, name):
-    return next(r for r in rows if r['arm'] == name)
+def summarise(results, arms, seeds, compute, fixed):
+    """Per arm: mean +- std over its seeds of PSNR/SSIM for both weight sets and of the measured wall time (a
+    chain's twin included); the paired differences the table reports."""
+    rows = {}
+    for arm in arms:
+        per_seed = {s: results[(arm, s)] for s in seeds if (arm, s) in results}
+        if not per_seed:
+            continue
+        row = {'arm': arm, 'seeds': sorted(per_seed), 'iters': next(iter(per_seed.values()))['iters'],
+               'compute_s': compute[arm]}
+        for key in PARAM_KEYS:
+            for metric in ('psnr', 'ssim'):
+                values = [r['scores'][key][metric] for r in per_seed.values()]
+                row[f'{metric}_{key}'] = mean_std(values)
+                row[f'{metric}_{key}_per_seed'] = values
+        walls = [r['wall_s'] + (results[(CHAIN_TWIN[arm], s)]['wall_s'] if arm in CHAIN_TWIN else 0.0)
+                 for s, r in per_seed.items()]
+        row['wall_s'] = mean_std(walls)
+        row['curve'] = mean_curve([r['curve'] for r in per_seed.values()])
+        rows[arm] = row
+
+    def paired(a, b, key):
+        common = [s for s in seeds if (a, s) in results and ((b, s) in results or b in fixed)]
+        if not common:
+            return None
+        other = ([fixed[b]['psnr']] * len(common) if b in fixed
+                 else [results[(b, s)]['scores'][key]['psnr'] for s in common])
+        diffs = [results[(a, s)]['scores'][key]['psnr'] - o for s, o in zip(common, other)]
+        return {'seeds': common, 'per_seed': diffs, 'mean_std': mean_std(diffs)}
+
+    diffs = {}
+    for label, a, b in DIFFERENCES:
+        entry = {key: paired(a, b, key) for key in PARAM_KEYS}
+        if entry['params'] is not None:
+            diffs[label] = entry
+    return rows, diffs
+
+
+CHAIN_TWIN = {'recipe': 'twin', 'chain_gt': 'twin_gt'}  # a chain arm -> the twin it starts from
+DIFFERENCES = (  # (label, arm, minus arm or fixed row), paired by seed
+    ('recipe - alone_eq (equal compute: the headline)', 'recipe', 'alone_eq'),
+    ('recipe - alone (equal student iterations)', 'recipe', 'alone'),
+    ('chain_gt - alone_eq (no teacher, vs equal compute)', 'chain_gt', 'alone_eq'),
+    ("recipe - chain_gt (the teacher's own contribution)", 'recipe', 'chain_gt'),
+    ('recipe - twin (twin -> spiking student)', 'recipe', 'twin'),
+    ('recipe - teacher (teacher -> spiking student)', 'recipe', 'teacher'),
+    ('alone_eq - alone (more iterations alone)', 'alone_eq', 'alone'),
+)
 
 
 def mean_curve(curves):
@@ -497,49 +423,47 @@ def mean_curve(curves):
     return [(curves[0][i][0], float(np.mean([c[i][1] for c in curves]))) for i in range(n)]
 
 
-def format_table(rows, fixed, header):
-    labels = [name for name, _ in fixed] + [r['arm'] if r['reference'] in (None, 'alone')
-                                            else f'{r["arm"]} (vs {r["reference"]})' for r in rows]
-    width = max(len(label) for label in labels)
-    with_compute = all('compute' in r for r in rows)
-    lines = [header, f'{"":{width}s}  {"PSNR dB":>14s}  {"SSIM":>16s}  {"gain dB (paired)":>17s}  {"min/run":>7s}'
-                     + ('  compute' if with_compute else '')]
-    for name, scores in fixed:
-        ssim = f'{scores["ssim"]:.4f}' + ' ' * 10 if 'ssim' in scores else ''
-        lines.append(f'{name:{width}s}  {scores["psnr"]:6.2f}{"":8s}  {ssim:>16s}')
-    for label, r in zip(labels[len(fixed):], rows):
-        psnr = f'{r["psnr"][0]:6.2f} +- {r["psnr"][1]:.2f}'
-        ssim = f'{r["ssim"][0]:.4f} +- {r["ssim"][1]:.4f}' if 'ssim' in r else ''
-        gain = ''
-        if r['reference'] is not None:
-            mark = ' *' if r['gain_exceeds_2std'] else '  '  # never with one seed (no spread to compare)
-            gain = f'{r["gain_psnr"][0]:+6.2f} +- {r["gain_psnr"][1]:.2f}{mark}'
-        compute = f'  {r["compute"]:6.2f}x' if with_compute else ''
-        lines.append(f'{label:{width}s}  {psnr:>14s}  {ssim:>16s}  {gain:>17s}  {r["wall_s"] / 60:7.1f}{compute}')
-    lines.append('mean +- std over seeds; gain = PSNR minus the student alone of the same seed; '
-                 '* gain > 2x the largest std (gain, arm, alone)')
-    if with_compute:
-        lines.append('compute: training cost relative to the student alone (iterations x measured step time, plus '
-                     'a teacher trained here other than the ANN teacher, e.g. the twin)')
+def format_table(rows, diffs, fixed, header):
+    lines = [header, f'{"":10s}  {"iters":>6s}  {"compute s":>9s}  {"wall s":>13s}  {"PSNR params":>14s}  '
+                     f'{"PSNR params_ema":>15s}  seeds']
+    for name, scores in fixed.items():
+        lines.append(f'{name:10s}  {"":6s}  {"":9s}  {"":13s}  {scores["psnr"]:6.2f}{"":8s}  {"":15s}  '
+                     f'{scores.get("note", "")}')
+    for arm, r in rows.items():
+        wall = f'{r["wall_s"][0]:6.0f} +- {r["wall_s"][1]:<4.0f}'
+        lines.append(f'{arm:10s}  {r["iters"]:6d}  {r["compute_s"]:9.1f}  {wall:>13s}  {fmt(r["psnr_params"])}  '
+                     f'{fmt(r["psnr_params_ema"]):>15s}  {",".join(map(str, r["seeds"]))}')
+    lines.append('paired PSNR differences, dB (mean +- std over the seeds both have): params | params_ema')
+    for label, d in diffs.items():
+        lines.append(f'  {label:52s} {fmt(d["params"]["mean_std"], True)} | '
+                     f'{fmt(d["params_ema"]["mean_std"], True)}  (seeds {",".join(map(str, d["params"]["seeds"]))})')
+    lines.append('compute s: iterations x the step time measured round robin before training (a chain: its twin '
+                 'included; the teacher, which the user has, not); wall s: measured run time, a chain\'s twin '
+                 'included, validations and start-up too')
     return '\n'.join(lines)
 
 
-def plot_curves(rows, path, top=3):
+def plot_curves(rows, path):
+    """Validation PSNR (params_ema, the model's own validation) against compute seconds, the chains starting at
+    their twin's compute; the final raw-weight PSNR as a marker."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    alone = [r for r in rows if r['role'] == 'alone' and r['curve']]
-    best = sorted((r for r in rows if r['reference'] is not None and r['curve']),
-                  key=lambda r: -r['gain_psnr'][0])[:top]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for r in alone + best:
+    for arm, r in rows.items():
+        if arm in ('twin', 'twin_gt') or not r['curve']:
+            continue
+        per_iter = r['step_s']
+        offset = r['compute_s'] - per_iter * r['iters']
         its, vals = zip(*r['curve'])
-        ax.plot(its, vals, marker='o', ms=3, lw=2 if r['role'] == 'alone' else 1.4, ls='--' if r['role'] == 'alone'
-                else '-', label=r['arm'])
-    ax.set_xlabel('iteration')
-    ax.set_ylabel('validation PSNR (dB), mean over seeds')
+        line, = ax.plot([offset + per_iter * i for i in its], vals, marker='o', ms=3,
+                        ls='--' if arm.startswith('alone') else '-', label=f'{arm} (validation, params_ema)')
+        ax.plot([r['compute_s']], [r['psnr_params'][0]], marker='*', ms=10, color=line.get_color(), ls='')
+    ax.plot([], [], marker='*', ms=10, color='k', ls='', label='final, raw params (mean over seeds)')
+    ax.set_xlabel('training compute (s of one CPU thread; the twin included)')
+    ax.set_ylabel('PSNR (dB), mean over seeds')
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     tmp = path + '.tmp.png'
     fig.savefig(tmp, dpi=120)
@@ -547,175 +471,139 @@ def plot_curves(rows, path, top=3):
     plt.close(fig)
 
 
-def load_variants(path, only):
-    variants = dict(VARIANTS)
-    if path:
-        with open(path) as f:
-            loaded = yaml.safe_load(f) or {}
-        if not isinstance(loaded, dict) or not all(isinstance(v, dict) for v in loaded.values()):
-            raise ValueError(f'--variants {path}: expected a mapping of variant name -> options patch (a mapping)')
-        variants = loaded
-    if only:
-        unknown = [n for n in only if n not in variants]
-        if unknown:
-            raise KeyError(f'--only: unknown variants {unknown}; known: {", ".join(variants)}')
-        variants = {n: variants[n] for n in only}
-    return variants
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--opt', help='distillation options file (default: the demo photo set and recipe)')
-    parser.add_argument('--variants', help='YAML file: variant name -> options patch (default: the built-ins)')
-    parser.add_argument('--only', nargs='+', help='run only these variants')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-    parser.add_argument('--iters', type=int, help='iterations per run (default: 600 on the demo data, else the '
-                                                  "options' total_iter)")
-    parser.add_argument('--teacher-iters', type=int, default=600, help='demo data: iterations of the ANN teacher')
-    parser.add_argument('--twin-iters', type=int, default=2000,
-                        help="demo data: iterations of the student's analog twin (the default teacher)")
+    parser.add_argument('--arms', nargs='+', choices=ARMS, default=list(ARMS),
+                        help='arms to train (recipe needs twin, chain_gt needs twin_gt; all: every arm)')
+    parser.add_argument('--iters', type=int, default=600, help="the student's iterations (the 1x budget: 600)")
+    parser.add_argument('--twin-iters', type=int, help="the twin's iterations (default: the shipped files' ratio, "
+                                                       '900000 / 300000 = 3x --iters)')
+    parser.add_argument('--teacher-iters', type=int, default=2000, help='iterations of the NAFNet teacher')
+    parser.add_argument('--gt-size', type=int, default=48, help='training crop side (shipped: 64)')
+    parser.add_argument('--batch', type=int, default=8, help='training batch (shipped: 16)')
+    parser.add_argument('--train-grid', type=int, default=4, help='training crops per photo side (4: 16 a photo)')
+    parser.add_argument('--eval-grid', type=int, default=3, help='held-out crops per photo side (3: 9 a photo)')
     parser.add_argument('--eval', choices=('tune', 'report'), default='tune',
-                        help='demo data: held-out photos to score on (tune: to choose; report: to report)')
+                        help='held-out photos to score on (tune: to choose; report: to report)')
     parser.add_argument('--workdir', default='kd_ablation_work')
-    parser.add_argument('--jobs', type=int, default=1, help='runs in parallel')
+    parser.add_argument('--jobs', type=int, default=1, help='runs in parallel (each with --threads threads)')
     parser.add_argument('--threads', type=int, default=1, help='CPU threads per run')
     parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
-    parser.add_argument('--curve-points', type=int, default=10, help='validations per run (for curves.png)')
-    parser.add_argument('--step-cost', type=int, default=3, help='demo data: timed training steps per arm and '
-                        'teacher for the compute column (0: none)')
+    parser.add_argument('--curve-points', type=int, default=6, help='validations per run (for curves.png)')
+    parser.add_argument('--step-cost', type=int, default=10, help='timed training steps per arm (compute)')
     args = parser.parse_args(argv)
 
     import spikerir_plugin  # noqa: F401  (registers the plugin's archs, datasets, models)
     import torch
+    from spikerir_plugin import demo
+    from spikerir_plugin.models.spikerir_distill_model import student_alone_options
     torch.set_num_threads(args.threads)
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
-    variants = load_variants(args.variants, args.only)
-    label_specs = {}  # teacher label -> its spec (demo data)
+    arms = [a for a in ARMS if a in args.arms]
+    needed = set(arms) | {CHAIN_TWIN[a] for a in arms if a in CHAIN_TWIN}
 
-    if args.opt:
-        with open(args.opt) as f:
-            base = yaml.safe_load(f)
-        iters = args.iters or int(base['train']['total_iter'])
-        base = rescale_iterations(base, iters)
-        if not base.get('network_t'):
-            raise ValueError(f'{args.opt}: no network_t; the ablation needs distillation options')
-        data_note = f'{args.opt}'
-        eval_set = 'val'
+    data = os.path.join(workdir, 'datasets')
+    train_dir = write_crops(os.path.join(data, f'train-{args.train_grid}'), demo.TRAIN_PHOTOS, args.train_grid)
+    photos = TUNE_PHOTOS if args.eval == 'tune' else REPORT_PHOTOS
+    val_dir = write_crops(os.path.join(data, f'{args.eval}-{args.eval_grid}'), photos, args.eval_grid)
+    val_name = f'photos-{args.eval}'
+    teacher_net, teacher_ckpt, teacher_info = train_teacher(workdir, args.teacher_iters, train_dir, val_dir,
+                                                            args.gt_size, args.device)
 
-        always_scored = ann_teacher = None
+    shipped_twin, shipped_student = load_options(SHIPPED_TWIN), load_options(SHIPPED_STUDENT)
+    ratio = int(shipped_twin['train']['total_iter']) / int(shipped_student['train']['total_iter'])
+    twin_iters = args.twin_iters or int(round(ratio * args.iters))
+    size = dict(train_dir=train_dir, val_dir=val_dir, val_name=val_name, gt_size=args.gt_size, batch=args.batch)
+    twin_opt = resized(shipped_twin, twin_iters, **size)
+    twin_opt['network_t'] = copy.deepcopy(teacher_net)  # the user's teacher instead of the shipped Restormer
+    twin_opt['path']['pretrain_network_t'] = teacher_ckpt
+    student_opt = resized(shipped_student, args.iters, **size)
+    options = {'twin': twin_opt, 'twin_gt': student_alone_options(twin_opt), 'recipe': student_opt,
+               'chain_gt': student_opt, 'alone': student_alone_options(student_opt)}
+    costs = measured_step_costs(workdir, {k: options[k] for k in ('twin', 'twin_gt', 'recipe', 'alone')},
+                                args.step_cost, args.device)
+    costs['chain_gt'] = costs['recipe']
+    recipe_compute = costs['twin'] * twin_iters + costs['recipe'] * args.iters
+    eq_iters = max(int(round(recipe_compute / costs['alone'])), 1)
+    options['alone_eq'] = rescale_iterations(copy.deepcopy(options['alone']), eq_iters)
+    costs['alone_eq'] = costs['alone']
+    compute = {arm: costs[arm] * int(opt['train']['total_iter']) for arm, opt in options.items()}
+    for arm, twin in CHAIN_TWIN.items():
+        compute[arm] += compute[twin]
+    print('step s: ' + ', '.join(f'{k} {v:.3f}' for k, v in costs.items()) +
+          f'; alone_eq: {eq_iters} iterations (the recipe\'s {recipe_compute:.0f} s)', flush=True)
 
-        def teacher_of(opt, teacher):
-            if teacher is not None:
-                raise ValueError('variant key `teacher` works on the demo data only; patch network_t and '
-                                 'path.pretrain_network_t instead')
-            return opt, describe_net(opt['network_t'])
-    else:
-        iters = args.iters or 600
-        base, train_dir, val_dir, photos = demo_base_options(workdir, args.eval, iters)
-        from spikerir_plugin import demo
-        ann_teacher = {'network': demo.TEACHER_NET, 'iters': args.teacher_iters}
-        default_teacher = {'network': demo.TWIN_NET, 'iters': args.twin_iters, 'distil': {}}  # the demo's recipe
-        data_note = (f'demo photos, sigma {SIGMA}; eval {args.eval}: {len(os.listdir(val_dir))} crops of '
-                     f'{", ".join(photos)}')
-        eval_set = args.eval
-
-        def train_teacher(spec):
-            return train_demo_teacher(workdir, spec, train_dir, val_dir, args.device, max(args.threads, 1),
-                                      ann_teacher)
-
-        def teacher_of(opt, teacher):
-            spec = teacher_spec(default_teacher, ann_teacher, teacher)
-            opt['network_t'] = copy.deepcopy(spec['network'])
-            opt['path']['pretrain_network_t'] = train_teacher(spec)
-            label_specs[teacher_label(spec)] = spec
-            return opt, teacher_label(spec)
-
-        # train the teachers the variants need, in parallel, before the students (the ANN teacher first: the
-        # twins learn from it); the ANN teacher is always scored, as the reference of the table
-        train_teacher(ann_teacher)
-        always_scored = (teacher_label(ann_teacher), ann_teacher['network'], train_teacher(ann_teacher))
-        specs = {}
-        for patch in variants.values():
-            patch = resolve_iters(copy.deepcopy(patch), iters)
-            if merge(base, {k: v for k, v in patch.items() if k != 'teacher'}).get('network_t'):
-                spec = teacher_spec(default_teacher, ann_teacher, patch.get('teacher'))
-                specs[digest(spec)] = spec
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
-            list(pool.map(train_teacher, specs.values()))
-
-    arms, teachers = build_arms(base, variants, iters, teacher_of)
-    jobs = []
-    for name, (opt, role, ref) in arms.items():
-        run_iters = int(opt['train']['total_iter'])
+    # runs: every seed's main arms first (twin, recipe, alone, alone_eq), then the teacher-free chain
+    runs = {}
+    for group in (('twin', 'recipe', 'alone', 'alone_eq'), ('twin_gt', 'chain_gt')):
         for seed in args.seeds:
-            run_opt = prepare_run_options(opt, f'{name}_s{seed}', seed, run_iters, args.curve_points, args.device)
-            jobs.append((name, seed, run_opt, os.path.join(workdir, 'runs', f'{name}-{training_key(run_opt)}')))
-
-    results = {name: {} for name in arms}
-    todo = [j for j in jobs if not os.path.isfile(os.path.join(j[3], 'result.json'))]
-    print(f'{len(arms)} arms x {len(args.seeds)} seeds = {len(jobs)} runs of {iters} iterations '
-          f'({len(jobs) - len(todo)} already trained); logs under {os.path.join(workdir, "runs")}', flush=True)
-    progress = Progress(sum(int(j[2]['train']['total_iter']) for j in todo))
+            for arm in group:
+                if arm not in needed:
+                    continue
+                opt = copy.deepcopy(options[arm])
+                deps = ()
+                if arm in CHAIN_TWIN:
+                    twin = runs[(CHAIN_TWIN[arm], seed)]
+                    opt['path']['pretrain_network_t'] = twin.ckpt
+                    deps = (twin.key,)
+                runs[(arm, seed)] = Run(workdir, arm, seed, opt, args.curve_points, args.device, deps)
+    todo = [r for r in runs.values() if not r.trained]
+    print(f'{len(runs)} runs ({len(runs) - len(todo)} already trained); student {args.iters} it, twin {twin_iters} '
+          f'it; logs under {os.path.join(workdir, "runs")}', flush=True)
     eval_lock = threading.Lock()
-    device = 'cuda' if args.device == 'cuda' else 'cpu'
+    results = {}
 
-    def run_one(job):
-        name, seed, run_opt, run_dir = job
-        iters = int(run_opt['train']['total_iter'])
-        result_path = os.path.join(run_dir, 'result.json')
-        if os.path.isfile(result_path):
-            with open(result_path) as f:
+    def work(run):
+        iters = int(run.opt['train']['total_iter'])
+        if run.trained:
+            with open(run.result_path) as f:
                 result = json.load(f)
         else:
-            os.makedirs(run_dir, exist_ok=True)
-            log = os.path.join(run_dir, 'train.log')
-            progress.watch(log, iters)
+            os.makedirs(run.dir, exist_ok=True)
+            print(f'{time.strftime("%H:%M:%S")} training {run.arm} seed {run.seed} ({iters} it)', flush=True)
             start = time.time()
-            ckpt = train(run_opt, run_dir, args.threads, args.device)
-            progress.finish(log, iters)
-            result = {'arm': name, 'seed': seed, 'wall_s': time.time() - start, 'checkpoint': ckpt,
-                      'curve': validation_curve(log, run_opt['val']['val_freq'], iters), 'curve_set': eval_set,
-                      'scores': {}}
-        if eval_set not in result['scores']:
+            train(run.opt, run.dir, args.threads, args.device)
+            result = {'arm': run.arm, 'seed': run.seed, 'iters': iters, 'wall_s': time.time() - start,
+                      'checkpoint': run.ckpt, 'scores': {},
+                      'curve': validation_curve(os.path.join(run.dir, 'train.log'), run.opt['val']['val_freq'],
+                                                iters), 'curve_set': args.eval}
+        if args.eval not in result['scores']:
             with eval_lock:
-                result['scores'][eval_set] = evaluate(run_opt, run_opt['network_g'], result['checkpoint'], 'g',
-                                                      device, (run_opt['val'] or {}).get('tile'))[0]
-            write_json(result_path, result)
-        return name, seed, result
+                result['scores'][args.eval] = {key: evaluate(run.opt, run.opt['network_g'], run.ckpt, key,
+                                                             args.device) for key in PARAM_KEYS}
+            write_json(run.result_path, result)
+        results[run.key] = dict(result, scores=result['scores'][args.eval])
+        print(f'{time.strftime("%H:%M:%S")} done {run.arm} seed {run.seed}: PSNR '
+              f'{results[run.key]["scores"]["params"]["psnr"]:.2f} (params) '
+              f'{results[run.key]["scores"]["params_ema"]["psnr"]:.2f} (params_ema)', flush=True)
 
-    failures = []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
-        for future in concurrent.futures.as_completed([pool.submit(run_one, j) for j in jobs]):
-            try:
-                name, seed, result = future.result()
-                results[name][seed] = dict(result, scores=result['scores'][eval_set])
-            except Exception as exc:  # keep the other runs going; report at the end
-                failures.append(str(exc))
-                progress.bar.write(f'FAILED: {exc}')
-    progress.close()
-    if failures:
-        raise SystemExit(f'{len(failures)} run(s) failed:\n' + '\n'.join(failures))
+    failed = run_all(list(runs.values()), args.jobs, work)
 
-    fixed_opt = next(iter(arms.values()))[0]
-    fixed = [('noisy input', evaluate(fixed_opt, None, None, None, device)[0])]
-    if always_scored is not None and always_scored[0] not in teachers:
-        teachers = {always_scored[0]: always_scored[1:], **teachers}
-    for label, (net, ckpt) in teachers.items():
-        fixed.append((f'teacher {label}', evaluate(fixed_opt, net, ckpt, 't', device)[0]))
-    rows = summarise(arms, results, args.seeds)
-    if args.step_cost and ann_teacher is not None:
-        training_compute(rows, arms, label_specs, ann_teacher, args.step_cost, device)
-    header = (f'KD ablation: {iters} iterations x seeds {args.seeds}; {data_note}; student '
-              f'{describe_net(base["network_g"])}')
-    table = format_table(rows, fixed, header)
+    fixed = {'noisy': evaluate(student_opt, None, None, None, args.device),
+             'teacher': dict(evaluate(student_opt, teacher_net, teacher_ckpt, 'params', args.device),
+                             note=f'NAFNet-w16, {args.teacher_iters} it by SRModel (given: not in compute; '
+                                  f'{teacher_info["wall_s"]:.0f} s)')}
+    rows, diffs = summarise(results, [a for a in ARMS if a in needed], args.seeds, compute, fixed)
+    for arm, r in rows.items():
+        r['step_s'] = costs[arm]
+    header = (f'KD at equal compute, shipped options ({SHIPPED_TWIN} -> {SHIPPED_STUDENT}), sized: student '
+              f'{args.iters} it, twin {twin_iters} it, {args.gt_size}x{args.gt_size} crops, batch {args.batch}; '
+              f'{args.eval} photos ({", ".join(photos)}, {len(os.listdir(val_dir))} crops), sigma {SIGMA}')
+    table = format_table(rows, diffs, fixed, header)
     print('\n' + table)
-    out = {'iters': iters, 'seeds': args.seeds, 'data': data_note, 'eval': args.eval if not args.opt else None,
-           'fixed': dict(fixed), 'arms': rows, 'variants': variants, 'table': table,
+    out = {'iters': args.iters, 'twin_iters': twin_iters, 'alone_eq_iters': eq_iters, 'seeds': args.seeds,
+           'eval': args.eval, 'step_s': costs, 'compute_s': compute, 'teacher': teacher_info, 'fixed': fixed,
+           'arms': rows, 'differences': diffs, 'table': table, 'failed': sorted(map(list, failed)),
+           'shipped': {'twin': SHIPPED_TWIN, 'student': SHIPPED_STUDENT},
            'command': ' '.join([os.path.basename(sys.executable)] + sys.argv)}
     write_json(os.path.join(workdir, 'results.json'), out)
-    plot_curves(rows, os.path.join(workdir, 'curves.png'))
+    if rows:
+        plot_curves(rows, os.path.join(workdir, 'curves.png'))
     print(f'\nresults: {os.path.join(workdir, "results.json")}; curves: {os.path.join(workdir, "curves.png")}')
+    if failed:
+        raise SystemExit(f'{len(failed)} run(s) failed or skipped: {sorted(failed)}')
     return out
 
 

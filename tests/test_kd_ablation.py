@@ -1,111 +1,138 @@
-"""benchmarks/kd_ablation.py end to end on a tiny configuration: a distillation options file, one variant, two
-seeds; both arms train through basicsr's pipeline (SpikerIRDistillModel and, for the student alone,
-SpikingSRModel); the table, results.json and curves.png come out with the expected structure."""
+"""benchmarks/kd_ablation.py end to end on a tiny configuration of the shipped options files (4 student iterations,
+16x16 crops, batch 2, one crop a photo): every arm trains through basicsr's pipeline with its own model, from the
+shipped file changed only in the documented size keys; the chains start from their own twin; the compute-matched
+student alone gets the recipe's compute; a second call trains nothing again."""
+import copy
 import json
 import os
 import re
 import subprocess
+import sys
 
-import cv2
-import torch
+import pytest
 import yaml
 
-import spikerir_plugin  # noqa: F401
-from basicsr.archs import build_network
-from conftest import PYTHON, REPO_ROOT, photo_crops, subprocess_env
+from conftest import PYTHON, REPO_ROOT, subprocess_env
 
-TEACHER = {'type': 'NAFNet', 'width': 8, 'middle_blk_num': 1, 'enc_blk_nums': [1, 1], 'dec_blk_nums': [1, 1]}
+sys.path.insert(0, os.path.join(REPO_ROOT, 'benchmarks'))
+import kd_ablation  # noqa: E402
 
-
-def tiny_options(root):
-    train_dir, val_dir = root / 'train', root / 'val'
-    for folder, crops in ((train_dir, photo_crops(32, 1)), (val_dir, photo_crops(16, 1)[:2])):
-        folder.mkdir()
-        for i, crop in enumerate(crops):
-            cv2.imwrite(str(folder / f'{i}.png'), crop[..., ::-1])
-    teacher = root / 'teacher.pth'
-    torch.manual_seed(0)
-    torch.save({'params': build_network(dict(TEACHER)).state_dict()}, teacher)
-    return {
-        'name': 'tiny_kd', 'model_type': 'SpikerIRDistillModel', 'scale': 1, 'num_gpu': 0, 'manual_seed': 0,
-        'datasets': {
-            'train': {'name': 'tiny', 'type': 'GaussianDenoiseDataset', 'dataroot_gt': str(train_dir),
-                      'io_backend': {'type': 'disk'}, 'sigma': 25, 'gt_size': 16, 'use_hflip': True,
-                      'num_worker_per_gpu': 0, 'batch_size_per_gpu': 2, 'dataset_enlarge_ratio': 1,
-                      'prefetch_mode': None},
-            'val': {'name': 'tiny-val', 'type': 'GaussianDenoiseDataset', 'dataroot_gt': str(val_dir),
-                    'io_backend': {'type': 'disk'}, 'sigma': 25}},
-        'network_g': {'type': 'SpikerIR', 'preset': 'tiny', 'dim': 4, 'T': 2, 'reduction_t': 2},
-        'network_t': TEACHER,
-        'path': {'pretrain_network_t': str(teacher), 'strict_load_t': True},
-        'train': {'optim_g': {'type': 'AdamW', 'lr': 1e-3}, 'total_iter': 10, 'warmup_iter': -1,
-                  'scheduler': {'type': 'CosineAnnealingLR', 'T_max': 10, 'eta_min': 1e-6},
-                  'pixel_opt': {'type': 'L1Loss'}, 'kd_opt': {'type': 'L1Loss'},
-                  'kd_schedule': {'type': 'linear', 'start': 1.0, 'end': 0.0, 'end_iter': 10}},
-        'val': {'val_freq': 10, 'metrics': {
-            'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
-            'ssim': {'type': 'calculate_ssim', 'crop_border': 0, 'test_y_channel': False}}},
-        'logger': {'print_freq': 1, 'save_checkpoint_freq': 10, 'use_tb_logger': False},
-    }
+TINY = ['--seeds', '0', '--iters', '4', '--teacher-iters', '4', '--gt-size', '16', '--batch', '2', '--train-grid',
+        '1', '--eval-grid', '1', '--jobs', '2', '--curve-points', '2', '--step-cost', '1']
+MODELS = {'twin': 'SpikerIRDistillModel', 'recipe': 'SpikerIRDistillModel', 'chain_gt': 'SpikerIRDistillModel',
+          'twin_gt': 'SpikingSRModel', 'alone': 'SpikingSRModel', 'alone_eq': 'SpikingSRModel'}
 
 
-def test_harness_trains_both_arms_through_the_models_and_writes_table_json_and_curves(tmp_path):
-    opt_file, variants = tmp_path / 'kd.yml', tmp_path / 'variants.yml'
-    opt_file.write_text(yaml.safe_dump(tiny_options(tmp_path)))
-    variants.write_text(yaml.safe_dump({'out_kd': {'train': {'kd_schedule': {'type': 'constant', 'start': 2.0}}}}))
+def shipped(path):
+    with open(os.path.join(REPO_ROOT, path)) as f:
+        return yaml.safe_load(f)
+
+
+def without_size_keys(opt, teacher_replaced):
+    """The options less the keys the harness may change (its docstring's list)."""
+    opt = copy.deepcopy(opt)
+    for key in ('name', 'manual_seed', 'num_gpu', 'val', 'logger'):
+        opt.pop(key, None)
+    opt['train'].pop('total_iter')
+    opt['train']['scheduler'].pop('T_max')
+    (opt['train'].get('kd_schedule') or {}).pop('end_iter', None)
+    for key in ('dataroot_gt', 'gt_size', 'batch_size_per_gpu', 'num_worker_per_gpu', 'persistent_workers'):
+        opt['datasets']['train'].pop(key, None)
+    for key in ('dataroot_gt', 'name'):
+        opt['datasets']['val'].pop(key)
+    opt['path'].pop('resume_state', None)
+    opt['path'].pop('pretrain_network_t', None)
+    if teacher_replaced:
+        opt.pop('network_t')
+    return opt
+
+
+def test_harness_trains_the_shipped_recipe_and_its_controls_at_equal_compute(tmp_path):
+    from spikerir_plugin.models.spikerir_distill_model import student_alone_options
     workdir = tmp_path / 'work'
-    cmd = [PYTHON, os.path.join(REPO_ROOT, 'benchmarks', 'kd_ablation.py'), '--opt', str(opt_file), '--variants',
-           str(variants), '--seeds', '0', '1', '--iters', '4', '--jobs', '4', '--curve-points', '2',
-           '--workdir', str(workdir)]
+    cmd = [PYTHON, os.path.join(REPO_ROOT, 'benchmarks', 'kd_ablation.py'), *TINY, '--workdir', str(workdir)]
     proc = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
-    # both arms went through basicsr's pipeline with their own model, 4 iterations each, per seed
-    logs = {}  # the full basicsr log of each run (the console shows progress only)
+    runs = {}
     for run in (workdir / 'runs').iterdir():
-        full_log, = run.glob('experiments/*/train_*.log')
-        logs.setdefault(run.name.rsplit('-', 1)[0], []).append(full_log.read_text())
-    assert len(logs['alone']) == len(logs['out_kd']) == 2  # one run per seed
-    assert all('Model [SpikingSRModel] is created' in log and 'l_kd' not in log for log in logs['alone'])
-    assert all('Model [SpikerIRDistillModel] is created' in log and 'l_kd:' in log for log in logs['out_kd'])
-    runs = sorted((json.loads(p.read_text())['arm'], json.loads(p.read_text())['seed'])
-                  for p in workdir.glob('runs/*/result.json'))
-    assert runs == [('alone', 0), ('alone', 1), ('out_kd', 0), ('out_kd', 1)]
-    for path in workdir.glob('runs/*/train.log'):  # every run logged iterations 1..4 (print_freq 1)
-        assert re.findall(r'\[epoch:\s*\d+, iter:\s+(\d+)', path.read_text()) == ['1', '2', '3', '4']
+        arm = run.name.split('-s0-')[0]
+        log, = run.glob('experiments/*/train_*.log')
+        runs[arm] = (yaml.safe_load((run / 'options.yml').read_text()), log.read_text(),
+                     json.loads((run / 'result.json').read_text()), run)
+    assert set(runs) == set(MODELS)
+    for arm, (opt, log, result, _) in runs.items():
+        assert f'Model [{MODELS[arm]}] is created' in log, arm
+        assert ('l_kd:' in log) == (MODELS[arm] == 'SpikerIRDistillModel'), arm
+        assert set(result['scores']['tune']) == {'params', 'params_ema'}
+        # the schedules follow the run's iterations
+        assert opt['train']['scheduler']['T_max'] == opt['train']['total_iter'] == result['iters']
+        assert opt['datasets']['train']['gt_size'] == 16 and opt['datasets']['train']['batch_size_per_gpu'] == 2
 
-    # the table: noisy input, teacher, alone, the variant with a paired gain
-    table = proc.stdout[proc.stdout.index('KD ablation: 4 iterations'):]
-    rows = {m.group(1): m.groups()[1:] for m in
-            re.finditer(r'^(noisy input|teacher \S+|alone|out_kd)\s+([\d.]+)(?: \+- ([\d.]+))?', table, re.M)}
-    assert set(rows) == {'noisy input', 'teacher NAFNet-w8', 'alone', 'out_kd'}, table
-    assert re.search(r'^out_kd\s+[\d.]+ \+- [\d.]+\s+[\d.]+ \+- [\d.]+\s+[+-][\d.]+ \+- [\d.]+', table, re.M), table
+    # every run is a shipped file changed only in size (and step 1 in its teacher)
+    twin_file, student_file = shipped(kd_ablation.SHIPPED_TWIN), shipped(kd_ablation.SHIPPED_STUDENT)
+    expected = {'twin': (twin_file, True), 'twin_gt': (student_alone_options(twin_file), False),
+                'recipe': (student_file, False), 'chain_gt': (student_file, False),
+                'alone': (student_alone_options(student_file), False),
+                'alone_eq': (student_alone_options(student_file), False)}
+    for arm, (source, teacher_replaced) in expected.items():
+        assert without_size_keys(runs[arm][0], teacher_replaced) == without_size_keys(source, teacher_replaced), arm
+    assert runs['twin'][0]['network_t']['type'] == 'NAFNet'
+    assert runs['recipe'][0]['train']['kd_schedule']['end_iter'] == 4
+    assert runs['twin'][0]['train']['total_iter'] == 12  # the shipped 900000 / 300000 ratio
 
+    # each chain starts from its own twin's checkpoint (the key the shipped file names)
+    assert runs['recipe'][0]['path']['pretrain_network_t'] == runs['twin'][2]['checkpoint']
+    assert runs['chain_gt'][0]['path']['pretrain_network_t'] == runs['twin_gt'][2]['checkpoint']
+    assert 'Student initialised from the teacher' in runs['recipe'][1]
+
+    # the student alone at equal compute: the recipe's step-time compute over the student alone's step time
     result = json.loads((workdir / 'results.json').read_text())
-    assert result['iters'] == 4 and result['seeds'] == [0, 1]
-    arms = {a['arm']: a for a in result['arms']}
-    assert set(arms) == {'alone', 'out_kd'} and arms['out_kd']['reference'] == 'alone'
-    for arm in arms.values():
-        assert len(arm['psnr_per_seed']) == 2 and len(arm['psnr']) == 2 and len(arm['ssim']) == 2
-        assert [it for it, _ in arm['curve']] == [2, 4]
-    gain = arms['out_kd']['gain_psnr_per_seed']
-    assert gain == [p - a for p, a in zip(arms['out_kd']['psnr_per_seed'], arms['alone']['psnr_per_seed'])]
-    assert set(result['fixed']) == {'noisy input', 'teacher NAFNet-w8'}
+    step = result['step_s']
+    recipe_compute = step['twin'] * 12 + step['recipe'] * 4
+    assert result['alone_eq_iters'] == max(round(recipe_compute / step['alone']), 1)
+    assert runs['alone_eq'][2]['iters'] == result['alone_eq_iters']
+    assert result['compute_s']['recipe'] == pytest.approx(recipe_compute)
+    arms = result['arms']
+    assert arms['chain_gt']['wall_s'][0] == pytest.approx(runs['chain_gt'][2]['wall_s'] + runs['twin_gt'][2]['wall_s'])
+    diff = result['differences']['recipe - alone_eq (equal compute: the headline)']['params']
+    assert diff['per_seed'] == [runs['recipe'][2]['scores']['tune']['params']['psnr']
+                                - runs['alone_eq'][2]['scores']['tune']['params']['psnr']]
+
+    # the table: a compute and a wall-time column for every arm
+    table = proc.stdout[proc.stdout.index('KD at equal compute'):]
+    for arm in MODELS:
+        assert re.search(rf'^{arm}\s+\d+\s+[\d.]+\s+\d+ \+- \d+\s+[\d.]+ \+- [\d.]+\s+[\d.]+ \+- [\d.]+\s+0$', table,
+                         re.M), table
     assert (workdir / 'curves.png').stat().st_size > 0
 
-    # a second call reuses the trained runs (nothing retrained) and gives the same table
+    # a second call reuses every trained run and the measured step times
     again = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and '(4 already trained)' in again.stdout
-    assert again.stdout[again.stdout.index('KD ablation: 4'):].split('results:')[0] == table.split('results:')[0]
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert '6 runs (6 already trained)' in again.stdout
+    assert not re.search(r'^[\d:]+ training ', again.stdout, re.M) and 'training the teacher' not in again.stdout
+    assert json.loads((workdir / 'results.json').read_text())['alone_eq_iters'] == result['alone_eq_iters']
 
 
-def test_step_costs_time_each_models_training_step(tmp_path):
-    """The compute column's step costs: every options dict becomes its model and is stepped (here: the distilled
-    run and its student alone); a model that cannot train would raise."""
-    import sys
-    sys.path.insert(0, os.path.join(REPO_ROOT, 'benchmarks'))
-    import kd_ablation
-    from spikerir_plugin.models.spikerir_distill_model import student_alone_options
-    opt = tiny_options(tmp_path)
-    costs = kd_ablation.step_costs({'kd': opt, 'alone': student_alone_options(opt)}, steps=1, device='cpu')
-    assert set(costs) == {'kd', 'alone'} and all(c > 0 for c in costs.values())
+class FakeRun:
+    def __init__(self, arm, deps=()):
+        self.arm, self.seed, self.deps = arm, 0, tuple((d, 0) for d in deps)
+
+    @property
+    def key(self):
+        return (self.arm, 0)
+
+
+def test_run_all_runs_dependencies_first_and_skips_what_a_failure_blocks():
+    order = []
+
+    def work(run):
+        if run.arm == 'twin_gt':
+            raise RuntimeError('boom')
+        order.append(run.arm)
+
+    runs = [FakeRun('recipe', ['twin']), FakeRun('twin'), FakeRun('alone'), FakeRun('chain_gt', ['twin_gt']),
+            FakeRun('twin_gt')]
+    failed = kd_ablation.run_all(runs, 2, work)
+    assert failed == {('twin_gt', 0), ('chain_gt', 0)}
+    assert sorted(order) == ['alone', 'recipe', 'twin'] and order.index('twin') < order.index('recipe')
