@@ -491,7 +491,7 @@ def main(argv=None):
     parser.add_argument('--threads', type=int, default=1, help='CPU threads per run')
     parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
     parser.add_argument('--curve-points', type=int, default=6, help='validations per run (for curves.png)')
-    parser.add_argument('--step-cost', type=int, default=10, help='timed training steps per arm (compute)')
+    parser.add_argument('--step-cost', type=int, default=40, help='timed training steps per arm (compute)')
     args = parser.parse_args(argv)
 
     import spikerir_plugin  # noqa: F401  (registers the plugin's archs, datasets, models)
