@@ -525,6 +525,71 @@ def test_archived_run_is_announced_and_auto_resume_says_how_to_get_it_back(tmp_p
     assert state['iter'] == 6 and tree_hashes(exp) == before
 
 
+def test_auto_resume_refuses_to_continue_a_rerun_shorter_than_the_archived_run(tmp_path, run_copy, clean_folder,
+                                                                                capfd):
+    """The run reached 6; a rerun without --auto_resume moved it aside and stopped after saving 2.state. A later
+    --auto_resume must not silently continue the rerun at 2: it names both runs and both ways out, which work."""
+    exp, before = run_copy
+    pipeline(tmp_path, run_options('tiny', clean_folder, total_iter=2))  # the rerun, stopped at its 2.state
+    err = capfd.readouterr().err
+    assert 'until this run reaches iteration 6, --auto_resume stops and prints the commands that move the archived ' \
+           'run back' in err
+    archived = glob.glob(f'{exp}_archived_*')
+    assert len(archived) == 1 and tree_hashes(archived[0]) == before
+    rerun = tree_hashes(exp)
+    state = str(exp / 'training_states' / '2.state')
+    root, moved = re.escape(str(exp)), re.escape(archived[0])
+    with pytest.raises(ResumeError) as refused:
+        spikerir_compat.load_resume_state(parsed(tmp_path, run_options('tiny', clean_folder), '--auto_resume'))
+    message = str(refused.value)
+    assert re.search(rf'--auto_resume would continue {root} from iteration 2 \({re.escape(state)}\), but {moved} '
+                     'holds a longer run of this experiment, up to iteration 6', message), message
+    assert f'--force_yml path:resume_state={state}' in message, message
+    assert tree_hashes(exp) == rerun and tree_hashes(archived[0]) == before  # nothing moved or changed
+    # way out 1: continue the rerun anyway, from its state given explicitly (the --force_yml the error gives)
+    resumed = spikerir_compat.load_resume_state(parsed(tmp_path, run_options('tiny', clean_folder), '--force_yml',
+                                                       f'path:resume_state={state}'))
+    assert resumed['iter'] == 2
+    # way out 2: the commands that bring the archived run back; --auto_resume then continues it at 6
+    swap = re.search(rf'To continue the archived run: mv {root} (\S+) && mv {moved} {root}, then run again with '
+                     '--auto_resume', message)
+    assert swap, message
+    os.rename(exp, swap.group(1))
+    os.rename(archived[0], exp)
+    resumed = spikerir_compat.load_resume_state(parsed(tmp_path, run_options('tiny', clean_folder), '--auto_resume'))
+    assert resumed['iter'] == 6 and tree_hashes(exp) == before and tree_hashes(swap.group(1)) == rerun
+    assert swap.group(1) in glob.glob(f'{exp}_archived_*')  # the rerun is kept where --auto_resume can name it
+
+
+def test_each_rank_resumes_its_own_random_streams_or_says_which_continue(tmp_path, run_copy, clean_folder, capfd):
+    exp, _ = run_copy
+    path = exp / 'training_states' / '6.state'
+    saved = torch.load(path, weights_only=True)
+    assert len(saved['rng_ranks']) == 1 and saved['rng_ranks'][0]['python'] == saved['rng']['python']
+    two = [saved['rng'], {**saved['rng'], 'python': (3, tuple(range(624)) + (0,), None)}]  # rank 1: another stream
+    torch.save({**saved, 'rng_ranks': two}, path)
+
+    def resume(rank, world):
+        opt = parsed(tmp_path, run_options('tiny', clean_folder), '--auto_resume')
+        opt['rank'], opt['world_size'] = rank, world  # what basicsr's parse_options sets in a DDP process
+        state = spikerir_compat.load_resume_state(opt)
+        return state.get('rng'), capfd.readouterr().err
+
+    for rank in (0, 1):  # as many processes as the saved run: each rank its own entry, no notice
+        rng, err = resume(rank, 2)
+        assert rng['python'] == two[rank]['python'] and 'random streams' not in err
+    rng, err = resume(0, 1)  # another number of processes: rank 0 continues rank 0's streams, and says so
+    assert rng['python'] == two[0]['python']
+    assert f'{path} was saved by 2 process(es) and this run has 1' in err and 'not exact' in err
+    del saved['rng_ranks']  # a state of an earlier version: rank 0's streams only
+    torch.save(saved, path)
+    assert 'random streams' not in resume(0, 1)[1]  # single process: exact as before
+    for rank in (0, 1):
+        rng, err = resume(rank, 2)
+        assert (rng is None) == (rank == 1)  # rank 1 keeps its seeded streams
+    assert "holds only rank 0's random streams" in resume(0, 2)[1]
+
+
 def test_resume_removes_partial_files_of_killed_writes(tmp_path, run_copy, clean_folder, capsys):
     exp, before = run_copy
     partial = exp / 'models' / '.net_g_8.pth.k3j2l1x_.tmp'

@@ -203,6 +203,40 @@ def test_torchrun_two_process_gloo_ddp_trains_and_validates(tmp_path, tiny_pairs
     assert (exp / 'models' / 'net_g_4.pth').is_file() and (exp / 'training_states' / '4.state').is_file()
 
 
+def test_torchrun_two_process_resume_continues_every_rank_exactly(tmp_path, tiny_pairs):
+    """2-process gloo run killed right after saving iteration 6 (mid-epoch: 4 batches of 1 per rank and epoch),
+    resumed with --auto_resume to 12: the same weights and every rank's random streams as an uninterrupted
+    12-iteration run. Each rank crops and flips with its own stream (seed + rank), so rank 1's must be saved too;
+    rank 0 validates right after saving 6, which must not draw from the streams the training continues with."""
+    def torchrun(name, *flags):
+        opt = tiny_train_options(name, tiny_pairs, total_iter=12, save_freq=6, val_freq=6)
+        opt['datasets']['train']['batch_size_per_gpu'] = 1
+        yml = write_options(tmp_path / f'{name}.yml', opt)
+        assert_ok(run([PYTHON, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}',
+                       TRAIN_SCRIPT, '-opt', yml, '--launcher', 'pytorch', *flags], cwd=tmp_path, timeout=420))
+
+    torchrun('ref')  # uninterrupted, saving at 6 and 12
+    ref, res = tmp_path / 'experiments' / 'ref', tmp_path / 'experiments' / 'res'
+    # the folder a SIGKILL right after 6.state would leave: everything the run wrote after it removed
+    shutil.copytree(ref / 'training_states', res / 'training_states')
+    shutil.copytree(ref / 'models', res / 'models')
+    for f in ('training_states/12.state', 'models/net_g_12.pth', 'models/net_g_latest.pth'):
+        os.remove(res / f)
+    torchrun('res', '--auto_resume')
+    log = '\n'.join(open(p).read() for p in glob.glob(str(res / 'train_res_*.log')))
+    assert 'Resume at iter 6: epoch 1, skipping 2 consumed batches.' in log
+    a, b = load_params(ref / 'models' / 'net_g_12.pth'), load_params(res / 'models' / 'net_g_12.pth')
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    a, b = (torch.load(d / 'training_states' / '12.state', weights_only=True)['rng_ranks'] for d in (ref, res))
+    assert len(a) == len(b) == 2 and a[0]['python'] != a[1]['python']  # two ranks, two streams
+    for rank in range(2):
+        assert a[rank]['python'] == b[rank]['python'], rank
+        assert torch.equal(a[rank]['torch'], b[rank]['torch']), rank
+        assert torch.equal(a[rank]['numpy'][1], b[rank]['numpy'][1]) and a[rank]['numpy'][2:] == b[rank]['numpy'][2:]
+
+
 def test_literal_basicsr_train_command_from_a_checkout(tmp_path, tiny_pairs):
     """`python basicsr/train.py -opt options/X.yml` run from a BasicSR checkout: basicsr's own script, with a
     plugin-only arch in the options, must train through the startup hook alone."""

@@ -12,15 +12,19 @@ defines them); every other model keeps basicsr's own resume:
   damaged pairs with a warning naming them (and refusing to start at iteration 0 when every state is damaged);
   when the experiment folder holds no state but an ``<name>_archived_<time>`` sibling does (basicsr moves the
   folder aside when a run starts under the same name without ``--auto_resume``), it stops and says how to move
-  that run back instead of starting at iteration 0; a fresh start that is about to move a run aside says so
-  loudly; an explicit ``path.resume_state`` and its weights are read before the experiment starts. Partial files
-  of writes that were cut off are removed;
+  that run back instead of starting at iteration 0; when the newest state is behind an archived sibling's newest
+  one (a rerun was stopped before it caught up), it stops, names both runs and says how to bring the archived one
+  back or continue the newer one; a fresh start that is about to move a run aside says so loudly; an explicit
+  ``path.resume_state`` and its weights are read before the experiment starts. Partial files of writes that were
+  cut off are removed;
 - ``resume_train_loader(train_loader, train_sampler, logger)``: derives the epoch and the batches of that epoch
   already consumed from the iteration, and makes this run's sampler skip them (only this sampler object changes
   class; basicsr's ``EnlargedSampler`` itself is untouched).
 
-The model's ``save_training_state`` adds the Python/numpy/torch random states (``capture_rng_state``) and its extra
-state, and writes atomically; ``resume_training`` restores them.
+The model's ``save_training_state`` adds the Python/numpy/torch random states (``capture_rng_state``) of every rank
+(``rng_ranks``, gathered by ``save``; ``rng`` is rank 0's) and its extra state, and writes atomically; on resume each
+rank continues its own streams when the run has as many processes as the saved one (otherwise only rank 0's
+continue, with a notice), restored by ``resume_training`` or by the sampler below.
 """
 import contextlib
 import glob
@@ -28,6 +32,7 @@ import os
 import random
 import shlex
 import sys
+import time
 
 import numpy as np
 import torch
@@ -52,6 +57,17 @@ def capture_rng_state():
     if torch.cuda.is_available():
         state['cuda'] = torch.cuda.get_rng_state_all()
     return state
+
+
+def gather_rng_states():
+    """[capture_rng_state() of every rank], in rank order; one entry without a process group. Under DDP this is
+    a collective: every rank calls it (the model's ``save`` does, before rank 0 writes the training state)."""
+    state = capture_rng_state()
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [state]
+    states = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(states, state)
+    return states
 
 
 def restore_rng_state(state):
@@ -172,6 +188,40 @@ def refuse_silent_restart(opt):
         'iteration 0 instead, run without --auto_resume.')
 
 
+def _unused_name(path):
+    """``path``, or ``path_2``, ``path_3``, ... : the first that does not exist (``mv`` into an existing folder
+    would move a run inside it)."""
+    return next(p for p in (path, *(f'{path}_{i}' for i in range(2, 10000))) if not os.path.exists(p))
+
+
+def refuse_shorter_than_archived(opt, state_path, iteration):
+    """--auto_resume found a state at ``iteration``, but an archived sibling run went further (a rerun without
+    --auto_resume moved it aside and was stopped before it caught up): refuse, naming both runs and both ways out,
+    instead of silently continuing the shorter run."""
+    longer = [(folder, it) for folder, it in archived_runs(opt) if it > iteration]
+    if not longer:
+        return
+    root = opt['path']['experiments_root']
+    folder, archived_iter = max(longer, key=lambda run: run[1])  # the furthest (the newest folder on a tie)
+    q = shlex.quote
+    stamp = folder[len(root + '_archived_'):]
+    # the current run is kept as an archived run (basicsr's stamp), under a name no folder has: mv would move the
+    # run into an existing folder
+    kept = _unused_name(f'{root}_archived_{time.strftime("%Y%m%d_%H%M%S")}')
+    swap = f'mv {q(root)} {q(kept)} && mv {q(folder)} {q(root)}'
+    others = [f for f, _ in longer if f != folder]
+    others = f' (other archived runs past iteration {iteration}: {", ".join(others)})' if others else ''
+    raise ResumeError(
+        f'--auto_resume would continue {root} from iteration {iteration} ({state_path}), but {folder} holds a '
+        f'longer run of this experiment, up to iteration {archived_iter}{others}: basicsr moved it there when a run '
+        'under the same name started without --auto_resume. Nothing was changed. To continue the archived run: '
+        f'{swap}, then run again with --auto_resume (the run now in {root} is kept as an archived run). To continue '
+        f'the run in {root} from iteration {iteration} instead: run again without --auto_resume and with '
+        f'path.resume_state: {state_path} (in the options file, or --force_yml {q(f"path:resume_state={state_path}")}'
+        f' on the command line), or move the archived run out of the way: '
+        f'mv {q(folder)} {q(_unused_name(f"{root}_set_aside_{stamp}"))}, then run again with --auto_resume.')
+
+
 def warn_before_archiving(opt):
     """A fresh start (no --auto_resume, no path.resume_state) in a folder that holds a run: basicsr is about to move
     it to <name>_archived_<time>; make that loud and say how to continue it instead."""
@@ -183,7 +233,8 @@ def warn_before_archiving(opt):
     _notice(opt, f'{root} holds a {"finished " if finished else ""}training run (training states up to iteration '
                  f'{iters[0]}). This run was started without --auto_resume, so basicsr moves that folder to '
                  f'{root}_archived_<time> and starts from iteration 0. To continue the earlier run instead: stop '
-                 'this one and run again with --auto_resume (it says how to move the archived run back).')
+                 f'this one and run again with --auto_resume: until this run reaches iteration {iters[0]}, '
+                 '--auto_resume stops and prints the commands that move the archived run back.')
 
 
 def _remove_stale_temp_files(opt):
@@ -197,6 +248,31 @@ def _remove_stale_temp_files(opt):
     if stale:
         _notice(opt, f'removed {len(stale)} partial file(s) left by writes that were cut off: '
                      f'{", ".join(os.path.basename(p) for p in stale)}')
+
+
+def _this_ranks_rng(opt, state, path):
+    """Leave in state['rng'] the random streams this rank continues with: its own entry of ``rng_ranks`` when the
+    state was saved by as many processes as this run has; otherwise rank 0 takes ``rng`` (the saved rank 0's) and
+    the other ranks keep the streams basicsr seeded (manual_seed + rank), with a notice."""
+    rank, world = opt.get('rank', 0), opt.get('world_size', 1)
+    ranks = state.pop('rng_ranks', None)
+    if isinstance(ranks, (list, tuple)) and len(ranks) == world:
+        state['rng'] = ranks[rank]
+        return
+    saved_rng = state.get('rng') is not None
+    if rank != 0:
+        state.pop('rng', None)
+    saved = len(ranks) if isinstance(ranks, (list, tuple)) else None
+    if not saved_rng or (saved is None and world == 1):  # no streams, or an earlier version's single-rank state
+        return
+    others = 'the other ranks start again from their seeds (manual_seed + rank)'
+    if saved is None:
+        _notice(opt, f"{path} holds only rank 0's random streams (written by an earlier plugin version): rank 0 "
+                     f'continues them, {others}, so the continuation is exact only for rank 0\'s stream.')
+    else:
+        _notice(opt, f'{path} was saved by {saved} process(es) and this run has {world}: the batches each rank '
+                     'draws change with the number of processes, so the continuation is not exact; rank 0 continues '
+                     f"the saved rank 0's random streams{', ' + others if world > 1 else ''}.")
 
 
 def load_resume_state(opt, frozen_networks=()):
@@ -217,6 +293,7 @@ def load_resume_state(opt, frozen_networks=()):
         if state_path is None:
             refuse_silent_restart(opt)
             return None
+        refuse_shorter_than_archived(opt, state_path, state['iter'])
         path_opt['resume_state'] = state_path
     elif explicit:
         state_path = path_opt['resume_state']
@@ -242,8 +319,7 @@ def load_resume_state(opt, frozen_networks=()):
                       'must be there, loadable (net_<x>_<iter>.pth). Point path.resume_state at an earlier state, or '
                       'use --auto_resume, which skips damaged pairs.')
     _remove_stale_temp_files(opt)
-    if opt.get('rank', 0) != 0:  # ranks > 0 keep their own seeded streams; the file holds rank 0's
-        state.pop('rng', None)
+    _this_ranks_rng(opt, state, path_opt['resume_state'])
     _pending = state
     return state
 
