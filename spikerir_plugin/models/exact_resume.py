@@ -178,7 +178,7 @@ def refuse_silent_restart(opt):
     root = opt['path']['experiments_root']
     folder, iteration = runs[0]
     q = shlex.quote
-    move = (f'mv {q(root)} {q(root + "_empty")} && mv {q(folder)} {q(root)}' if os.path.exists(root) else
+    move = (f'mv {q(root)} {q(_unused_name(root + "_empty"))} && mv {q(folder)} {q(root)}' if os.path.exists(root) else
             f'mv {q(folder)} {q(root)}')
     others = f' (other archived runs: {", ".join(f for f, _ in runs[1:])})' if len(runs) > 1 else ''
     raise ResumeError(
