@@ -239,15 +239,23 @@ def _wrap_parse_options(parse_options):
     """`python basicsr/train.py` runs basicsr's train.py as __main__, whose train_pipeline looks up
     load_resume_state and create_train_val_dataloader in its own globals, not in basicsr.train.  Those are defined
     only after the plugin has been imported, so they are rebound here, when train_pipeline's first call (this
-    one) runs."""
+    one) runs.  For a test run, a model class defining ``test_launch_checks(opt)`` checks the options here, before
+    basicsr's test pipeline creates (or moves aside) results/<name>."""
 
     def wrapped(*args, **kwargs):
         main = sys.modules.get('__main__')
         if getattr(main, 'load_resume_state', None) is not None and getattr(main, 'train_pipeline', None) \
                 and getattr(main.load_resume_state, '__module__', None) == '__main__':
             _bind_resume_fixes(main)
-        return parse_options(*args, **kwargs)
+        result = parse_options(*args, **kwargs)
+        opt = result[0] if isinstance(result, tuple) else result
+        if isinstance(opt, dict) and not opt.get('is_train'):
+            hook = getattr(_model_class(opt), 'test_launch_checks', None)
+            if hook is not None:
+                hook(opt)
+        return result
 
+    wrapped.__wrapped__ = parse_options
     return wrapped
 
 
@@ -271,6 +279,7 @@ def patch_runtime():
     import numpy as np
     import torch
     import basicsr.models.base_model as base_model
+    import basicsr.test as bsr_test
     import basicsr.train as bsr_train
     import basicsr.utils.dist_util as dist_util
     import basicsr.utils.options as bsr_options
@@ -283,6 +292,7 @@ def patch_runtime():
 
     _bind_resume_fixes(bsr_train)
     bsr_options.parse_options = _wrap_parse_options(bsr_options.parse_options)
+    bsr_test.parse_options = bsr_options.parse_options  # basicsr.test imported the unwrapped one
     dist_util._init_dist_pytorch = _init_dist_pytorch
     base_model.BaseModel.model_to_device = _model_to_device
     _runtime_patched = True

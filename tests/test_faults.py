@@ -412,8 +412,10 @@ def test_paired_size_mismatch_in_a_plugin_run_names_the_pair(tmp_path, mismatche
     opt = run_options('pairs', lq_dir)
     opt['datasets']['train'] = dict(_paired_opt(lq_dir, gt_dir, 'train'), batch_size_per_gpu=1,
                                     num_worker_per_gpu=0, use_shuffle=False, prefetch_mode=None)
-    with pytest.raises(ValueError, match=r"LQ '.*(00[12]).png' and GT '.*\1.png' do not match in size"):
-        pipeline(tmp_path, opt)
+    with pytest.raises(ValueError, match=r"datasets.train \('pairs'\): LQ '.*(00[12]).png' is 40x40 and GT '.*\1.png' "
+                                         r'is 48x48, but each GT must be exactly scale \(1\) times its LQ'):
+        pipeline(tmp_path, opt)  # found at launch, from the image headers
+    assert not (tmp_path / 'experiments').exists()
 
 
 def test_paired_size_mismatch_in_validation_names_the_pair(tmp_path, mismatched_pairs):

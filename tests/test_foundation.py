@@ -271,8 +271,10 @@ def test_literal_basicsr_train_command_from_a_checkout(tmp_path, tiny_pairs):
 
 def test_resume_keeps_the_frozen_teacher_checkpoint_and_param_key(tmp_path):
     """basicsr's check_resume points every network at net_<x>_<iter>.pth and turns param_key_* params_ema into
-    params; a teacher is never saved by the run, so its path and key must survive."""
-    import spikerir_compat
+    params; a teacher is never saved by the run, so its path and key must survive (the resume part of the
+    distillation model's hook; its launch checks need a complete run, see test_launch_checks.py)."""
+    from spikerir_plugin.models import exact_resume
+    from spikerir_plugin.models.spikerir_distill_model import SpikerIRDistillModel
     states = tmp_path / 'training_states'
     states.mkdir()
     torch.save({'iter': 20, 'epoch': 1, 'optimizers': [], 'schedulers': []}, states / '20.state')
@@ -283,7 +285,7 @@ def test_resume_keeps_the_frozen_teacher_checkpoint_and_param_key(tmp_path):
            'path': {'training_states': str(states), 'models': str(tmp_path / 'models'),
                     'pretrain_network_g': None, 'param_key_g': 'params_ema',
                     'pretrain_network_t': 'teachers/nafnet.pth', 'param_key_t': 'params_ema'}}
-    state = spikerir_compat.load_resume_state(opt)
+    state = exact_resume.load_resume_state(opt, SpikerIRDistillModel.frozen_networks(opt))
     assert state['iter'] == 20 and opt['path']['resume_state'] == str(states / '20.state')
     assert opt['path']['ignore_resume_networks'] == ['network_t']
     assert opt['path']['pretrain_network_t'] == 'teachers/nafnet.pth' and opt['path']['param_key_t'] == 'params_ema'

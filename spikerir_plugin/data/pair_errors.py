@@ -16,7 +16,8 @@ _checked_classes = {}
 
 
 def _pair_message(lq_path, gt_path, name, problem):
-    return (f'dataset {name!r}: LQ {lq_path!r} and GT {gt_path!r} do not match in size ({problem}). Each GT image '
+    where = f'dataset {name!r}: ' if name else ''
+    return (f'{where}LQ {lq_path!r} and GT {gt_path!r} do not match in size ({problem}). Each GT image '
             'must be `scale` times its LQ image: fix or remove this pair, or check that dataroot_lq and dataroot_gt '
             '(and filename_tmpl) pair the right files')
 

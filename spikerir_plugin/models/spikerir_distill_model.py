@@ -48,16 +48,16 @@ from basicsr.utils.registry import MODEL_REGISTRY
 
 from spikerir_plugin.utils import speed as fast
 from spikerir_plugin.utils.checkpoint import load_weights, read_checkpoint
+from spikerir_plugin.utils.options import DISTILL_PATH_KEYS, DISTILL_TRAIN_KEYS
 from spikerir_plugin.utils.snn import time_mean
 from .feature_hints import FeatureTap, HintAdapters, default_hint_layers, parse_hint_layers, probe_shapes
+from . import run_checks
 from .kd_schedule import KDSchedule
 from .spiking_sr_model import SpikingSRModel, check_network_opt
 
-# Option keys that exist only for distillation: removing them (and network_t) gives the same run without a teacher.
-DISTILL_TRAIN_KEYS = ('kd_opt', 'hint_opt', 'hint_layers', 'hint_probe_size', 'hint_adapter', 'kd_schedule',
-                      'hint_schedule', 'kd_inputs', 'init_from_teacher')
+# Option keys that exist only for distillation (utils/options.py): removing them (and network_t) gives the same run
+# without a teacher.
 KD_INPUT_TYPES = {'transform': {'type', 'loss_weight'}, 'noise': {'type', 'sigma', 'loss_weight'}}
-DISTILL_PATH_KEYS = ('pretrain_network_t', 'param_key_t', 'strict_load_t')
 
 
 def student_alone_options(opt, name=None):
@@ -180,7 +180,18 @@ class SpikerIRDistillModel(SpikingSRModel):
                              f'(same name and shape) with the student {type(student).__name__}; use a '
                              'same-architecture teacher (e.g. SpikerIR with neuron: rate) or remove the key')
         student.load_state_dict(shared, strict=False)
-        get_root_logger().info(f'Student initialised from the teacher: {len(shared)} of {len(own)} entries')
+        logger = get_root_logger()
+        logger.info(f'Student initialised from the teacher: {len(shared)} of {len(own)} entries')
+        if len(shared) < len(own) / 2:  # the twin was built with other arguments than the student
+            differ = sorted(k for k in set(self.opt['network_g']) | set(self.opt['network_t'])
+                            if k not in ('T', 'reduction_t', 'neuron')
+                            and self.opt['network_g'].get(k) != self.opt['network_t'].get(k))
+            args = ', '.join(f'{k}: {self.opt["network_g"].get(k)!r} vs {self.opt["network_t"].get(k)!r}'
+                             for k in differ)
+            logger.warning(f'train.init_from_teacher: only {len(shared)} of the student\'s {len(own)} entries have '
+                           'a teacher entry of the same name and shape; the rest keeps its random initialisation. '
+                           'The recipe\'s twin must be the student\'s own layers: give network_t the arguments of '
+                           f'network_g{f" (network_g vs network_t: {args})" if args else ""}')
 
     def load_adapters_on_resume(self, adapters):
         load_path = self.opt['path'].get('pretrain_network_g')
@@ -303,15 +314,39 @@ class SpikerIRDistillModel(SpikingSRModel):
             nets['network_t'] = self.net_t
         return nets
 
+    reads_distillation_keys = True
+
     @classmethod
     def launch_checks(cls, opt):
-        super().launch_checks(opt)
+        """SpikingSRModel's checks, then the teacher: its checkpoint exists (or: which options file trains it) and
+        fits network_t, and the hint layers exist in both networks; all before basicsr creates any folder."""
         if opt.get('network_t'):
             check_network_opt(opt['network_t'], 'network_t')
+        super().launch_checks(opt)
+        if opt.get('network_t') and opt.get('is_train', True):
+            check_teacher(opt)
 
     @classmethod
     def frozen_networks(cls, opt):
         return ('network_t',)
+
+
+def check_teacher(opt):
+    """The teacher checkpoint exists and fits network_t; the hint layers name modules of both networks."""
+    path_opt, train_opt = opt['path'], opt.get('train') or {}
+    path = path_opt.get('pretrain_network_t')
+    run_checks.check_checkpoint_exists(path, 'path.pretrain_network_t', 'teacher checkpoint')
+    teacher = run_checks.meta_network(opt['network_t'], 'network_t')
+    if teacher is None:
+        return
+    load_weights(teacher, path, path_opt.get('param_key_t', 'params'), path_opt.get('strict_load_t', True),
+                 net_opt=opt['network_t'], check_only=True)
+    run_checks.check_input_channels(opt, {'network_t': teacher}, 'cpu')
+    student = run_checks.meta_network(opt['network_g'], 'network_g')
+    if student is not None and (train_opt.get('hint_opt') or train_opt.get('hint_layers')):
+        pairs = parse_hint_layers(train_opt.get('hint_layers') or default_hint_layers(student, teacher))
+        FeatureTap(student, [p[0] for p in pairs], 'student')
+        FeatureTap(teacher, [p[1] for p in pairs], 'teacher')
 
 
 def check_kd_inputs(spec):

@@ -40,6 +40,7 @@ from spikerir_plugin.utils import speed as fast
 from spikerir_plugin.utils.atomic import atomic_torch_save, basicsr_imwrite
 from spikerir_plugin.utils.checkpoint import load_weights
 from spikerir_plugin.utils.inference import inference_network
+from spikerir_plugin.utils.options import check_option_keys
 from . import exact_resume, run_checks
 from .tiled_inference import check_tile_opt, tiled_forward
 
@@ -80,8 +81,11 @@ class SpikingSRModel(SRModel):
     # validation/test images are written atomically: a killed run never leaves a truncated PNG
     nondist_validation = _with_atomic_image_writes(SRModel.nondist_validation)
 
+    reads_distillation_keys = False  # train.kd_opt, network_t, ... (utils/options.py)
+
     def __init__(self, opt):
         check_network_opt(opt.get('network_g'), 'network_g')
+        check_option_keys(opt, self.reads_distillation_keys)
         self.speed = fast.SpeedOptions.from_opt(opt)
         if self.speed.cuda_graph:
             raise ValueError('speed.cuda_graph is not supported by the training models (the training step logs '
@@ -112,7 +116,8 @@ class SpikingSRModel(SRModel):
         if self.opt['path'].get('resume_state'):
             fix = (f'It was set from path.resume_state {self.opt["path"]["resume_state"]!r}: point that at an earlier '
                    'state, or use --auto_resume, which skips damaged pairs.')
-        load_weights(self.get_bare_model(net), load_path, param_key, strict, which='g', fix=fix)
+        load_weights(self.get_bare_model(net), load_path, param_key, strict, which='g', fix=fix,
+                     net_opt=self.opt.get('network_g'))
 
     def bare_net_g(self):
         return self.get_bare_model(self.net_g)
@@ -149,7 +154,8 @@ class SpikingSRModel(SRModel):
         net = build_network(self.opt['network_g']).to(self.device)
         load_path = self.opt['path'].get('pretrain_network_g')
         if load_path is not None:  # params_ema, else params, else a raw state dict (e.g. official weights)
-            load_weights(net, load_path, 'params_ema', self.opt['path'].get('strict_load_g', True), which='g')
+            load_weights(net, load_path, 'params_ema', self.opt['path'].get('strict_load_g', True), which='g',
+                         net_opt=self.opt['network_g'])
         else:
             net.load_state_dict(self.bare_net_g().state_dict())
         return net.eval()
@@ -247,8 +253,14 @@ class SpikingSRModel(SRModel):
                     ema_state[key].copy_(value)
 
     def feed_data(self, data):
-        check_pair_sizes(data, self.opt.get('scale', 1))  # names the files (basicsr's metric would not)
+        check_pair_sizes(data, self.opt.get('scale', 1), self._fed_dataset)  # names the files and the dataset
         super().feed_data(data)
+
+    @property
+    def _fed_dataset(self):
+        """The name of the dataset whose batches feed_data receives: the one being validated, else the train set."""
+        return getattr(self, '_validated_dataset', None) or ((self.opt.get('datasets') or {}).get('train') or {}).get(
+            'name')
 
     # ------------------------------------------------------------------ inference
     def inference_network(self):
@@ -274,6 +286,8 @@ class SpikingSRModel(SRModel):
         return nets, keys
 
     def save(self, epoch, current_iter):
+        # called on every rank: gather each rank's random streams for the training state rank 0 writes
+        self._rng_ranks = exact_resume.gather_rng_states() if current_iter != -1 else None
         nets, keys = self.networks_to_save()
         self.save_network(nets, 'net_g', current_iter, param_key=keys)
         self.save_training_state(epoch, current_iter)
@@ -295,11 +309,16 @@ class SpikingSRModel(SRModel):
 
     @master_only
     def save_training_state(self, epoch, current_iter):
-        """basicsr's state plus the random streams and the subclass's extra state, written atomically."""
+        """basicsr's state plus the random streams and the subclass's extra state, written atomically.
+
+        ``rng_ranks``: every rank's random streams in rank order, gathered by ``save``; ``rng``: rank 0's (the
+        entry earlier versions wrote and read). Called without ``save``, only this process's streams are kept."""
         import os
+        rng_ranks, self._rng_ranks = getattr(self, '_rng_ranks', None), None
         if current_iter == -1:
             return
-        state = {'epoch': epoch, 'iter': current_iter, 'rng': exact_resume.capture_rng_state(),
+        rng_ranks = rng_ranks or [exact_resume.capture_rng_state()]
+        state = {'epoch': epoch, 'iter': current_iter, 'rng': rng_ranks[0], 'rng_ranks': rng_ranks,
                  'optimizers': [o.state_dict() for o in self.optimizers],
                  'schedulers': [s.state_dict() for s in self.schedulers]}
         state.update(self.extra_training_state())
@@ -310,6 +329,19 @@ class SpikingSRModel(SRModel):
         self.load_extra_training_state(resume_state)
         if resume_state.get('rng') is not None:  # epoch-boundary resume: restore before the next loader
             exact_resume.restore_rng_state(resume_state['rng'])
+
+    def validation(self, dataloader, current_iter, tb_logger, save_img=False):
+        """basicsr's validation, leaving the training's random streams as they were (its loader iterator draws a
+        seed from torch's, which the plugin's GaussianDenoiseDataset crops and noises with): training continues the
+        same whether it validated or not, so a run resumed from a state saved at a validation iteration is exact.
+        Pair-size errors of its batches name the dataset."""
+        rng = exact_resume.capture_rng_state()
+        self._validated_dataset = (getattr(dataloader.dataset, 'opt', None) or {}).get('name')
+        try:
+            super().validation(dataloader, current_iter, tb_logger, save_img)
+        finally:
+            self._validated_dataset = None
+            exact_resume.restore_rng_state(rng)
 
     def extra_training_state(self):
         """Entries a subclass adds to the training state (a dict of tensors / plain values)."""
@@ -329,7 +361,18 @@ class SpikingSRModel(SRModel):
         """Option, device and data checks that need no network; run before basicsr creates (or moves aside) the
         experiment folder."""
         check_network_opt(opt.get('network_g'), 'network_g')
+        check_option_keys(opt, cls.reads_distillation_keys)
         run_checks.check_launch(opt)
+        student = run_checks.meta_network(opt['network_g'], 'network_g')
+        if student is not None:
+            run_checks.check_input_channels(opt, {'network_g': student}, 'cpu')
+
+    @classmethod
+    def test_launch_checks(cls, opt):
+        """The checks of a test run (basicsr/test.py), before basicsr creates or moves aside results/<name>."""
+        cls.launch_checks(opt)
+        run_checks.check_checkpoint_exists(opt['path'].get('pretrain_network_g'), 'path.pretrain_network_g',
+                                           'network_g checkpoint')
 
     @classmethod
     def load_resume_state(cls, opt):

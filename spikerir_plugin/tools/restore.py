@@ -379,10 +379,11 @@ def main(argv=None):
     except (OSError, KeyError, ValueError) as e:
         parser.exit(2, f'spikerir-restore: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}\n')
     paths, failures = collect_inputs(a.input)
+    if not paths:
+        named = '; '.join(f'{spec}: {reason}' for spec, reason in failures)
+        parser.exit(2, f'spikerir-restore: error: no input images found (-i {named})\n')
     for spec, reason in failures:
         print(f'spikerir-restore: {spec}: {reason}', file=sys.stderr)
-    if not paths:
-        parser.exit(2, 'spikerir-restore: error: no input images found\n')
 
     energy_net = copy.deepcopy(net).cpu() if a.energy is not None else None
     net = net.to(device)

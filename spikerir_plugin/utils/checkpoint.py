@@ -157,7 +157,8 @@ def _is_state_dict(obj):
     return isinstance(obj, dict) and bool(obj) and all(torch.is_tensor(v) for v in obj.values())
 
 
-def load_weights(net, path, param_key='params', strict=True, which='t', option=None, fix=None, net_opt=None):
+def load_weights(net, path, param_key='params', strict=True, which='t', option=None, fix=None, net_opt=None,
+                 check_only=False):
     """Load checkpoint ``path`` into ``net`` and return ``net``.
 
     param_key: the entry holding the state dict ('params' / 'params_ema' fall back to each other, because basicsr's
@@ -165,7 +166,8 @@ def load_weights(net, path, param_key='params', strict=True, which='t', option=N
     is absent). strict: any missing, unexpected or mis-shaped key is an error listing them; otherwise what fits is
     loaded. ``which`` ('g' or 't') names the options in the error messages (path.pretrain_network_<which>, ...);
     ``option`` replaces those names for a command-line tool (e.g. '--ckpt'); ``fix`` replaces the advice given for a
-    missing or damaged file. ``net_opt`` (the network's options) lets a shape mismatch name the argument to change."""
+    missing or damaged file. ``net_opt`` (the network's options) lets a shape mismatch name the argument to change.
+    ``check_only``: raise what loading would raise, load nothing (``net`` may live on the meta device)."""
     path_opt, key_opt, strict_opt = f'path.pretrain_network_{which}', f'path.param_key_{which}', \
         f'path.strict_load_{which}'
     if option is not None:
@@ -221,11 +223,15 @@ def load_weights(net, path, param_key='params', strict=True, which='t', option=N
                 f'{type(net).__name__} from the {len(state)} tensors of {path!r} (at least {share:.0%} of both must '
                 f'load): the rest would keep its random initialisation{" in a frozen teacher" if which == "t" else ""}'
                 f'. The checkpoint was made for another configuration: {fix}. {details}')
+        if check_only:
+            return net
         for key in mismatched:
             state.pop(key)
         logger.warning(f'{role} loaded non-strictly from {path}: {loaded} of {len(own)} entries loaded; '
                        f'{len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} size-mismatched '
                        'keys skipped')
+    if check_only:
+        return net
     net.load_state_dict(state, strict=strict)
     logger.info(f'Loaded {role} {type(net).__name__} from {path} [{param_key}]')
     return net

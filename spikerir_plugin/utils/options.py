@@ -1,5 +1,125 @@
-"""Options for building a model in this process, outside basicsr's train script (benchmarks, notebooks)."""
+"""The plugin's option keys in one place (what each does), their validation, and options for in-process runs.
+
+basicsr reads options with ``.get`` and ignores every key it does not know, so a misspelt plugin key
+(``train.hint_opts``) trains without hints and exits 0. ``check_option_keys`` rejects unknown keys in the sections
+the plugin reads, naming the key, its section and the nearest valid keys. Keys that belong to basicsr are accepted
+wherever basicsr reads them, and sections that only basicsr reads (``logger``, ``val`` outside ``val.tile``,
+``dist_params``, the datasets of basicsr's own types) are left to it.
+"""
 import copy
+import difflib
+import inspect
+
+# train: the keys basicsr's models and train pipeline read (any of its models, so options copied from one of them
+# stay valid) and the plugin's own, with what the plugin's keys do.
+BASICSR_TRAIN_KEYS = (
+    'total_iter', 'warmup_iter', 'ema_decay', 'optim_g', 'scheduler', 'pixel_opt', 'perceptual_opt', 'gan_opt',
+    'optim_d', 'net_d_iters', 'net_d_init_iters', 'ldl_opt', 'feature_matching_opt', 'flow_lr_mul', 'dcn_lr_mul',
+    'fix_flow', 'lr_flow', 'path_reg_weight', 'net_g_reg_every', 'net_d_reg_every', 'mixing_prob', 'r1_reg_weight',
+    'gan_opt_d', 'use_grad_clip')
+PLUGIN_TRAIN_KEYS = {
+    'ema_warmup': 'true (default): the EMA decay warms up with the number of updates; false: basicsr\'s fixed decay',
+    'fft_opt': 'a frequency-domain loss (FFTLoss) next to pixel_opt / perceptual_opt',
+}
+DISTILL_TRAIN_KEYS = {
+    'kd_opt': 'output distillation loss (student output against teacher output)',
+    'hint_opt': 'feature-hint loss (HintLoss)',
+    'hint_layers': '[[student_module, teacher_module], ...]; default: the levels both archs declare',
+    'hint_probe_size': 'side of the dummy input used once to learn hint shapes (default 64)',
+    'hint_adapter': 'conv1x1 (default) | conv3x3 | mlp | identity',
+    'kd_schedule': 'weight of output KD (and of the hints unless hint_schedule is set) over iterations',
+    'hint_schedule': 'weight of the hints over iterations (default: kd_schedule)',
+    'kd_inputs': 'extra inputs labelled by the teacher alone: {type: transform} or {type: noise, sigma: S}',
+    'init_from_teacher': 'start the student from the teacher\'s entries of the same name and shape',
+}
+DISTILL_PATH_KEYS = {
+    'pretrain_network_t': 'the teacher checkpoint (required with network_t)',
+    'param_key_t': 'the entry of the teacher file holding its weights (default params; ~ for a raw state dict)',
+    'strict_load_t': 'true (default): every teacher key must match',
+}
+# path: what basicsr's parse_options and models read; the per-network keys for each network_<x> of the options
+BASICSR_PATH_KEYS = ('resume_state', 'ignore_resume_networks', 'root', 'experiments_root', 'models',
+                     'training_states', 'log', 'visualization', 'results_root')
+NETWORK_PATH_PREFIXES = ('pretrain_network_', 'param_key_', 'strict_load_')
+TILE_KEYS = {'size': 'tile side in pixels', 'overlap': 'overlap between tiles in pixels (default 0)'}
+# datasets: the keys basicsr's loader builder reads for any dataset, and those of the plugin's datasets
+BASICSR_DATASET_KEYS = ('name', 'type', 'phase', 'scale', 'io_backend', 'batch_size_per_gpu', 'num_worker_per_gpu',
+                        'dataset_enlarge_ratio', 'prefetch_mode', 'pin_memory', 'persistent_workers',
+                        'num_prefetch_queue', 'use_shuffle')
+PLUGIN_DATASET_KEYS = {
+    'GaussianDenoiseDataset': ('dataroot_gt', 'sigma', 'sigma_range', 'in_ch', 'clip', 'noise_seed',
+                               'crop_to_multiple', 'gt_size', 'use_hflip', 'use_rot'),
+}
+
+
+class OptionKeyError(ValueError):
+    """Unknown option keys; the message names each with its section and the nearest valid keys."""
+
+
+def _unknown(section, keys, valid):
+    """'section.key' lines for the keys of ``keys`` not in ``valid``, each with its nearest valid keys."""
+    lines = []
+    valid = list(dict.fromkeys(str(v) for v in valid))
+    for key in keys:
+        if key in valid:
+            continue
+        near = difflib.get_close_matches(str(key), valid, n=3, cutoff=0.75)
+        hint = f' (did you mean {" or ".join(near)}?)' if near else ''
+        lines.append(f'{section}.{key}{hint}')
+    return lines
+
+
+def _arch_arguments(net_opt):
+    """The constructor arguments of the arch ``net_opt`` names, or None when it takes **kwargs or is unknown."""
+    from basicsr.utils.registry import ARCH_REGISTRY
+    name = net_opt.get('type') if isinstance(net_opt, dict) else None
+    if not isinstance(name, str) or name not in ARCH_REGISTRY:
+        return None
+    try:
+        params = inspect.signature(ARCH_REGISTRY.get(name)).parameters
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return ['type'] + [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+
+
+def unknown_option_keys(opt, distill=False):
+    """'section.key (did you mean ...?)' for each unknown key of the sections a plugin model reads."""
+    problems = []
+    train_valid = list(BASICSR_TRAIN_KEYS) + list(PLUGIN_TRAIN_KEYS) + (list(DISTILL_TRAIN_KEYS) if distill else [])
+    if isinstance(opt.get('train'), dict):
+        problems += _unknown('train', opt['train'], train_valid)
+    networks = [k[len('network_'):] for k in opt if k.startswith('network_')]
+    if isinstance(opt.get('path'), dict):
+        path_valid = list(BASICSR_PATH_KEYS) + [p + n for n in networks for p in NETWORK_PATH_PREFIXES] + (
+            list(DISTILL_PATH_KEYS) if distill else [])  # (without network_t the model says that it needs one)
+        problems += _unknown('path', opt['path'], path_valid)
+    for key in ('network_g', 'network_t'):
+        arguments = _arch_arguments(opt.get(key))
+        if arguments is not None:
+            problems += [f'{line} (not an argument of {opt[key]["type"]})' if '(did you mean' not in line else line
+                         for line in _unknown(key, opt[key], arguments)]
+    tile = (opt.get('val') or {}).get('tile') if isinstance(opt.get('val'), dict) else None
+    if isinstance(tile, dict):
+        problems += _unknown('val.tile', tile, list(TILE_KEYS))
+    if isinstance(opt.get('speed'), dict):
+        from .speed import SPEED_KEYS
+        problems += _unknown('speed', opt['speed'], list(SPEED_KEYS))
+    for phase, dataset_opt in (opt.get('datasets') or {}).items():
+        if isinstance(dataset_opt, dict) and dataset_opt.get('type') in PLUGIN_DATASET_KEYS:
+            valid = list(BASICSR_DATASET_KEYS) + list(PLUGIN_DATASET_KEYS[dataset_opt['type']])
+            problems += _unknown(f'datasets.{phase}', dataset_opt, valid)
+    return problems
+
+
+def check_option_keys(opt, distill=False):
+    """An OptionKeyError listing every unknown key of the sections a plugin model reads (see the module
+    docstring). ``distill``: the model reads the distillation keys too."""
+    problems = unknown_option_keys(opt, distill)
+    if problems:
+        raise OptionKeyError(f'unknown option key{"s" if len(problems) > 1 else ""} for {opt.get("model_type")}: '
+                             f'{"; ".join(problems)}. basicsr would ignore them silently; fix or remove them')
 
 
 def in_process_train_options(opt, workdir, device='cpu'):
