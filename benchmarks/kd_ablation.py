@@ -21,6 +21,7 @@ The arms are built from the shipped options files, changed only in size (below) 
     alone_eq  the same, trained for the recipe's compute: round((twin step x twin iterations + student step x
               iterations) / alone step) iterations, its schedules scaled; step times measured (step_costs) before
               any training and kept in step_costs.json, so a second call trains the same runs
+    alone_N   (--alone-iters N ...) the student alone for N iterations: more points of PSNR against compute
 
 Size changes (the only keys changed in either file): train.total_iter with scheduler.T_max and kd_schedule.end_iter
 scaled by the same factor; datasets.train.{dataroot_gt, gt_size (--gt-size, 48), batch_size_per_gpu (--batch, 8),
@@ -366,7 +367,7 @@ def fmt(ms, sign=False):
     return f'{ms[0]:+6.2f} +- {ms[1]:.2f}' if sign else f'{ms[0]:6.2f} +- {ms[1]:.2f}'
 
 
-def summarise(results, arms, seeds, compute, fixed):
+def summarise(results, arms, seeds, compute, fixed, differences):
     """Per arm: mean +- std over its seeds of PSNR/SSIM for both weight sets and of the measured wall time (a
     chain's twin included); the paired differences the table reports."""
     rows = {}
@@ -397,7 +398,7 @@ def summarise(results, arms, seeds, compute, fixed):
         return {'seeds': common, 'per_seed': diffs, 'mean_std': mean_std(diffs)}
 
     diffs = {}
-    for label, a, b in DIFFERENCES:
+    for label, a, b in differences:
         entry = {key: paired(a, b, key) for key in PARAM_KEYS}
         if entry['params'] is not None:
             diffs[label] = entry
@@ -476,6 +477,8 @@ def main(argv=None):
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--arms', nargs='+', choices=ARMS, default=list(ARMS),
                         help='arms to train (recipe needs twin, chain_gt needs twin_gt; all: every arm)')
+    parser.add_argument('--alone-iters', type=int, nargs='+', default=[],
+                        help='also the student alone for these iterations (arms alone_<N>): more compute points')
     parser.add_argument('--iters', type=int, default=600, help="the student's iterations (the 1x budget: 600)")
     parser.add_argument('--twin-iters', type=int, help="the twin's iterations (default: the shipped files' ratio, "
                                                        '900000 / 300000 = 3x --iters)')
@@ -501,8 +504,9 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
-    arms = [a for a in ARMS if a in args.arms]
-    needed = set(arms) | {CHAIN_TWIN[a] for a in arms if a in CHAIN_TWIN}
+    extra = [f'alone_{n}' for n in args.alone_iters]
+    needed = set(args.arms) | {CHAIN_TWIN[a] for a in args.arms if a in CHAIN_TWIN} | set(extra)
+    order = [a for a in ARMS if a in needed] + extra
 
     data = os.path.join(workdir, 'datasets')
     train_dir = write_crops(os.path.join(data, f'train-{args.train_grid}'), demo.TRAIN_PHOTOS, args.train_grid)
@@ -529,6 +533,9 @@ def main(argv=None):
     eq_iters = max(int(round(recipe_compute / costs['alone'])), 1)
     options['alone_eq'] = rescale_iterations(copy.deepcopy(options['alone']), eq_iters)
     costs['alone_eq'] = costs['alone']
+    for n, arm in zip(args.alone_iters, extra):
+        options[arm] = rescale_iterations(copy.deepcopy(options['alone']), n)
+        costs[arm] = costs['alone']
     compute = {arm: costs[arm] * int(opt['train']['total_iter']) for arm, opt in options.items()}
     for arm, twin in CHAIN_TWIN.items():
         compute[arm] += compute[twin]
@@ -537,7 +544,7 @@ def main(argv=None):
 
     # runs: every seed's main arms first (twin, recipe, alone, alone_eq), then the teacher-free chain
     runs = {}
-    for group in (('twin', 'recipe', 'alone', 'alone_eq'), ('twin_gt', 'chain_gt')):
+    for group in (('twin', 'recipe', 'alone', 'alone_eq'), ('twin_gt', 'chain_gt'), tuple(extra)):
         for seed in args.seeds:
             for arm in group:
                 if arm not in needed:
@@ -585,7 +592,9 @@ def main(argv=None):
              'teacher': dict(evaluate(student_opt, teacher_net, teacher_ckpt, 'params', args.device),
                              note=f'NAFNet-w16, {args.teacher_iters} it by SRModel (given: not in compute; '
                                   f'{teacher_info["wall_s"]:.0f} s)')}
-    rows, diffs = summarise(results, [a for a in ARMS if a in needed], args.seeds, compute, fixed)
+    differences = DIFFERENCES + tuple((f'recipe - {arm} (the student alone, {n} it)', 'recipe', arm)
+                                      for n, arm in zip(args.alone_iters, extra))
+    rows, diffs = summarise(results, order, args.seeds, compute, fixed, differences)
     for arm, r in rows.items():
         r['step_s'] = costs[arm]
     header = (f'KD at equal compute, shipped options ({SHIPPED_TWIN} -> {SHIPPED_STUDENT}), sized: student '
