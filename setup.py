@@ -1,8 +1,8 @@
 """setup.py for spikerir-plugin.
 
 Besides the package, the distribution installs `spikerir-autoload.pth` into site-packages, for both normal and
-editable (`pip install -e .`) installs.  That one-line file imports the stdlib-only `spikerir_compat` module and
-arms a hook that imports `spikerir_plugin` right after `basicsr` is first imported, so the literal BasicSR command
+editable (`pip install -e .`) installs.  That one-line file imports the stdlib-only `spikerir_autoload` module, which
+installs the import shims of `spikerir_compat` and arms a hook that imports `spikerir_plugin` right after `basicsr` is first imported, so the literal BasicSR command
 `python basicsr/train.py -opt options/X.yml` sees the plugin's names.  Opt out with SPIKERIR_NO_AUTOLOAD=1.
 """
 import os
@@ -13,7 +13,7 @@ from setuptools.command.editable_wheel import editable_wheel
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PTH_NAME = 'spikerir-autoload.pth'
-PTH_LINE = 'import spikerir_compat; spikerir_compat.install_startup_hook()\n'
+PTH_LINE = 'import spikerir_autoload; spikerir_autoload.install()\n'
 
 
 class BuildPyWithHook(build_py):
@@ -59,8 +59,8 @@ setup(
     long_description_content_type='text/markdown',
     python_requires='>=3.11',
     packages=find_packages(include=['spikerir_plugin', 'spikerir_plugin.*']),
-    package_data={'spikerir_plugin.archs': ['csrc/*.c']},  # the spike-convolution kernels, built on first use
-    py_modules=['spikerir_compat'],
+    package_data={'spikerir_plugin.ops.spike_conv': ['src/*.c']},  # the spike-convolution kernels, built on first use
+    py_modules=['spikerir_compat', 'spikerir_autoload'],
     install_requires=[
         'basicsr==1.4.2', 'torch', 'torchvision', 'spikingjelly>=2', 'lmdb', 'opencv-python', 'pyyaml',
         'tb-nightly', 'addict', 'scikit-image', 'scipy', 'tqdm', 'matplotlib',

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 import spikerir_plugin  # noqa: F401
 from spikerir_plugin.archs.esdnet_arch import ESDNet
-from spikerir_plugin.utils import speed as fast
+from spikerir_plugin.models import speed as train_speed
 
 PATHS = {
     'fast_fp32': ('fast', {}),
@@ -32,8 +32,8 @@ def rel(a, b):
 
 
 def step(net, x, gt, speed):
-    x = fast.prepare_input(x.clone(), speed).requires_grad_(True)
-    with fast.autocast_context(x.device, speed):
+    x = train_speed.prepare_input(x.clone(), speed).requires_grad_(True)
+    with train_speed.autocast_context(x.device, speed):
         out = net(x)
     F.l1_loss(out.float(), gt).backward()
     return out.detach().float(), x.grad.float(), {n: p.grad.float() for n, p in net.named_parameters()}
@@ -58,7 +58,7 @@ def main(argv=None):
     for name, (attention, speed) in PATHS.items():
         net = ESDNet(attention=attention, **cfg).to(device).train()
         net.load_state_dict(copy.deepcopy(reference.state_dict()))
-        fast.prepare_model(net, speed)
+        train_speed.prepare_model(net, speed)
         out, gx, g = step(net, x, gt, speed)
         errors = [rel(g[k], ref_g[k]) for k in ref_g if ref_g[k].abs().sum() > 0]
         print(json.dumps({'path': name, 'device': str(device), 'batch': batch, 'size': side,

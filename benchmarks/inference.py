@@ -10,7 +10,7 @@ spiking network (``--modes``):
     fast-dense    build_inference_network(net, exact=False, spike_tables=False): batch norms folded, channels-
                   last oneDNN convolutions everywhere
     fast          inference_network(net, exact=False): as fast-dense, and on the CPU the convolutions that read
-                  spikes run on bit-packed spikes by table look-ups (archs/spike_conv.py) where their tables fit
+                  spikes run on bit-packed spikes by table look-ups (spikerir_plugin/ops/spike_conv) where their tables fit
     compiled      inference_network(net, compile=True): exact, neuron loops and attention tails through
                   torch.compile
     fast-compiled inference_network(net, exact=False, compile=True): both
@@ -45,14 +45,14 @@ sys.path.insert(0, REPO_ROOT)
 
 import spikerir_plugin  # noqa: E402,F401  (registers the archs)
 from spikerir_plugin.archs.esdnet_arch import ESDNet  # noqa: E402
-from spikerir_plugin.archs.fast_inference import build_inference_network  # noqa: E402
+from spikerir_plugin.inference import build_inference_network  # noqa: E402
 from spikerir_plugin.archs.nafnet_arch import NAFNet  # noqa: E402
 from spikerir_plugin.archs.neurons import spikingjelly_loops  # noqa: E402
 from spikerir_plugin.archs.restormer_arch import Restormer  # noqa: E402
 from spikerir_plugin.archs.spikerir_arch import SpikerIR  # noqa: E402
 from spikerir_plugin.tools.energy_report import make_input  # noqa: E402
-from spikerir_plugin.utils.cpu_memory import keep_freed_memory  # noqa: E402
-from spikerir_plugin.utils.inference import inference_network  # noqa: E402
+from spikerir_plugin.inference.cpu_memory import keep_freed_memory  # noqa: E402
+from spikerir_plugin.inference import inference_network  # noqa: E402
 
 BASELINE = 'nafnet32'
 BUILDERS = {
@@ -257,8 +257,8 @@ def numerics(args, device, size, sink):
     """exact and fast copies against the eval forward on four real photos: max abs difference, pixels off by more
     than 1e-5, spikes that differ, PSNR between the outputs."""
     from spikingjelly.activation_based.neuron import BaseNode
-    from spikerir_plugin.archs.fast_inference import InferenceNeuron
-    from spikerir_plugin.archs.spike_conv import PackedSpikes
+    from spikerir_plugin.inference.layers import InferenceNeuron
+    from spikerir_plugin.ops.spike_conv import PackedSpikes
     x = make_input(size, 4, sigma=15).to(device)
     for case in [c for c in args.cases if c in SPIKING]:
         torch.manual_seed(0)

@@ -227,7 +227,7 @@ def evaluate(opt, net_spec, ckpt, param_key, device):
     from basicsr.metrics import calculate_metric
     from basicsr.utils import tensor2img
     from spikerir_plugin.utils.checkpoint import load_weights
-    from spikerir_plugin.utils.inference import inference_network
+    from spikerir_plugin.inference import inference_network
 
     dataset = build_dataset(dict(opt['datasets']['val'], phase='val', scale=opt.get('scale', 1)))
     metrics = opt['val']['metrics']

@@ -21,7 +21,7 @@ from basicsr.archs import build_network
 try:  # the public entry point, wherever the layout keeps it
     from spikerir_plugin.inference import inference_network
 except ImportError:
-    from spikerir_plugin.utils.inference import inference_network
+    from spikerir_plugin.inference import inference_network
 from spikerir_plugin.tools.energy_report import measure_energy
 
 ARCHS = {  # small configurations of every registered arch (CPU, seconds)

@@ -1,4 +1,4 @@
-"""Time the spike-driven convolution (archs/spike_conv.py) against the neuron + oneDNN convolution it replaces, one
+"""Time the spike-driven convolution (spikerir_plugin/ops/spike_conv) against the neuron + oneDNN convolution it replaces, one
 layer at a time, for the layer shapes of SpikerIR `tiny` and `base` at a 256x256 input (T=4, batch 1), every
 variant in this one process:
     dense   the neuron writing float spikes (the fused CPU loop) + the folded channels-last oneDNN convolution
@@ -20,9 +20,9 @@ from torch import nn
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from spikerir_plugin.archs import spike_conv  # noqa: E402
-from spikerir_plugin.archs.neuron_kernels import NeuronSpec, multi_step_spikes  # noqa: E402
-from spikerir_plugin.utils.cpu_memory import keep_freed_memory  # noqa: E402
+from spikerir_plugin.ops import spike_conv  # noqa: E402
+from spikerir_plugin.ops.neuron_loops import NeuronSpec, multi_step_spikes  # noqa: E402
+from spikerir_plugin.inference.cpu_memory import keep_freed_memory  # noqa: E402
 
 LIF = NeuronSpec(tau=2.0, decay_input=False, v_threshold=0.15, v_reset=0.0, alpha=4.0, detach_reset=False)
 # (input channels, output channels, side of the input, kernel, stride): the spike-reading convolutions of the

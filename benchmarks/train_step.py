@@ -32,7 +32,7 @@ import yaml
 import spikerir_plugin  # noqa: F401  (registers the archs and models)
 from basicsr.models import build_model
 from basicsr.utils import get_root_logger
-from spikerir_plugin.utils import speed as fast
+from spikerir_plugin.models import speed as train_speed
 from spikerir_plugin.utils.options import in_process_train_options
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -249,13 +249,13 @@ def run_case(name, batch, side, dtype, args, device, lif_info):
     with tempfile.TemporaryDirectory() as workdir:
         model = build_model(case_options(name, args, device, speed, workdir))
     student = model.bare_net_g()
-    graph_speed = fast.SpeedOptions.from_dict({'cuda_graph': args.cuda_graph})
+    graph_speed = train_speed.SpeedOptions.from_dict({'cuda_graph': args.cuda_graph})
     optimizer = model.optimizer_g
     if args.cuda_graph:  # the model's own forward + loss + backward, captured; the optimizer step runs outside
         def forward_backward(lq, gt):
             model.lq, model.gt = lq, gt
             return model.forward_backward(1)['l_total']
-        graphed = fast.cuda_graph_step(forward_backward, device, graph_speed, model=student)
+        graphed = train_speed.cuda_graph_step(forward_backward, device, graph_speed, model=student)
     batches = [(torch.rand(batch, 3, side, side, device=device), torch.rand(batch, 3, side, side, device=device))
                for _ in range(2)]  # two input sets alternate (never zeros)
     state = {'i': 0}
@@ -391,10 +391,10 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.cuda_graph:
         try:
-            fast.SpeedOptions.from_dict({'cuda_graph': True, 'compile': compile_opt(args)}).check_device(device)
+            train_speed.SpeedOptions.from_dict({'cuda_graph': True, 'compile': compile_opt(args)}).check_device(device)
         except (RuntimeError, ValueError) as error:
             raise SystemExit(f'--cuda-graph: {error}')
-    lif_info = fast.check_fused_lif(device)
+    lif_info = train_speed.check_fused_lif(device)
     sink = open(args.out, 'w') if args.out else None
     emit(environment(device, lif_info), sink)
     records = []

@@ -266,12 +266,11 @@ class Training:
 
 # ------------------------------------------------------------------------------------------------------ evaluation
 def load_demo_networks(teacher_ckpt, twin_ckpt, student_ckpt, alone_ckpt):
-    from basicsr.archs import build_network
-    from spikerir_plugin.utils.checkpoint import load_weights
-    return {'teacher (NAFNet)': load_weights(build_network(dict(TEACHER_NET)), teacher_ckpt, which='t'),
-            'analog twin (no spikes)': load_weights(build_network(dict(TWIN_NET)), twin_ckpt, which='t'),
-            'student (SpikerIR)': load_weights(build_network(dict(STUDENT_NET)), student_ckpt, which='g'),
-            'student alone (SpikerIR)': load_weights(build_network(dict(STUDENT_NET)), alone_ckpt, which='g')}
+    from spikerir_plugin.utils.options import network_from_options
+    return {'teacher (NAFNet)': network_from_options(TEACHER_NET, 'network_t', teacher_ckpt, 'params', which='t'),
+            'analog twin (no spikes)': network_from_options(TWIN_NET, 'network_t', twin_ckpt, 'params', which='t'),
+            'student (SpikerIR)': network_from_options(STUDENT_NET, 'network_g', student_ckpt, 'params'),
+            'student alone (SpikerIR)': network_from_options(STUDENT_NET, 'network_g', alone_ckpt, 'params')}
 
 
 def evaluate(val_dir, nets, number=6):
@@ -281,7 +280,7 @@ def evaluate(val_dir, nets, number=6):
     from basicsr.data import build_dataset
     from basicsr.metrics import calculate_psnr, calculate_ssim
     from basicsr.utils import tensor2img
-    from spikerir_plugin.utils.inference import inference_network
+    from spikerir_plugin.inference import inference_network
 
     runners = {name: inference_network(net) for name, net in nets.items()}
     dataset = build_dataset({'name': 'val', 'type': 'GaussianDenoiseDataset', 'dataroot_gt': val_dir,

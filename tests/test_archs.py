@@ -105,9 +105,9 @@ def test_plain_pytorch_loop_trains(name):
 @pytest.mark.parametrize('name', ['SpikerIR', 'ESDNet'])
 def test_block_checkpointing_equals_the_plain_backward(name):
     """speed.checkpoint recomputes each residual block in backward: same loss, gradients and tdBN statistics."""
-    from spikerir_plugin.utils import speed as fast
+    from spikerir_plugin.models import speed as train_speed
     plain, recomputed = build(name).train(), build(name).train()
-    fast.prepare_model(recomputed, {'checkpoint': True})
+    train_speed.prepare_model(recomputed, {'checkpoint': True})
     assert sum(getattr(m, 'activation_checkpoint', False) for m in recomputed.modules()) >= 3
     x, gt = torch.rand(2, 3, 20, 16), torch.rand(2, 3, 20, 16)
     for net in (plain, recomputed):

@@ -17,7 +17,7 @@ from spikingjelly.activation_based import layer  # noqa: E402
 from spikingjelly.activation_based.neuron.base_node import BaseNode  # noqa: E402
 
 from spikerir_plugin.archs.spiking_blocks import FastMultiDimensionalAttention  # noqa: E402
-from spikerir_plugin.utils import speed as fast  # noqa: E402
+from spikerir_plugin.models import speed as train_speed  # noqa: E402
 
 CUDA = torch.device('cuda')
 TINY_STUDENT = {'type': 'SpikerIR', 'preset': 'tiny', 'T': 4}
@@ -39,18 +39,18 @@ def exact_matmuls():
 
 
 def test_bf16_keeps_neuron_state_fp32_and_uses_the_fused_lif():
-    info, fused = fast.check_fused_lif(CUDA)
+    info, fused = train_speed.check_fused_lif(CUDA)
     assert fused, f'spikingjelly picked an unfused LIF on CUDA: {info}'
     torch.manual_seed(0)
     net = build_network(dict(TINY_STUDENT)).to(CUDA).train()
-    fast.prepare_model(net, {'bf16': True, 'channels_last': True})
+    train_speed.prepare_model(net, {'bf16': True, 'channels_last': True})
     seen = set()
     for m in net.modules():
         if isinstance(m, BaseNode):
             m.register_forward_hook(lambda mod, args, out: seen.add((args[0].dtype, out.dtype)))
     x = torch.rand(2, 3, 64, 64, device=CUDA)
-    with fast.autocast_context(CUDA, {'bf16': True}):
-        out = net(fast.prepare_input(x, {'channels_last': True}))
+    with train_speed.autocast_context(CUDA, {'bf16': True}):
+        out = net(train_speed.prepare_input(x, {'channels_last': True}))
     assert {d for d, _ in seen} == {torch.float32}
     out.float().mean().backward()
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
@@ -60,7 +60,7 @@ def test_compile_equals_eager():
     torch.manual_seed(0)
     net = build_network(dict(TINY_STUDENT, enc_blocks=[1, 0, 0], dec_blocks=[0, 0, 1])).to(CUDA).train()
     twin = copy.deepcopy(net)
-    compiled = fast.maybe_compile(twin, {'compile': True})
+    compiled = train_speed.maybe_compile(twin, {'compile': True})
     x, gt = torch.rand(2, 3, 32, 32, device=CUDA), torch.rand(2, 3, 32, 32, device=CUDA)
     for step in range(2):  # the second call reuses the compiled graph
         a, b = net(x), compiled(x)
@@ -93,7 +93,7 @@ def test_block_checkpointing_equals_the_plain_step():
     plain = build_network({'type': 'ESDNet', 'dim': 16, 'en_num_blocks': [1, 1, 1, 1],
                            'de_num_blocks': [1, 1, 1, 1]}).to(CUDA).train()
     recomputed = copy.deepcopy(plain)
-    fast.prepare_model(recomputed, {'checkpoint': True})
+    train_speed.prepare_model(recomputed, {'checkpoint': True})
     x, gt = torch.rand(2, 3, 64, 64, device=CUDA), torch.rand(2, 3, 64, 64, device=CUDA)
     for net in (plain, recomputed):
         F.l1_loss(net(x), gt).backward()
@@ -118,7 +118,7 @@ def _distill_options(tmp_path, speed):
 
 def test_teacher_cuda_graph_equals_the_eager_teacher(tmp_path):
     model = build_model(_distill_options(tmp_path, {'teacher_cuda_graph': True, 'teacher_bf16': True}))
-    assert isinstance(model._teacher_forward, fast.GraphedForward)
+    assert isinstance(model._teacher_forward, train_speed.GraphedForward)
     for seed in (0, 1):  # the second batch is copied into the captured input and replayed
         torch.manual_seed(seed)
         x = torch.rand(2, 3, 32, 32, device=CUDA)

@@ -21,7 +21,7 @@ from spikingjelly.activation_based.neuron import BaseNode
 from spikerir_plugin.models.feature_hints import FeatureTap, default_hint_layers
 from spikerir_plugin.models.kd_schedule import KDSchedule
 from spikerir_plugin.models.spikerir_distill_model import student_alone_options
-from spikerir_plugin.models.tiled_inference import tiled_forward
+from spikerir_plugin.inference.tiled import tiled_forward
 
 from conftest import LogLines
 
@@ -603,7 +603,7 @@ def _pipeline_yaml(root, name, total_iter, save_freq, teacher_path):
                                       dataset_enlarge_ratio=1, prefetch_mode=None),
                         'val': dict(data, name='val')},
            'network_g': TINY_STUDENT, 'network_t': TINY_TEACHER,
-           # no ignore_resume_networks: spikerir_compat's load_resume_state adds network_t itself
+           # no ignore_resume_networks: the plugin's resume adds network_t itself
            'path': {'pretrain_network_t': teacher_path, 'param_key_t': 'params', 'strict_load_t': True,
                     'resume_state': None},
            'train': dict(distill_opt(root, teacher_path)['train'], ema_decay=0.5, total_iter=total_iter,

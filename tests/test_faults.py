@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-import spikerir_compat
+from spikerir_plugin import launch
 import spikerir_plugin  # noqa: F401  (registers the plugin's names)
 from basicsr.archs import build_network
 from basicsr.data import build_dataset
@@ -443,7 +443,7 @@ def test_auto_resume_skips_a_damaged_newest_pair(tmp_path, run_copy, clean_folde
     exp, before = run_copy
     damage(exp / name)
     opt = parsed(tmp_path, run_options('tiny', clean_folder), '--auto_resume')
-    state = spikerir_compat.load_resume_state(opt)
+    state = launch.resume_state_of(opt)
     assert state['iter'] == resumed and opt['path']['resume_state'].endswith(f'{resumed}.state')
     assert opt['path']['pretrain_network_g'].endswith(f'net_g_{resumed}.pth')
     err = capsys.readouterr().err
@@ -463,7 +463,7 @@ def test_auto_resume_with_every_state_damaged_refuses_to_start_over(tmp_path, ru
     with pytest.raises(CheckpointError, match=r'--auto_resume: no training state in .* can be loaded: .*6.state '
                                               r'\(damaged torch archive\); .*2.state .*Nothing was changed.*move the '
                                               r'damaged'):
-        spikerir_compat.load_resume_state(opt)
+        launch.resume_state_of(opt)
     assert tree_hashes(exp) == before
 
 
@@ -491,7 +491,7 @@ def test_explicit_resume_state_faults_name_the_option(tmp_path, run_copy, clean_
     opt = run_options('tiny', clean_folder)
     opt['path']['resume_state'] = str(target)
     with pytest.raises(error, match=message):
-        spikerir_compat.load_resume_state(parsed(tmp_path, opt))
+        launch.resume_state_of(parsed(tmp_path, opt))
     assert tree_hashes(exp) == before
 
 
@@ -520,10 +520,10 @@ def test_archived_run_is_announced_and_auto_resume_says_how_to_get_it_back(tmp_p
     with pytest.raises(ResumeError, match=rf'--auto_resume found no training state in {root}, but {moved} holds '
                                           rf"this experiment's run up to iteration 6.*mv {root} {root}_empty && mv "
                                           rf'{moved} {root}, then run again with --auto_resume'):
-        spikerir_compat.load_resume_state(parsed(tmp_path, run_options('tiny', clean_folder), '--auto_resume'))
+        launch.resume_state_of(parsed(tmp_path, run_options('tiny', clean_folder), '--auto_resume'))
     os.rename(exp, f'{exp}_empty')  # the command the error gives
     os.rename(archived[0], exp)
-    state = spikerir_compat.load_resume_state(parsed(tmp_path, run_options('tiny', clean_folder), '--auto_resume'))
+    state = launch.resume_state_of(parsed(tmp_path, run_options('tiny', clean_folder), '--auto_resume'))
     assert state['iter'] == 6 and tree_hashes(exp) == before
 
 
@@ -542,14 +542,14 @@ def test_auto_resume_refuses_to_continue_a_rerun_shorter_than_the_archived_run(t
     state = str(exp / 'training_states' / '2.state')
     root, moved = re.escape(str(exp)), re.escape(archived[0])
     with pytest.raises(ResumeError) as refused:
-        spikerir_compat.load_resume_state(parsed(tmp_path, run_options('tiny', clean_folder), '--auto_resume'))
+        launch.resume_state_of(parsed(tmp_path, run_options('tiny', clean_folder), '--auto_resume'))
     message = str(refused.value)
     assert re.search(rf'--auto_resume would continue {root} from iteration 2 \({re.escape(state)}\), but {moved} '
                      'holds a longer run of this experiment, up to iteration 6', message), message
     assert f'--force_yml path:resume_state={state}' in message, message
     assert tree_hashes(exp) == rerun and tree_hashes(archived[0]) == before  # nothing moved or changed
     # way out 1: continue the rerun anyway, from its state given explicitly (the --force_yml the error gives)
-    resumed = spikerir_compat.load_resume_state(parsed(tmp_path, run_options('tiny', clean_folder), '--force_yml',
+    resumed = launch.resume_state_of(parsed(tmp_path, run_options('tiny', clean_folder), '--force_yml',
                                                        f'path:resume_state={state}'))
     assert resumed['iter'] == 2
     # way out 2: the commands that bring the archived run back; --auto_resume then continues it at 6
@@ -558,7 +558,7 @@ def test_auto_resume_refuses_to_continue_a_rerun_shorter_than_the_archived_run(t
     assert swap, message
     os.rename(exp, swap.group(1))
     os.rename(archived[0], exp)
-    resumed = spikerir_compat.load_resume_state(parsed(tmp_path, run_options('tiny', clean_folder), '--auto_resume'))
+    resumed = launch.resume_state_of(parsed(tmp_path, run_options('tiny', clean_folder), '--auto_resume'))
     assert resumed['iter'] == 6 and tree_hashes(exp) == before and tree_hashes(swap.group(1)) == rerun
     assert swap.group(1) in glob.glob(f'{exp}_archived_*')  # the rerun is kept where --auto_resume can name it
 
@@ -574,7 +574,7 @@ def test_each_rank_resumes_its_own_random_streams_or_says_which_continue(tmp_pat
     def resume(rank, world):
         opt = parsed(tmp_path, run_options('tiny', clean_folder), '--auto_resume')
         opt['rank'], opt['world_size'] = rank, world  # what basicsr's parse_options sets in a DDP process
-        state = spikerir_compat.load_resume_state(opt)
+        state = launch.resume_state_of(opt)
         return state.get('rng'), capfd.readouterr().err
 
     for rank in (0, 1):  # as many processes as the saved run: each rank its own entry, no notice
@@ -596,7 +596,7 @@ def test_resume_removes_partial_files_of_killed_writes(tmp_path, run_copy, clean
     exp, before = run_copy
     partial = exp / 'models' / '.net_g_8.pth.k3j2l1x_.tmp'
     partial.write_bytes(b'PK\x03\x04 half of a checkpoint')
-    state = spikerir_compat.load_resume_state(parsed(tmp_path, run_options('tiny', clean_folder), '--auto_resume'))
+    state = launch.resume_state_of(parsed(tmp_path, run_options('tiny', clean_folder), '--auto_resume'))
     assert state['iter'] == 6 and not partial.exists() and tree_hashes(exp) == before
     assert 'removed 1 partial file(s) left by writes that were cut off: .net_g_8.pth.k3j2l1x_.tmp' in \
         capsys.readouterr().err
@@ -645,7 +645,7 @@ def test_killed_weight_write_leaves_the_previous_file_and_resume_cleans_up(tmp_p
     _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     assert sha256(target) == before['models/net_g_6.pth'] and not _no_partial_files(exp)
-    state = spikerir_compat.load_resume_state(parsed(tmp_path, run_options('tiny', clean_folder), '--auto_resume'))
+    state = launch.resume_state_of(parsed(tmp_path, run_options('tiny', clean_folder), '--auto_resume'))
     assert state['iter'] == 6 and _no_partial_files(exp) and tree_hashes(exp) == before
 
 

@@ -92,10 +92,14 @@ def test_registries_hold_plugin_names_once():
 
 def test_import_shims_and_argv_rewrite():
     import spikerir_compat
+    from spikerir_plugin import launch
     from torchvision.transforms.functional_tensor import rgb_to_grayscale  # the name basicsr imports
     assert callable(rgb_to_grayscale)
-    assert spikerir_compat._rewrite_local_rank_argv(['train.py', '--local-rank=1', '-opt', 'x.yml']) == \
+    assert launch.rewrite_local_rank_argv(['train.py', '--local-rank=1', '-opt', 'x.yml']) == \
         ['train.py', '--local_rank=1', '-opt', 'x.yml']
+    assert launch.rewrite_local_rank_argv(['--local-rank', '0', '--local-rank-file', 'f']) == \
+        ['--local_rank', '0', '--local-rank-file', 'f']  # only that option, not a prefix
+    assert not hasattr(spikerir_compat, 'patch_runtime')  # the shims module holds module aliases only
     LooseVersion = spikerir_compat._LooseVersion
     assert LooseVersion('0.29.1') >= LooseVersion('0.9.0')
     assert LooseVersion('0.8.2') < '0.9'
@@ -285,7 +289,7 @@ def test_resume_keeps_the_frozen_teacher_checkpoint_and_param_key(tmp_path):
            'path': {'training_states': str(states), 'models': str(tmp_path / 'models'),
                     'pretrain_network_g': None, 'param_key_g': 'params_ema',
                     'pretrain_network_t': 'teachers/nafnet.pth', 'param_key_t': 'params_ema'}}
-    state = exact_resume.load_resume_state(opt, SpikerIRDistillModel.frozen_networks(opt))
+    state = exact_resume.prepare_resume(opt, SpikerIRDistillModel.frozen_networks(opt))
     assert state['iter'] == 20 and opt['path']['resume_state'] == str(states / '20.state')
     assert opt['path']['ignore_resume_networks'] == ['network_t']
     assert opt['path']['pretrain_network_t'] == 'teachers/nafnet.pth' and opt['path']['param_key_t'] == 'params_ema'

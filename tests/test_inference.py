@@ -14,10 +14,11 @@ from spikingjelly.activation_based import neuron
 from torch import nn
 
 import spikerir_plugin  # noqa: F401  (registers the archs)
-from spikerir_plugin.archs.fast_inference import InferenceNeuron, build_inference_network
+from spikerir_plugin.inference import build_inference_network
+from spikerir_plugin.inference.layers import InferenceNeuron
 from spikerir_plugin.archs.neurons import StatelessIFNode, StatelessLIFNode, spikingjelly_loops
 from spikerir_plugin.tools.energy_report import make_input, measure_energy
-from spikerir_plugin.utils.inference import inference_network
+from spikerir_plugin.inference import inference_network
 
 SPIKING = {  # small configurations covering both neuron kinds, the three attentions and both shortcuts
     'SpikerIR': dict(dim=4, T=4, reduction_c=2),
@@ -180,7 +181,7 @@ def test_fused_attention_equals_the_training_module():
     """The fast compiled attention (statistics of the gated map without writing it, one pass for both gates, ReLU
     and residual) against FastMultiDimensionalAttention + residual on a channels-last map, and the exact
     attention bit for bit."""
-    from spikerir_plugin.archs.fast_inference import InferenceAttention
+    from spikerir_plugin.inference.layers import InferenceAttention
     from spikerir_plugin.archs.spiking_blocks import FastMultiDimensionalAttention
     torch.manual_seed(3)
     module = FastMultiDimensionalAttention(T=4, C=8, reduction_t=2, reduction_c=2).eval()
@@ -202,7 +203,7 @@ def test_copy_is_cached_and_rebuilt_after_training():
     net = trained_like('SpikerIR')
     x = make_input(24, 1)
     first = inference_network(net)
-    assert inference_network(net) is first and first.for_inference() is first
+    assert inference_network(net) is first and inference_network(first) is first
     with torch.no_grad():
         before = first(x)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
@@ -262,7 +263,7 @@ def test_energy_report_counts_equal_the_arch():
 
 KEEP_FREED_MEMORY_PROBE = '''
 import json, resource, sys, torch
-from spikerir_plugin.utils.cpu_memory import keep_freed_memory
+from spikerir_plugin.inference.cpu_memory import keep_freed_memory
 kept = keep_freed_memory() if sys.argv[1] == 'keep' else None
 def page_faults_of_a_large_tensor():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

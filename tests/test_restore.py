@@ -14,7 +14,7 @@ import yaml
 from basicsr.archs import build_network
 
 import spikerir_plugin  # noqa: F401
-from spikerir_plugin.models.tiled_inference import tiled_forward
+from spikerir_plugin.inference.tiled import tiled_forward
 from spikerir_plugin.tools.restore import main, parse_arch_args
 
 NAF = {'type': 'NAFNet', 'width': 8, 'middle_blk_num': 1, 'enc_blk_nums': [1, 1], 'dec_blk_nums': [1, 1]}
@@ -139,7 +139,7 @@ def test_options_file_glob_and_single_file_with_a_spiking_net(photos, tmp_path, 
 def test_fast_runs_the_folded_copy_of_a_spiking_net(photos, tmp_path, capsys, monkeypatch):
     """--fast restores through inference_network(net, exact=False): the same image up to the rare pixels near a
     spike that flipped at its threshold."""
-    import spikerir_plugin.utils.inference as inference
+    import spikerir_plugin.inference as inference
     net = trained_like(SPIKER, seed=1)
     ckpt = tmp_path / 'net.pth'
     torch.save({'params': net.state_dict()}, ckpt)

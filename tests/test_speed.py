@@ -12,7 +12,7 @@ from spikingjelly.activation_based import neuron
 import spikerir_plugin  # noqa: F401
 from spikerir_plugin.archs.esdnet_arch import ESDNet
 from spikerir_plugin.archs.spikerir_arch import SpikerIR
-from spikerir_plugin.utils import speed as fast
+from spikerir_plugin.models import speed as train_speed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-5
@@ -44,7 +44,7 @@ def twin_nets(arch, attention_a, attention_b):
 
 def step(net, x, weight, speed=None):
     """forward + weighted-sum loss + backward + reset -> (output, input grad, {param name: grad})."""
-    x = fast.prepare_input(x.clone(), speed).requires_grad_(True)
+    x = train_speed.prepare_input(x.clone(), speed).requires_grad_(True)
     out = net(x)
     (out * weight).sum().backward()
     grads = {n: p.grad.clone() for n, p in net.named_parameters()}
@@ -87,10 +87,10 @@ def test_fast_attention_matches_spikingjelly_outputs_and_gradients(arch):
 def test_channels_last_gives_equal_outputs_and_gradients():
     cl_net, ref_net, exact = twin_nets('ESDNet', 'fast', 'fast')
     speed = {'channels_last': True}
-    fast.prepare_model(cl_net, speed)
+    train_speed.prepare_model(cl_net, speed)
     conv = cl_net.encoder_level1[0].residual[1]
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
-    assert fast.prepare_input(torch.rand(1, 3, 8, 8), speed).is_contiguous(memory_format=torch.channels_last)
+    assert train_speed.prepare_input(torch.rand(1, 3, 8, 8), speed).is_contiguous(memory_format=torch.channels_last)
     assert_same_step(cl_net, ref_net, exact, speed_a=speed, steps=1)
 
 
@@ -104,13 +104,13 @@ def test_bf16_keeps_neuron_state_fp32_and_fp32_path_unchanged():
         m.register_forward_hook(lambda mod, args, out: state_dtypes.add(args[0].dtype))
     ref = net(x)
     state_dtypes.clear()
-    with fast.autocast_context('cpu', {'bf16': True}):
+    with train_speed.autocast_context('cpu', {'bf16': True}):
         net(x)
     assert state_dtypes == {torch.bfloat16}  # what spikingjelly does on its own under autocast
-    fast.prepare_model(net, {'bf16': True})
-    assert fast.keep_neuron_state_fp32(net) == 0  # idempotent: every neuron already hooked
+    train_speed.prepare_model(net, {'bf16': True})
+    assert train_speed.keep_neuron_state_fp32(net) == 0  # idempotent: every neuron already hooked
     state_dtypes.clear()
-    with fast.autocast_context('cpu', {'bf16': True}):
+    with train_speed.autocast_context('cpu', {'bf16': True}):
         out = net(x)
     assert state_dtypes == {torch.float32}  # the fused CUDA kernels need fp32 state
     assert torch.isfinite(out).all() and rel_err(out.float(), ref) < 0.1
@@ -122,9 +122,9 @@ def test_bf16_keeps_neuron_state_fp32_and_fp32_path_unchanged():
 def test_autocast_context_switch():
     conv = torch.nn.Conv2d(3, 4, 3)
     x = torch.rand(1, 3, 8, 8)
-    with fast.autocast_context('cpu', None):
+    with train_speed.autocast_context('cpu', None):
         assert conv(x).dtype == torch.float32
-    with fast.autocast_context(torch.device('cpu'), {'bf16': True}):
+    with train_speed.autocast_context(torch.device('cpu'), {'bf16': True}):
         assert conv(x).dtype == torch.bfloat16
 
 
@@ -132,8 +132,8 @@ def test_maybe_compile_shares_parameters_and_keeps_state_dict_keys():
     torch.manual_seed(0)
     net = SpikerIR(preset='tiny', T=2, reduction_t=2, attention='none', enc_blocks=(0, 0, 0), dec_blocks=(0, 0, 0))
     keys = list(net.state_dict())
-    assert fast.maybe_compile(net, {}) is net
-    compiled = fast.maybe_compile(net, {'compile': {'backend': 'eager', 'fullgraph': True}})
+    assert train_speed.maybe_compile(net, {}) is net
+    compiled = train_speed.maybe_compile(net, {'compile': {'backend': 'eager', 'fullgraph': True}})
     assert not isinstance(compiled, torch.nn.Module)
     x = torch.rand(1, 3, 16, 16)
     ref = net(x)
@@ -148,39 +148,39 @@ def test_maybe_compile_shares_parameters_and_keeps_state_dict_keys():
 
 
 def test_speed_options_validation():
-    assert fast.SpeedOptions.from_opt({'name': 'x'}) == fast.SpeedOptions()
-    opts = fast.SpeedOptions.from_opt({'speed': {'bf16': True, 'compile': {'mode': 'max-autotune'}}})
+    assert train_speed.SpeedOptions.from_opt({'name': 'x'}) == train_speed.SpeedOptions()
+    opts = train_speed.SpeedOptions.from_opt({'speed': {'bf16': True, 'compile': {'mode': 'max-autotune'}}})
     assert opts.bf16 and opts.compile_kwargs == {'mode': 'max-autotune'} and not opts.channels_last
-    assert fast.SpeedOptions.from_dict({'compile': True}).compile_kwargs == {}
-    assert fast.SpeedOptions().compile_kwargs is None
-    assert fast.SpeedOptions.from_dict({'compile': None, 'bf16': None}) == fast.SpeedOptions()
+    assert train_speed.SpeedOptions.from_dict({'compile': True}).compile_kwargs == {}
+    assert train_speed.SpeedOptions().compile_kwargs is None
+    assert train_speed.SpeedOptions.from_dict({'compile': None, 'bf16': None}) == train_speed.SpeedOptions()
     with pytest.raises(KeyError, match=r"unknown key\(s\) \['bfloat16'\].*channels_last.*bf16.*compile.*cuda_graph"):
-        fast.SpeedOptions.from_dict({'bfloat16': True})
+        train_speed.SpeedOptions.from_dict({'bfloat16': True})
     with pytest.raises(KeyError, match=r"speed.compile: unknown key\(s\) \['mod'\].*backend"):
-        fast.SpeedOptions.from_dict({'compile': {'mod': 'default'}})
+        train_speed.SpeedOptions.from_dict({'compile': {'mod': 'default'}})
     with pytest.raises(TypeError, match='speed.bf16 must be true or false'):
-        fast.SpeedOptions.from_dict({'bf16': 'yes'})
+        train_speed.SpeedOptions.from_dict({'bf16': 'yes'})
     with pytest.raises(ValueError, match='cannot be combined'):
-        fast.SpeedOptions.from_dict({'cuda_graph': True, 'compile': True})
+        train_speed.SpeedOptions.from_dict({'cuda_graph': True, 'compile': True})
 
 
 def test_cuda_graph_on_cpu_raises_clear_error():
     def train_step(x):
         return x
 
-    assert fast.cuda_graph_step(train_step, 'cpu', {}) is train_step
+    assert train_speed.cuda_graph_step(train_step, 'cpu', {}) is train_step
     with pytest.raises(RuntimeError, match='cuda_graph needs a CUDA device'):
-        fast.cuda_graph_step(train_step, 'cpu', {'cuda_graph': True})
+        train_speed.cuda_graph_step(train_step, 'cpu', {'cuda_graph': True})
     with pytest.raises(RuntimeError, match='cuda_graph needs a CUDA device'):
-        fast.prepare_model(torch.nn.Conv2d(3, 3, 1), {'cuda_graph': True})
+        train_speed.prepare_model(torch.nn.Conv2d(3, 3, 1), {'cuda_graph': True})
 
 
 def test_check_fused_lif_reports_the_cpu_loop_in_use():
     from spikerir_plugin.archs.neurons import spikingjelly_loops
-    info, fused = fast.check_fused_lif('cpu')
+    info, fused = train_speed.check_fused_lif('cpu')
     assert info == {'implementation': 'spikerir-cpu-loop', 'spikingjelly': 'torch-reference'} and fused is True
     with spikingjelly_loops():
-        info, fused = fast.check_fused_lif('cpu')
+        info, fused = train_speed.check_fused_lif('cpu')
     assert info['implementation'] == 'torch-reference' and fused is False
 
 

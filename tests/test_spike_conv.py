@@ -1,4 +1,4 @@
-"""Spike-driven convolutions of the fast CPU inference copy (archs/spike_conv.py, csrc/spike_conv.c): the packing
+"""Spike-driven convolutions of the fast CPU inference copy (spikerir_plugin/ops/spike_conv, src/spike_conv.c): the packing
 neuron gives the spikes of the plugin's neurons bit for bit, a table convolution equals the dense convolution of
 those spikes to float rounding (shapes, strides, paddings, channel counts that are not multiples of 8, sliced
 tables, two threads), the fast copy uses them where they apply, and without a C compiler the copy falls back to
@@ -11,9 +11,10 @@ from conftest import PYTHON, subprocess_env
 from torch import nn
 
 import spikerir_plugin  # noqa: F401  (registers the archs)
-from spikerir_plugin.archs import spike_conv
-from spikerir_plugin.archs.fast_inference import InferenceConv2d, InferenceNeuron, build_inference_network
-from spikerir_plugin.archs.neuron_kernels import NeuronSpec, multi_step_spikes
+from spikerir_plugin.ops import spike_conv
+from spikerir_plugin.inference import build_inference_network
+from spikerir_plugin.inference.layers import InferenceConv2d, InferenceNeuron
+from spikerir_plugin.ops.neuron_loops import NeuronSpec, multi_step_spikes
 from spikerir_plugin.archs.spikerir_arch import SpikerIR
 from spikerir_plugin.tools.energy_report import make_input
 
@@ -118,7 +119,8 @@ def test_without_a_compiler_the_fast_copy_keeps_dense_convolutions(tmp_path):
         'import warnings, torch\n'
         'import spikerir_plugin\n'
         'from spikerir_plugin.archs.spikerir_arch import SpikerIR\n'
-        'from spikerir_plugin.archs.fast_inference import InferenceConv2d, build_inference_network\n'
+        'from spikerir_plugin.inference import build_inference_network\n'
+        'from spikerir_plugin.inference.layers import InferenceConv2d\n'
         'torch.manual_seed(0)\n'
         'net = SpikerIR(dim=4, reduction_c=2).eval()\n'
         'with warnings.catch_warnings(record=True) as caught:\n'
@@ -144,8 +146,8 @@ def test_without_openmp_the_rows_are_split_over_python_threads(tmp_path):
     script = (
         'import torch\n'
         'from torch import nn\n'
-        'from spikerir_plugin.archs import spike_conv\n'
-        'from spikerir_plugin.archs.neuron_kernels import NeuronSpec, multi_step_spikes\n'
+        'from spikerir_plugin.ops import spike_conv\n'
+        'from spikerir_plugin.ops.neuron_loops import NeuronSpec, multi_step_spikes\n'
         'assert not spike_conv.kernels().threaded\n'
         'torch.set_num_threads(2)\n'
         'torch.manual_seed(0)\n'

@@ -5,7 +5,7 @@ import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
-from spikerir_plugin.archs.padding import pad_to_multiple
+from spikerir_plugin.archs.arch_util import pad_to_multiple
 
 # Official configurations (parameter counts: sidd-width32 29,159,715; gopro-width64 67,888,835).
 PRESETS = {

@@ -9,7 +9,7 @@ final potential when it returns. Outputs, gradients and the fused (Triton/CUDA) 
 only the state handling differs. This is also what makes recomputation (activation checkpointing) of a block
 exact: a recomputed neuron starts from the same resting state as the original call.
 
-On the CPU a multi-step call runs the fused loops of ``neuron_kernels.py`` instead of spikingjelly's per-step
+On the CPU a multi-step call runs the fused loops of ``ops/neuron_loops.py`` instead of spikingjelly's per-step
 reference loop: same spikes and the same surrogate gradients bit for bit (tested against spikingjelly's neuron),
 three element-wise passes per time step instead of about fifteen, spikes written into one preallocated output.
 On CUDA spikingjelly's fused kernels (Triton / CUDA) run as before, and so does anything those loops do not cover
@@ -24,7 +24,7 @@ import torch
 from spikingjelly.activation_based import neuron
 from torch import nn
 
-from spikerir_plugin.archs.neuron_kernels import fused_cpu_eligible, fused_multi_step, neuron_spec
+from spikerir_plugin.ops.neuron_loops import fused_cpu_eligible, fused_multi_step, neuron_spec
 
 
 _fused_cpu_loops = [True]

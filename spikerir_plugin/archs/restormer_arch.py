@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
-from spikerir_plugin.archs.padding import pad_to_multiple
+from spikerir_plugin.archs.arch_util import pad_to_multiple
 
 LAYER_NORM_TYPES = ('WithBias', 'BiasFree')
 

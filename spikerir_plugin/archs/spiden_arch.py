@@ -10,13 +10,14 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from spikingjelly.activation_based import layer
 from torch import nn
 
-from spikerir_plugin.archs.fast_inference import InferenceMixin
 from spikerir_plugin.archs.spiking_blocks import conv, make_neuron
 
 
 @ARCH_REGISTRY.register()
-class SPIDEN(InferenceMixin, nn.Module):
-    """``for_inference()`` gives the fast inference copy (archs/fast_inference.py)."""
+class SPIDEN(nn.Module):
+    """``spikerir_plugin.inference.inference_network`` gives its inference copy."""
+
+    has_inference_copy = True  # spikerir_plugin.inference converts it
 
     def __init__(self, in_channels=3, width=64, depth=17, T=4, v_threshold=1.0):
         super().__init__()

@@ -13,9 +13,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from spikingjelly.activation_based import base, layer
 
-from spikerir_plugin.archs.fast_inference import InferenceMixin
 from spikerir_plugin.archs.neurons import RateActivation, StatelessIFNode, StatelessLIFNode
-from spikerir_plugin.archs.padding import pad_to_multiple
+from spikerir_plugin.archs.arch_util import pad_to_multiple
 from spikerir_plugin.utils.snn import time_mean
 
 V_TH = 0.15
@@ -109,22 +108,38 @@ class FastMultiDimensionalAttention(nn.Module, base.MultiStepModule):
     def forward(self, x):
         if x.dim() != 5 or (self.ta is not None and x.shape[0] != self.T):
             raise ValueError(f'expected [T={self.T}, B, C, H, W], got {tuple(x.shape)}')
-        weight = None  # product of the temporal and channel gates, broadcast as [T, B, C]
         if self.ta is not None or self.ca is not None:
-            plane_mean = x.mean((3, 4))  # [T, B, C]
-            plane_max = x.flatten(3).max(-1).values
-            if self.ta is not None:  # one weight per (t, b), pooled over C, H, W
-                gate_t = self.ta(plane_mean.mean(2).t(), plane_max.amax(2).t()).t()[:, :, None]
-                plane_mean, plane_max, weight = plane_mean * gate_t, plane_max * gate_t, gate_t
-            if self.ca is not None:  # one weight per (b, c), pooled over T, H, W of the temporally gated x
-                gate_c = self.ca(plane_mean.mean(0), plane_max.amax(0))[None]
-                weight = gate_c if weight is None else weight * gate_c
+            weight = temporal_channel_weight(self.ta, self.ca, x.mean((3, 4)), x.flatten(3).max(-1).values)
             x = x * weight[..., None, None]
         if self.sa is not None:  # one weight per (b, h, w), pooled over T and C
             peak = x.max(2).values.max(0).values
             stats = torch.stack((x.mean((0, 2)), peak), dim=1)
             x = x * torch.sigmoid(self.sa.conv(stats))[None]
         return F.relu(x)
+
+
+def temporal_channel_weight(ta, ca, plane_mean, plane_max):
+    """The product of the temporal gate ``ta`` and the channel gate ``ca`` (either may be None, not both), [T, B, C],
+    from the mean and max of every (t, b, c) plane [T, B, C]. Shared by the training module and its inference
+    copy, so both compute the gates with the same operations."""
+    weight = None
+    if ta is not None:  # one weight per (t, b), pooled over C, H, W
+        gate_t = ta(plane_mean.mean(2).t(), plane_max.amax(2).t()).t()[:, :, None]
+        plane_mean, plane_max, weight = plane_mean * gate_t, plane_max * gate_t, gate_t
+    if ca is not None:  # one weight per (b, c), pooled over T, H, W of the temporally gated x
+        gate_c = ca(plane_mean.mean(0), plane_max.amax(0))[None]
+        weight = gate_c if weight is None else weight * gate_c
+    return weight
+
+
+def residual_with_spikes(residual, x):
+    """(the spikes of the residual branch's first neuron, the branch's output): the branch run layer by layer, so
+    that a shortcut can read those spikes."""
+    first_neuron, *rest = residual
+    spikes = y = first_neuron(x)
+    for module in rest:
+        y = module(y)
+    return spikes, y
 
 
 def make_attention(kind, T, C, reduction_t=4, reduction_c=16):
@@ -186,10 +201,7 @@ class SpikingResidualBlock(nn.Module):
 
     def _forward(self, x):
         if self.spike_shortcut:
-            first_neuron, *rest = self.residual
-            spikes = y = first_neuron(x)
-            for module in rest:
-                y = module(y)
+            spikes, y = residual_with_spikes(self.residual, x)
             y = y + self.shortcut(spikes)
         else:
             y = self.residual(x) + self.shortcut(x)
@@ -254,16 +266,18 @@ def check_block_counts(name, counts, at_least=3):
         raise ValueError(f'{name} must list >= {at_least} non-negative block counts (levels 1..3), got {counts}')
 
 
-class SpikingUNet(InferenceMixin, nn.Module):
+class SpikingUNet(nn.Module):
     """ESDNet's 3-level spiking U-Net body with direct encoding and a mean-over-T readout.
 
     Level widths dim, 2*dim, 4*dim; level 2 fuses the skip by concat + LIF/1x1 conv/tdBN; level 1 concatenates the
     skip without reduction, so decoder_level1 runs at 2*dim. `enc_blocks`/`dec_blocks` are indexed by level
     (index 0 = level 1). Subclasses define `head(features)` mapping [B, 2*dim, H, W] to the output residual.
     H and W are reflect-padded to multiples of 4 and cropped back. Every neuron starts each call at rest
-    (archs/neurons.py), so the output depends on the input alone. ``for_inference()`` gives the fast inference
-    copy (archs/fast_inference.py).
+    (archs/neurons.py), so the output depends on the input alone. ``spikerir_plugin.inference.inference_network``
+    gives its inference copy.
     """
+
+    has_inference_copy = True  # spikerir_plugin.inference converts it
 
     def __init__(self, in_channels, dim, enc_blocks, dec_blocks, T, neuron='lif', attention='fast',
                  reduction_t=4, reduction_c=16, bias=False, shortcut='analog'):
@@ -294,12 +308,17 @@ class SpikingUNet(InferenceMixin, nn.Module):
         self.decoder_level2 = stage(dim * 2, dec_blocks[1])
         self.up2_1 = UpSampling(dim * 2, neuron)
         self.decoder_level1 = stage(dim * 2, dec_blocks[0])
+        self.expand_embedding = False  # inference copies: one embedding seen T times (the blocks only read it)
 
     def encode(self, x):
         """Direct encoding: [B, C, H, W] -> the image conv's output repeated at every time step [T, B, dim, H, W].
 
-        Identical to convolving the image repeated T times (as the official ESDNet does) at 1/T of the cost."""
-        return self.patch_embed(x.unsqueeze(0)).repeat(self.T, 1, 1, 1, 1)
+        Identical to convolving the image repeated T times (as the official ESDNet does) at 1/T of the cost. With
+        ``expand_embedding`` the T steps are a stride-0 view of one output instead of T copies."""
+        embedded = self.patch_embed(x.unsqueeze(0))
+        if self.expand_embedding:
+            return embedded.expand(self.T, *embedded.shape[1:])
+        return embedded.repeat(self.T, 1, 1, 1, 1)
 
     def features(self, embedded):
         """[T, B, dim, H, W] (H, W multiples of 4) -> decoder level-1 features [T, B, 2*dim, H, W]."""

@@ -3,10 +3,10 @@ training state where the saved run stopped, as if it had never been interrupted.
 
 basicsr 1.4.2 saves only the epoch and the iteration, so a resumed run restarts the saved epoch from its first batch
 with fresh random streams. For runs whose model is a ``SpikingSRModel`` (or a subclass), basicsr's train pipeline
-calls the two class hooks below (through ``spikerir_compat``'s launch fixes, which delegate to a model class that
+calls the two class hooks below (through the launch fixes of ``spikerir_plugin/launch.py``, which delegate to a model class that
 defines them); every other model keeps basicsr's own resume:
 
-- ``load_resume_state(opt)``: finds the state, loads it on the CPU, keeps frozen networks (a teacher) out of
+- ``prepare_resume(opt)``: finds the state, loads it on the CPU, keeps frozen networks (a teacher) out of
   basicsr's ``check_resume`` rewrite, and remembers it for the loader hook. It never loses or hides work:
   ``--auto_resume`` takes the newest state that loads together with its ``net_<x>_<iter>.pth`` weights, skipping
   damaged pairs with a warning naming them (and refusing to start at iteration 0 when every state is damaged);
@@ -42,7 +42,7 @@ from basicsr.utils import check_resume
 from spikerir_plugin.utils.atomic import stale_temp_files
 from spikerir_plugin.utils.checkpoint import CheckpointError, read_checkpoint
 
-# A state travels from load_resume_state to resume_train_loader, which run at different points of one start of
+# A state travels from prepare_resume to resume_train_loader, which run at different points of one start of
 # basicsr's train_pipeline. Only ever set during that start.
 _pending = None
 _notices = []
@@ -275,7 +275,7 @@ def _this_ranks_rng(opt, state, path):
                      f"the saved rank 0's random streams{', ' + others if world > 1 else ''}.")
 
 
-def load_resume_state(opt, frozen_networks=()):
+def prepare_resume(opt, frozen_networks=()):
     """The plugin models' replacement of basicsr.train.load_resume_state (see the module docstring).
 
     frozen_networks: ``network_*`` keys the run never saves (a frozen teacher); resume keeps loading them from their
@@ -358,7 +358,7 @@ class ResumableEnlargedSampler(EnlargedSampler):
 
 def resume_train_loader(train_loader, train_sampler, logger):
     """Continue the saved epoch at the first batch the saved run had not consumed (see the module docstring)."""
-    for message in _notices:  # the warnings of load_resume_state, now that the run's log exists
+    for message in _notices:  # the warnings of prepare_resume, now that the run's log exists
         logger.warning(message)
     _notices.clear()
     state = _pending

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from spikerir_plugin.archs.arch_util import input_channels
 from spikerir_plugin.utils.snn import time_mean
 
 _MAX_LISTED = 30
@@ -48,19 +49,6 @@ def default_hint_layers(student, teacher):
             'to fine).')
     k = min(len(s), len(t))
     return [[a, b] for a, b in zip(s[len(s) - k:], t[len(t) - k:])]
-
-
-def input_channels(net):
-    """Image channels a network reads: its ``in_channels``-like attribute, else its first convolution's."""
-    for name in ('in_channels', 'inp_channels', 'img_channel', 'num_in_ch'):
-        value = getattr(net, name, None)
-        if isinstance(value, int):
-            return value
-    for module in net.modules():
-        if isinstance(module, (nn.Conv2d, nn.Conv3d, nn.Linear)):
-            return module.in_channels if hasattr(module, 'in_channels') else module.in_features
-    raise ValueError(f'{type(net).__name__}: cannot tell how many input channels it reads (no in_channels '
-                     'attribute and no convolution)')
 
 
 def parse_hint_layers(hint_layers):

@@ -17,8 +17,8 @@ import re
 
 import torch
 
-# constructor arguments archs use for the number of input image channels
-_CHANNEL_ARGS = ('in_channels', 'inp_channels', 'img_channel', 'num_in_ch', 'in_chans', 'in_nc', 'in_ch')
+from spikerir_plugin.archs.arch_util import INPUT_CHANNEL_ARGS, input_channels
+
 _COLOUR_DATASETS = ('PairedImageDataset', 'SingleImageDataset')
 _KNOWN_DATASETS = _COLOUR_DATASETS + ('GaussianDenoiseDataset',)  # their dataroots are folders (disk backend)
 
@@ -281,7 +281,7 @@ def dataset_channels(phase, dataset_opt):
 
 def channel_argument(net_opt):
     """(name, value shown) of the arch argument that sets a network's input channels, e.g. ('in_channels', '3')."""
-    for arg in _CHANNEL_ARGS:
+    for arg in INPUT_CHANNEL_ARGS:
         if arg in net_opt:
             return arg, f': {net_opt[arg]}'
     try:
@@ -289,7 +289,7 @@ def channel_argument(net_opt):
         params = inspect.signature(ARCH_REGISTRY.get(net_opt['type'])).parameters
     except Exception:  # an arch that cannot be inspected
         return None, ''
-    arg = next((a for a in _CHANNEL_ARGS if a in params), None)
+    arg = next((a for a in INPUT_CHANNEL_ARGS if a in params), None)
     if arg is None:
         return None, ''
     default = params[arg].default
@@ -337,10 +337,9 @@ def _accepts(net, channels, device, net_opt=None):
 def check_input_channels(opt, nets, device):
     """Each network in ``nets`` ({option key: bare network}) reads as many channels as every dataset yields.
 
-    The count a network declares (``feature_hints.input_channels``) is trusted only when a small forward with the
+    The count a network declares (``arch_util.input_channels``) is trusted only when a small forward with the
     dataset's channel count fails too: some archs (e.g. RRDBNet at scale 1) pixel-unshuffle their input, so their
     first convolution sees more channels than the image has."""
-    from .feature_hints import input_channels
     for phase, dataset_opt in (opt.get('datasets') or {}).items():
         if not isinstance(dataset_opt, dict):
             continue

@@ -46,14 +46,14 @@ from basicsr.archs import build_network
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 
-from spikerir_plugin.utils import speed as fast
+from spikerir_plugin.models import speed as train_speed
 from spikerir_plugin.utils.checkpoint import load_weights, read_checkpoint
-from spikerir_plugin.utils.options import DISTILL_PATH_KEYS, DISTILL_TRAIN_KEYS
+from spikerir_plugin.utils.options import DISTILL_PATH_KEYS, DISTILL_TRAIN_KEYS, check_network_opt
 from spikerir_plugin.utils.snn import time_mean
 from .feature_hints import FeatureTap, HintAdapters, default_hint_layers, parse_hint_layers, probe_shapes
 from . import run_checks
 from .kd_schedule import KDSchedule
-from .spiking_sr_model import SpikingSRModel, check_network_opt
+from .spiking_sr_model import SpikingSRModel
 
 # Option keys that exist only for distillation (utils/options.py): removing them (and network_t) gives the same run
 # without a teacher.
@@ -119,19 +119,19 @@ class SpikerIRDistillModel(SpikingSRModel):
                      path_opt.get('strict_load_t', True), net_opt=self.opt['network_t'])
         teacher = teacher.to(self.device).eval()  # never DDP-wrapped: it is frozen and identical on every rank
         teacher.requires_grad_(False)
-        fast.prepare_model(teacher, self.speed)
+        train_speed.prepare_model(teacher, self.speed)
         if self.speed.teacher_bf16:
-            fast.keep_neuron_state_fp32(teacher)  # a spiking teacher keeps fp32 neuron state, as the student does
-        self._net_t_fwd = fast.maybe_compile(teacher, self.speed)
+            train_speed.keep_neuron_state_fp32(teacher)  # a spiking teacher keeps fp32 neuron state, as the student does
+        self._net_t_fwd = train_speed.maybe_compile(teacher, self.speed)
         self._teacher_forward = self.teacher_outputs
         if self.speed.teacher_cuda_graph:
             self.speed.check_device(self.device)
-            self._teacher_forward = fast.GraphedForward(self.teacher_outputs)
+            self._teacher_forward = train_speed.GraphedForward(self.teacher_outputs)
         return teacher
 
     def teacher_outputs(self, lq):
         """The frozen teacher on a prepared batch: (output, [hint features averaged over T]), fp32."""
-        with torch.no_grad(), fast.teacher_autocast_context(self.device, self.speed):
+        with torch.no_grad(), train_speed.teacher_autocast_context(self.device, self.speed):
             if self.teacher_tap is not None:
                 t_out, t_feats = self.teacher_tap.run(self._net_t_fwd, lq)
             else:
@@ -224,9 +224,9 @@ class SpikerIRDistillModel(SpikingSRModel):
     def compute_losses(self, current_iter):
         if self.net_t is None:
             return super().compute_losses(current_iter)
-        lq = fast.prepare_input(self.lq, self.speed)
+        lq = train_speed.prepare_input(self.lq, self.speed)
         t_out, t_feats = self._teacher_forward(lq)
-        with fast.autocast_context(self.device, self.speed):
+        with train_speed.autocast_context(self.device, self.speed):
             if self.teacher_tap is not None:
                 output, s_feats = self.student_tap.run(self.net_g_forward, lq)
                 hints = [h.float() for h in self.net_hint(s_feats, [f.shape[-2:] for f in t_feats])]
@@ -253,7 +253,7 @@ class SpikerIRDistillModel(SpikingSRModel):
         """A batch the reconstruction loss never sees (train.kd_inputs), drawn from the model's own generator."""
         if self.kd_inputs['type'] == 'noise':
             noise = torch.randn(self.gt.shape, generator=self.kd_generator).to(self.gt.device, self.gt.dtype)
-            return fast.prepare_input(self.gt + noise * (self.kd_inputs['sigma'] / 255.), self.speed)
+            return train_speed.prepare_input(self.gt + noise * (self.kd_inputs['sigma'] / 255.), self.speed)
         k, flip = torch.randint(0, 4, (), generator=self.kd_generator).item(), \
             torch.randint(0, 2, (), generator=self.kd_generator).item()
         if k == 0 and not flip:
@@ -264,9 +264,9 @@ class SpikerIRDistillModel(SpikingSRModel):
     def distill_extra_inputs(self, lq):
         """kd_opt between the student and the teacher on an extra batch (output distillation only)."""
         x = self.extra_kd_input(lq)
-        with torch.no_grad(), fast.autocast_context(self.device, self.speed):
+        with torch.no_grad(), train_speed.autocast_context(self.device, self.speed):
             target = self._net_t_fwd(x)
-        with fast.autocast_context(self.device, self.speed):
+        with train_speed.autocast_context(self.device, self.speed):
             output = self.net_g_forward(x)
         return self.cri_kd(output.float(), target.float())
 

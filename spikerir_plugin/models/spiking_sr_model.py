@@ -11,8 +11,8 @@ Built through SRModel's own ``__init__`` (network, DDP, pretrained weights, trai
                            (the first update copies the weights, then TensorFlow's (1 + n) / (10 + n) form), so a
                            short run's EMA is not mostly its random initialisation (0.999 ** 600 = 0.55); false:
                            basicsr's fixed decay from the first update
-    val.tile               {size, overlap}: tiled validation/test for large images (tiled_inference.py)
-    speed                  {channels_last, bf16, compile, checkpoint}: training fast paths (utils/speed.py)
+    val.tile               {size, overlap}: tiled validation/test for large images (inference/tiled.py)
+    speed                  {channels_last, bf16, compile, checkpoint}: training fast paths (models/speed.py)
 
 and exact resume (exact_resume.py): the batch order and random streams continue where the saved run stopped,
 training states, weights and validation images are written atomically, damaged checkpoints are skipped or named.
@@ -32,17 +32,17 @@ from basicsr.models import lr_scheduler as bsr_lr
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import master_only
-from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
+from basicsr.utils.registry import MODEL_REGISTRY
 from torch.optim import lr_scheduler as torch_lr
 
 from spikerir_plugin.data.pair_errors import check_pair_sizes, name_pairs_in_errors
-from spikerir_plugin.utils import speed as fast
+from spikerir_plugin.models import speed as train_speed
 from spikerir_plugin.utils.atomic import atomic_torch_save, basicsr_imwrite
 from spikerir_plugin.utils.checkpoint import load_weights
-from spikerir_plugin.utils.inference import inference_network
-from spikerir_plugin.utils.options import check_option_keys
+from spikerir_plugin.inference import inference_network
+from spikerir_plugin.utils.options import check_network_opt, check_option_keys
 from . import exact_resume, run_checks
-from .tiled_inference import check_tile_opt, tiled_forward
+from spikerir_plugin.inference.tiled import check_tile_opt, tiled_forward
 
 OPTIMIZERS = {'Adam': torch.optim.Adam, 'AdamW': torch.optim.AdamW, 'SGD': torch.optim.SGD}
 SCHEDULERS = {
@@ -51,17 +51,6 @@ SCHEDULERS = {
     'CosineAnnealingRestartLR': bsr_lr.CosineAnnealingRestartLR,
     'CosineAnnealingLR': torch_lr.CosineAnnealingLR,  # plain cosine: T_max, eta_min
 }
-
-
-def check_network_opt(net_opt, key):
-    """A clear error for a missing or unknown network ``type`` (basicsr's says only 'No object named ...')."""
-    if not isinstance(net_opt, dict) or 'type' not in net_opt:
-        raise ValueError(f'{key} must be a mapping with a `type` (a registered arch) and its arguments, '
-                         f'got {net_opt!r}')
-    net_type = net_opt['type']
-    if net_type not in ARCH_REGISTRY and f'{net_type}_basicsr' not in ARCH_REGISTRY:
-        names = ', '.join(sorted(ARCH_REGISTRY.keys()))
-        raise KeyError(f'{key}.type: unknown arch {net_type!r}; registered archs: {names}')
 
 
 def _with_atomic_image_writes(function):
@@ -86,7 +75,7 @@ class SpikingSRModel(SRModel):
     def __init__(self, opt):
         check_network_opt(opt.get('network_g'), 'network_g')
         check_option_keys(opt, self.reads_distillation_keys)
-        self.speed = fast.SpeedOptions.from_opt(opt)
+        self.speed = train_speed.SpeedOptions.from_opt(opt)
         if self.speed.cuda_graph:
             raise ValueError('speed.cuda_graph is not supported by the training models (the training step logs '
                              'Python floats and reduces losses across ranks); it is measured by '
@@ -108,7 +97,7 @@ class SpikingSRModel(SRModel):
     def model_to_device(self, net):
         """Speed switches (channels_last, bf16 neuron inputs, block checkpointing) act on the bare network before
         DDP registers its gradient buckets."""
-        return super().model_to_device(fast.prepare_model(net.to(self.device), self.speed))
+        return super().model_to_device(train_speed.prepare_model(net.to(self.device), self.speed))
 
     def load_network(self, net, load_path, strict=True, param_key='params'):
         """The plugin's checkpoint reader: clear errors, raw or official state dicts, params/params_ema fallback."""
@@ -130,7 +119,7 @@ class SpikingSRModel(SRModel):
     def net_g_forward(self):
         """The training forward: net_g itself, or its torch.compile'd call (built once, on first use)."""
         if not hasattr(self, '_net_g_fwd'):
-            self._net_g_fwd = fast.maybe_compile(self.net_g, self.speed)
+            self._net_g_fwd = train_speed.maybe_compile(self.net_g, self.speed)
         return self._net_g_fwd
 
     # ------------------------------------------------------------------ training setup
@@ -209,8 +198,8 @@ class SpikingSRModel(SRModel):
 
     def compute_losses(self, current_iter):
         """Forward the batch and return (total loss, {name: term}); sets ``self.output``."""
-        lq = fast.prepare_input(self.lq, self.speed)
-        with fast.autocast_context(self.device, self.speed):
+        lq = train_speed.prepare_input(self.lq, self.speed)
+        with train_speed.autocast_context(self.device, self.speed):
             output = self.net_g_forward(lq)
         self.output = output.float()  # losses run in fp32
         losses = self.reconstruction_losses(self.output, self.gt)
@@ -350,7 +339,7 @@ class SpikingSRModel(SRModel):
     def load_extra_training_state(self, resume_state):
         pass
 
-    # hooks called by basicsr's train pipeline through spikerir_compat (see exact_resume.py)
+    # hooks called by basicsr's train pipeline through launch.py (see exact_resume.py)
     @classmethod
     def frozen_networks(cls, opt):
         """``network_*`` keys that this model never saves (resume keeps loading them from their checkpoint)."""
@@ -375,13 +364,13 @@ class SpikingSRModel(SRModel):
                                            'network_g checkpoint')
 
     @classmethod
-    def load_resume_state(cls, opt):
+    def pipeline_resume_state(cls, opt):
         """The first hook of a pipeline start: launch checks, then the resume state (exact_resume.py)."""
         cls.launch_checks(opt)
-        return exact_resume.load_resume_state(opt, cls.frozen_networks(opt))
+        return exact_resume.prepare_resume(opt, cls.frozen_networks(opt))
 
     @classmethod
-    def resume_train_loader(cls, train_loader, train_sampler, logger):
+    def pipeline_train_loader(cls, train_loader, train_sampler, logger):
         """The hook called once the train loader exists: size errors name the pair, then exact resume's skip."""
         if train_loader is not None:
             name_pairs_in_errors(train_loader.dataset)

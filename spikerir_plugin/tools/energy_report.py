@@ -14,7 +14,7 @@ Convention (printed with every report):
   it costs 0 and is listed with kind 'silent'.
 Firing rates come from forward hooks in a separate pass (hooks running inside the counting mode would be counted).
 Counts are for one forward pass of the whole batch; energies are also given per image.
-Both passes run the network's inference copy (``utils/inference.py``: fused neuron loops, frozen layers with the
+Both passes run the network's inference copy (``spikerir_plugin.inference``: fused neuron loops, frozen layers with the
 same names), which runs the same convolutions on the same spikes as the network in eval mode, so every count and
 firing rate equals that of the network itself (tested); it only makes the report faster.
 """
@@ -30,9 +30,7 @@ from torch import nn
 
 from spikerir_plugin.archs.neurons import check_stateless
 from spikerir_plugin.utils.atomic import atomic_savefig, atomic_write_text
-from spikerir_plugin.utils.checkpoint import load_weights
-from spikerir_plugin.utils.cpu_memory import keep_freed_memory
-from spikerir_plugin.utils.inference import inference_network
+from spikerir_plugin.inference import inference_network, keep_freed_memory
 
 E_MAC_PJ, E_AC_PJ = 4.6, 0.9
 _WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
@@ -45,7 +43,7 @@ def _is_binary(t):
 
 def _spiking_neuron_types():
     from spikingjelly.activation_based.neuron import BaseNode
-    from spikerir_plugin.archs.fast_inference import InferenceNeuron
+    from spikerir_plugin.inference.layers import InferenceNeuron
     return (BaseNode, InferenceNeuron)
 
 
@@ -309,19 +307,12 @@ def plot_report(student, path, title=''):
 def build_from_options(opt, which='g', ckpt=None, param_key=None):
     """Network `network_<which>` of a parsed options dict, with weights from ckpt (the --ckpt option, named in
     errors) or path.pretrain_network_<which> (random init when neither is given)."""
-    from basicsr.archs import build_network
-    from spikerir_plugin.models.spiking_sr_model import check_network_opt
-    check_network_opt(opt.get(f'network_{which}'), f'network_{which}')
-    net = build_network(dict(opt[f'network_{which}']))
-    path_opt = opt.get('path') or {}
-    option = '--ckpt' if ckpt else None
-    ckpt = ckpt or path_opt.get(f'pretrain_network_{which}')
-    if ckpt:
-        load_weights(net, ckpt, param_key or path_opt.get(f'param_key_{which}') or 'params',
-                     path_opt.get(f'strict_load_{which}', True), which, option=option)
-    else:
+    from spikerir_plugin.utils.options import network_checkpoint, network_from_options
+    path_ckpt, path_key, strict = network_checkpoint(opt, which)
+    if not (ckpt or path_ckpt):
         print(f'note: no checkpoint for network_{which}; measuring randomly initialised weights', file=sys.stderr)
-    return net
+    return network_from_options(opt.get(f'network_{which}'), f'network_{which}', ckpt or path_ckpt,
+                                param_key or path_key, strict, which, option='--ckpt' if ckpt else None)
 
 
 def main(argv=None):
@@ -331,7 +322,8 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('-opt', '--opt', required=True, help='options YAML with network_g (and optionally network_t)')
     p.add_argument('--ckpt', default=None, help='student checkpoint (default: path.pretrain_network_g)')
-    p.add_argument('--param-key', default=None, help='state-dict key in the checkpoint (default params)')
+    p.add_argument('--param-key', default=None, help='state-dict key in the checkpoint (default: path.param_key_g, '
+                                                       'else params_ema, falling back to params)')
     p.add_argument('--no-teacher', action='store_true', help='skip network_t even if the options define it')
     p.add_argument('--teacher-from', default=None,
                    help="options YAML whose network_t is the teacher to compare with, instead of -opt's (e.g. the "
@@ -345,7 +337,7 @@ def main(argv=None):
     p.add_argument('--e-ac', type=float, default=E_AC_PJ, help='pJ per SynOp (default 0.9)')
     p.add_argument('--out', default=None, help='output folder (default results/energy/<name>)')
     a = p.parse_args(argv)
-    keep_freed_memory()  # the measured forwards run on the CPU (utils/cpu_memory.py)
+    keep_freed_memory()  # the measured forwards run on the CPU (inference/cpu_memory.py)
     try:
         with open(a.opt) as f:
             opt = yaml.safe_load(f)

@@ -32,23 +32,13 @@ bf16 autocast on CUDA only.
 import argparse
 import copy
 import csv
-import glob
 import io
 import os
 import sys
 
-import numpy as np
+from spikerir_plugin.tools.lmdb_writing import IMAGE_EXTENSIONS
 
-from spikerir_plugin.tools.lmdb_writing import IMAGE_EXTENSIONS, natural_key
-
-SIXTEEN_BIT_EXTENSIONS = ('.png', '.tif', '.tiff', '.ppm', '.pgm')
-NO_ALPHA_EXTENSIONS = ('.jpg', '.jpeg', '.ppm', '.pgm', '.bmp')
-CHANNEL_KEYS = ('in_channels', 'inp_channels', 'img_channel', 'num_in_ch', 'in_chans', 'in_nc')
 ENERGY_FIELDS = ('file', 'height', 'width', 'synops', 'macs', 'energy_mJ', 'mean_firing_rate', 'spiking')
-
-
-class RestoreError(Exception):
-    """One image could not be restored; the message says why (the file name is added by the caller)."""
 
 
 # ------------------------------------------------------------------------------------------------------ network
@@ -90,196 +80,26 @@ def parse_arch_args(text):
 def network_spec(a):
     """(network options, checkpoint, param key, strict, option name for errors, tile from the options)."""
     import yaml
+    from spikerir_plugin.utils.options import DEFAULT_PARAM_KEY, network_checkpoint
     if a.opt:
         with open(a.opt) as f:
             opt = yaml.safe_load(f)
         if not isinstance(opt, dict) or 'network_g' not in opt:
             raise ValueError(f'-opt {a.opt!r} has no network_g section (top-level keys: '
                              f'{sorted(opt) if isinstance(opt, dict) else type(opt).__name__})')
-        path_opt = opt.get('path') or {}
         tile = ((opt.get('val') or {}).get('tile')) or None
-        ckpt = a.ckpt or path_opt.get('pretrain_network_g')
+        ckpt, param_key, strict = network_checkpoint(opt, 'g')
+        ckpt = a.ckpt or ckpt
         if not ckpt:
             raise ValueError(f'-opt {a.opt!r} sets no path.pretrain_network_g: give the weights with --ckpt')
-        param_key = a.param_key or path_opt.get('param_key_g') or 'params'
-        if 'param_key_g' in path_opt and path_opt['param_key_g'] is None and not a.param_key:
-            param_key = None  # param_key_g: ~ = a raw state dict
-        return (dict(opt['network_g']), ckpt, param_key, path_opt.get('strict_load_g', True),
-                '--ckpt' if a.ckpt else None, tile)
+        return dict(opt['network_g']), ckpt, a.param_key or param_key, strict, '--ckpt' if a.ckpt else None, tile
     net_opt = {'type': a.arch, **parse_arch_args(a.arch_args)}
     if not a.ckpt:
         raise ValueError('--arch needs --ckpt (the trained weights)')
-    return net_opt, a.ckpt, a.param_key or 'params_ema', True, '--ckpt', None
-
-
-def build_restore_network(net_opt, ckpt, param_key, strict, option, source):
-    """The network of `net_opt` (named `source` in errors: network_g or --arch) with the weights of `ckpt`."""
-    from basicsr.archs import build_network
-    from basicsr.utils.registry import ARCH_REGISTRY
-    from spikerir_plugin.models.spiking_sr_model import check_network_opt
-    from spikerir_plugin.utils.checkpoint import load_weights
-    if source == '--arch' and net_opt['type'] not in ARCH_REGISTRY:
-        raise KeyError(f'--arch: unknown arch {net_opt["type"]!r}; registered archs: '
-                       f'{", ".join(sorted(ARCH_REGISTRY.keys()))}')
-    check_network_opt(net_opt, source)
-    try:
-        net = build_network(dict(net_opt))
-    except TypeError as e:
-        raise ValueError(f'{net_opt["type"]}: bad arguments {({k: v for k, v in net_opt.items() if k != "type"})} '
-                         f'({e})') from None
-    return load_weights(net, ckpt, param_key, strict, which='g', option=option)
-
-
-def input_channels(net, net_opt):
-    """Channels the network takes: its options' channel argument, that argument's default, or its first conv."""
-    import inspect
-    import torch
-    for key in CHANNEL_KEYS:
-        if key in net_opt:
-            return int(net_opt[key])
-    params = inspect.signature(type(net).__init__).parameters
-    for key in CHANNEL_KEYS:
-        if key in params and isinstance(params[key].default, int):
-            return params[key].default
-    conv = next((m for m in net.modules() if isinstance(m, torch.nn.Conv2d)), None)
-    if conv is None:
-        raise ValueError(f'cannot tell how many input channels {type(net).__name__} takes; pass it in --arch-args')
-    return conv.in_channels
+    return net_opt, a.ckpt, a.param_key or DEFAULT_PARAM_KEY, True, '--ckpt', None
 
 
 # ------------------------------------------------------------------------------------------------------- inputs
-def collect_inputs(specs):
-    """(image paths in order, [(spec, reason)] for inputs that name nothing)."""
-    paths, missing, seen = [], [], set()
-    for spec in specs:
-        if os.path.isdir(spec):
-            found = [os.path.join(spec, n) for n in sorted(os.listdir(spec), key=natural_key)
-                     if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(spec, n))]
-            if not found:
-                missing.append((spec, f'folder contains no images ({", ".join(IMAGE_EXTENSIONS)})'))
-        elif os.path.isfile(spec):
-            found = [spec]
-        elif glob.has_magic(spec):
-            found = sorted((p for p in glob.glob(spec, recursive=True) if os.path.isfile(p)), key=natural_key)
-            if not found:
-                missing.append((spec, 'pattern matches no file'))
-        else:
-            found = []
-            missing.append((spec, 'no such file or folder'))
-        for path in found:
-            key = os.path.abspath(path)
-            if key not in seen:
-                seen.add(key)
-                paths.append(path)
-    return paths, missing
-
-
-def read_image(path):
-    """(color part HxWxC in RGB order or HxW gray, alpha HxW or None, max value 255 or 65535)."""
-    import cv2
-    jpeg = path.lower().endswith(('.jpg', '.jpeg'))
-    # JPEG: decoded with EXIF orientation applied (IMREAD_UNCHANGED would ignore it; JPEG has no alpha)
-    flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH if jpeg else cv2.IMREAD_UNCHANGED
-    try:
-        with open(path, 'rb') as f:
-            data = np.frombuffer(f.read(), np.uint8)
-    except OSError as e:
-        raise RestoreError(f'cannot open ({e.strerror or e})') from None
-    img = cv2.imdecode(data, flags) if data.size else None
-    if img is None:
-        raise RestoreError('not a readable image (empty, truncated or an unsupported format)')
-    if img.dtype == np.uint8:
-        peak = 255
-    elif img.dtype == np.uint16:
-        peak = 65535
-    else:
-        raise RestoreError(f'unsupported pixel type {img.dtype} (8-bit and 16-bit images are supported)')
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[..., 0]
-    alpha = None
-    if img.ndim == 3 and img.shape[2] in (2, 4):
-        img, alpha = img[..., :-1], img[..., -1]
-        img = img[..., 0] if img.shape[2] == 1 else img
-    if img.ndim == 3:
-        if img.shape[2] != 3:
-            raise RestoreError(f'unsupported channel count {img.shape[2]}')
-        img = img[..., ::-1]  # BGR -> RGB
-    return np.ascontiguousarray(img), alpha, peak
-
-
-def to_batch(img, peak, channels):
-    """Image -> float [B, channels, H, W] in [0, 1] for a net taking `channels` channels, and how to undo it."""
-    import torch
-    x = torch.from_numpy(img.astype(np.float32) / peak)
-    gray = img.ndim == 2
-    if channels == 3:
-        x = x[None].expand(3, -1, -1) if gray else x.permute(2, 0, 1)
-        return x[None].contiguous(), 'mean' if gray else 'rgb'
-    if channels == 1:
-        return (x[None, None] if gray else x.permute(2, 0, 1)[:, None]).contiguous(), 'gray' if gray else 'planes'
-    raise RestoreError(f'the network takes {channels} input channels; only 1- and 3-channel networks can restore '
-                       f'images')
-
-
-def from_batch(y, layout, peak):
-    """Network output -> image array of the input's layout and bit depth (clipped, rounded)."""
-    y = y.float().clamp_(0, 1)
-    if layout == 'mean':
-        y = y[0].mean(0)
-    elif layout == 'rgb':
-        y = y[0].permute(1, 2, 0)
-    elif layout == 'gray':
-        y = y[0, 0]
-    else:  # planes: one gray restoration per color channel
-        y = y[:, 0].permute(1, 2, 0)
-    out = (y.cpu().numpy() * peak).round()
-    return out.astype(np.uint16 if peak == 65535 else np.uint8)
-
-
-def to_file_layout(img, alpha, peak, ext):
-    """RGB(A)/gray array -> what cv2 writes for this extension (BGR order, alpha re-attached, 8 bits if needed)."""
-    import cv2
-    if ext in NO_ALPHA_EXTENSIONS:
-        alpha = None
-    if alpha is not None and alpha.shape[:2] != img.shape[:2]:
-        alpha = cv2.resize(alpha, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
-    if img.ndim == 3:
-        img = img[..., ::-1]
-    if alpha is not None:
-        img = np.dstack([np.dstack([img] * 3) if img.ndim == 2 else img, alpha])
-    if peak == 65535 and ext not in SIXTEEN_BIT_EXTENSIONS:
-        img = (img.astype(np.float64) / 257).round().astype(np.uint8)
-    return np.ascontiguousarray(img)
-
-
-def as_display(img, peak):
-    """8-bit 3-channel BGR view of an RGB/gray array (for the comparison strip)."""
-    img = (img.astype(np.float64) * (255 / peak)).round().astype(np.uint8)
-    return np.dstack([img] * 3) if img.ndim == 2 else img[..., ::-1]
-
-
-def find_gt(gt_dir, stem):
-    for name in sorted(os.listdir(gt_dir)):
-        root, ext = os.path.splitext(name)
-        if root == stem and ext.lower() in IMAGE_EXTENSIONS:
-            return os.path.join(gt_dir, name)
-    return None
-
-
-def compare_strip(panels):
-    """Panels (8-bit BGR) side by side, each resized (nearest) to the height of the tallest, 4 white pixels apart."""
-    import cv2
-    height = max(p.shape[0] for p in panels)
-    gap = np.full((height, 4, 3), 255, np.uint8)
-    row = []
-    for panel in panels:
-        if panel.shape[0] != height:
-            width = round(panel.shape[1] * height / panel.shape[0])
-            panel = cv2.resize(panel, (width, height), interpolation=cv2.INTER_NEAREST)
-        row += [panel, gap]
-    return np.concatenate(row[:-1], axis=1)
-
-
 # -------------------------------------------------------------------------------------------------------- main
 def build_parser():
     p = argparse.ArgumentParser(prog='spikerir-restore', description=__doc__,
@@ -344,9 +164,8 @@ def write_energy_csv(path, rows):
     atomic_write_text(path, buffer.getvalue())
 
 
-def main(argv=None):
-    parser = build_parser()
-    a = parser.parse_args(argv)
+def check_arguments(a, parser):
+    """Command-line mistakes, before anything is loaded."""
     if a.arch is None and a.arch_args:
         parser.error('--arch-args goes with --arch (with -opt the arguments come from network_g)')
     if a.gt and not a.compare:
@@ -357,24 +176,38 @@ def main(argv=None):
         parser.error(f'--tile must be > 0 and 0 <= --overlap < --tile (got tile {a.tile}, overlap {a.overlap})')
     if a.ext != 'same' and '.' + a.ext.lstrip('.').lower() not in IMAGE_EXTENSIONS:
         parser.error(f'--ext {a.ext!r}: choose one of {", ".join(e[1:] for e in IMAGE_EXTENSIONS)} or same')
+
+
+def energy_row(energy_net, path, img, x):
+    """One CSV row of spikerir-energy's counts for the network's input ``x`` of image ``path``."""
+    from spikerir_plugin.tools.energy_report import measure_energy
+    report = measure_energy(energy_net, inputs=x)
+    totals = report['totals']
+    return {'file': os.path.basename(path), 'height': img.shape[0], 'width': img.shape[1],
+            'synops': totals['synops'], 'macs': totals['macs'], 'energy_mJ': f"{totals['energy_mJ']:.6g}",
+            'mean_firing_rate': '' if totals['mean_firing_rate'] is None else f"{totals['mean_firing_rate']:.6g}",
+            'spiking': report['spiking']}
+
+
+def main(argv=None):
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    check_arguments(a, parser)
     device = resolve_device(a.device, a.bf16, parser)
 
-    import torch
     from tqdm import tqdm
     import spikerir_plugin  # noqa: F401  (registers the plugin archs)
-    from spikerir_plugin.models.tiled_inference import check_tile_opt, tiled_forward
-    from spikerir_plugin.utils import speed as fast
+    from spikerir_plugin.inference import check_tile_opt, keep_freed_memory
+    from spikerir_plugin.tools.image_io import as_display, collect_inputs, compare_strip, find_gt, load_image, \
+        to_file_layout
+    from spikerir_plugin.tools.restorer import Restorer, RestoreError, build_restore_network
     from spikerir_plugin.utils.atomic import atomic_imwrite
-    from spikerir_plugin.utils.cpu_memory import keep_freed_memory
-    from spikerir_plugin.utils.inference import inference_network
 
     if device.type == 'cpu':
-        keep_freed_memory()  # no fresh pages for every image's activations (utils/cpu_memory.py)
-
+        keep_freed_memory()  # no fresh pages for every image's activations (inference/cpu_memory.py)
     try:
         net_opt, ckpt, param_key, strict, option, tile_opt = network_spec(a)
         net = build_restore_network(net_opt, ckpt, param_key, strict, option, 'network_g' if a.opt else '--arch')
-        channels = input_channels(net, net_opt)
         tile = (a.tile, a.overlap) if a.tile is not None else check_tile_opt(tile_opt)
     except (OSError, KeyError, ValueError) as e:
         parser.exit(2, f'spikerir-restore: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}\n')
@@ -386,11 +219,8 @@ def main(argv=None):
         print(f'spikerir-restore: {spec}: {reason}', file=sys.stderr)
 
     energy_net = copy.deepcopy(net).cpu() if a.energy is not None else None
-    net = net.to(device)
-    speed = {'bf16': a.bf16}
-    fast.prepare_model(net, speed)
     try:
-        runner = inference_network(net, exact=not a.fast)
+        restorer = Restorer(net, device, exact=not a.fast, bf16=a.bf16, tile=tile, net_opt=net_opt)
     except ValueError as e:  # with --fast: a network without an inference copy (inference_network says which)
         if not a.fast:
             raise
@@ -398,11 +228,6 @@ def main(argv=None):
     out_dir = a.output
     energy_csv = None if a.energy is None else (a.energy or os.path.join(out_dir, 'energy.csv'))
     energy_rows, written = [], {}
-
-    def forward(x):
-        with torch.no_grad(), fast.autocast_context(device, speed):
-            x = x.to(device)
-            return (tiled_forward(runner, x, *tile) if tile else runner(x)).float().cpu()
 
     bar = tqdm(paths, desc='restore', unit='img', dynamic_ncols=True)
     for path in bar:
@@ -414,20 +239,9 @@ def main(argv=None):
             if target in written:
                 raise RestoreError(f'the output {target!r} is already taken by {written[target]!r} (same stem); '
                                    'restore them into different folders')
-            img, alpha, peak = read_image(path)
-            x, layout = to_batch(img, peak, channels)
-            try:
-                y = forward(x)
-            except torch.cuda.OutOfMemoryError:
-                torch.cuda.empty_cache()
-                raise RestoreError(f'out of GPU memory on a {img.shape[1]}x{img.shape[0]} image; use --tile '
-                                   '(e.g. --tile 512) or --bf16') from None
-            if y.shape[0] != x.shape[0] or y.shape[1] != x.shape[1]:
-                raise RestoreError(f'the network returned shape {tuple(y.shape)} for input {tuple(x.shape)}; '
-                                   'restore needs as many output as input channels')
-            restored = from_batch(y, layout, peak)
-            ext = os.path.splitext(target)[1].lower()
-            atomic_imwrite(target, to_file_layout(restored, alpha, peak, ext))
+            img, alpha, peak = load_image(path)
+            restored, x = restorer.restore(img, peak)
+            atomic_imwrite(target, to_file_layout(restored, alpha, peak, os.path.splitext(target)[1].lower()))
             written[target] = path
             if a.compare:
                 panels = [as_display(img, peak), as_display(restored, peak)]
@@ -435,18 +249,11 @@ def main(argv=None):
                 if a.gt and gt_path is None:
                     tqdm.write(f'spikerir-restore: {path}: no ground truth named {stem}.* in {a.gt}')
                 elif gt_path:
-                    gt, _, gt_peak = read_image(gt_path)
+                    gt, _, gt_peak = load_image(gt_path)
                     panels.append(as_display(gt, gt_peak))
                 atomic_imwrite(os.path.join(out_dir, 'compare', stem + a.suffix + '.png'), compare_strip(panels))
             if energy_net is not None:
-                from spikerir_plugin.tools.energy_report import measure_energy
-                report = measure_energy(energy_net, inputs=x)
-                totals = report['totals']
-                energy_rows.append({'file': os.path.basename(path), 'height': img.shape[0], 'width': img.shape[1],
-                                    'synops': totals['synops'], 'macs': totals['macs'],
-                                    'energy_mJ': f"{totals['energy_mJ']:.6g}",
-                                    'mean_firing_rate': '' if totals['mean_firing_rate'] is None
-                                    else f"{totals['mean_firing_rate']:.6g}", 'spiking': report['spiking']})
+                energy_rows.append(energy_row(energy_net, path, img, x))
                 write_energy_csv(energy_csv, energy_rows)
         except (RestoreError, OSError, ValueError, RuntimeError) as e:
             failures.append((path, str(e)))

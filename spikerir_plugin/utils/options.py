@@ -1,4 +1,5 @@
-"""The plugin's option keys in one place (what each does), their validation, and options for in-process runs.
+"""The plugin's option keys in one place (what each does), their validation, the one way from options to a network
+(``network_from_options``), and options for in-process runs.
 
 basicsr reads options with ``.get`` and ignores every key it does not know, so a misspelt plugin key
 (``train.hint_opts``) trains without hints and exits 0. ``check_option_keys`` rejects unknown keys in the sections
@@ -41,6 +42,9 @@ DISTILL_PATH_KEYS = {
 BASICSR_PATH_KEYS = ('resume_state', 'ignore_resume_networks', 'root', 'experiments_root', 'models',
                      'training_states', 'log', 'visualization', 'results_root')
 NETWORK_PATH_PREFIXES = ('pretrain_network_', 'param_key_', 'strict_load_')
+SPEED_KEYS = ('channels_last', 'bf16', 'compile', 'checkpoint', 'teacher_bf16', 'teacher_cuda_graph', 'cuda_graph')
+SPEED_BOOL_KEYS = ('channels_last', 'bf16', 'checkpoint', 'teacher_bf16', 'teacher_cuda_graph', 'cuda_graph')
+SPEED_COMPILE_KEYS = ('backend', 'mode', 'fullgraph', 'dynamic', 'options')  # torch.compile's arguments
 TILE_KEYS = {'size': 'tile side in pixels', 'overlap': 'overlap between tiles in pixels (default 0)'}
 # datasets: the keys basicsr's loader builder reads for any dataset, and those of the plugin's datasets
 BASICSR_DATASET_KEYS = ('name', 'type', 'phase', 'scale', 'io_backend', 'batch_size_per_gpu', 'num_worker_per_gpu',
@@ -104,7 +108,6 @@ def unknown_option_keys(opt, distill=False):
     if isinstance(tile, dict):
         problems += _unknown('val.tile', tile, list(TILE_KEYS))
     if isinstance(opt.get('speed'), dict):
-        from .speed import SPEED_KEYS
         problems += _unknown('speed', opt['speed'], list(SPEED_KEYS))
     for phase, dataset_opt in (opt.get('datasets') or {}).items():
         if isinstance(dataset_opt, dict) and dataset_opt.get('type') in PLUGIN_DATASET_KEYS:
@@ -120,6 +123,51 @@ def check_option_keys(opt, distill=False):
     if problems:
         raise OptionKeyError(f'unknown option key{"s" if len(problems) > 1 else ""} for {opt.get("model_type")}: '
                              f'{"; ".join(problems)}. basicsr would ignore them silently; fix or remove them')
+
+
+# ---------------------------------------------------------------------------------------------- networks
+DEFAULT_PARAM_KEY = 'params_ema'  # what validation reports; a file without it gives params (checkpoint.load_weights)
+
+
+def check_network_opt(net_opt, key):
+    """A clear error for a missing or unknown network ``type`` (basicsr's says only 'No object named ...')."""
+    from basicsr.utils.registry import ARCH_REGISTRY
+    if not isinstance(net_opt, dict) or 'type' not in net_opt:
+        raise ValueError(f'{key} must be a mapping with a `type` (a registered arch) and its arguments, '
+                         f'got {net_opt!r}')
+    net_type = net_opt['type']
+    if net_type not in ARCH_REGISTRY and f'{net_type}_basicsr' not in ARCH_REGISTRY:
+        names = ', '.join(sorted(ARCH_REGISTRY.keys()))
+        raise KeyError(f'{key}.type: unknown arch {net_type!r}; registered archs: {names}')
+
+
+def network_checkpoint(opt, which='g'):
+    """(checkpoint, param key, strict) of ``network_<which>`` from the options' ``path`` section: its
+    ``pretrain_network_<which>``, its ``param_key_<which>`` (``~``: a raw state dict; absent: DEFAULT_PARAM_KEY) and
+    ``strict_load_<which>`` (default true)."""
+    path_opt = opt.get('path') or {}
+    key = f'param_key_{which}'
+    return (path_opt.get(f'pretrain_network_{which}'), path_opt[key] if key in path_opt else DEFAULT_PARAM_KEY,
+            path_opt.get(f'strict_load_{which}', True))
+
+
+def network_from_options(net_opt, key='network_g', checkpoint=None, param_key=DEFAULT_PARAM_KEY, strict=True,
+                         which='g', option=None):
+    """The arch of ``net_opt`` (``key`` names it in errors) with the weights of ``checkpoint`` loaded through the
+    plugin's one checkpoint reader (``option`` names the file's option in errors; no checkpoint: the arch's own
+    initialisation). Built from the registry directly, so no basicsr log is written."""
+    from basicsr.utils.registry import ARCH_REGISTRY
+    from .checkpoint import load_weights
+    check_network_opt(net_opt, key)
+    name = net_opt['type'] if net_opt['type'] in ARCH_REGISTRY else f'{net_opt["type"]}_basicsr'
+    args = {k: v for k, v in net_opt.items() if k != 'type'}
+    try:
+        net = ARCH_REGISTRY.get(name)(**args)
+    except TypeError as error:
+        raise ValueError(f'{key}: {net_opt["type"]} cannot be built from {args} ({error})') from None
+    if checkpoint:
+        load_weights(net, checkpoint, param_key, strict, which=which, option=option, net_opt=net_opt)
+    return net
 
 
 def in_process_train_options(opt, workdir, device='cpu'):

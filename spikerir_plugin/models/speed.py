@@ -65,9 +65,10 @@ import torch
 from spikingjelly.activation_based import functional
 from spikingjelly.activation_based.neuron.base_node import BaseNode
 
-SPEED_KEYS = ('channels_last', 'bf16', 'compile', 'checkpoint', 'teacher_bf16', 'teacher_cuda_graph', 'cuda_graph')
-BOOL_KEYS = ('channels_last', 'bf16', 'checkpoint', 'teacher_bf16', 'teacher_cuda_graph', 'cuda_graph')
-COMPILE_KEYS = ('backend', 'mode', 'fullgraph', 'dynamic', 'options')
+from spikerir_plugin.utils.options import SPEED_BOOL_KEYS as BOOL_KEYS
+from spikerir_plugin.utils.options import SPEED_COMPILE_KEYS as COMPILE_KEYS
+from spikerir_plugin.utils.options import SPEED_KEYS
+
 FUSED_LIF_IMPLEMENTATIONS = ('cuda', 'triton')  # 'torch' on CUDA is a per-step loop; CPU is 'torch-reference'
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 _HOOK_FLAG = '_spikerir_fp32_input_hook'
@@ -231,7 +232,7 @@ def cuda_graph_step(step_fn, device, speed=None, model=None, warmup_steps=3):
 def check_fused_lif(device, execution='eager'):
     """(implementation dict, fused?) of the LIF neurons' multi-step loop on ``device``. On CUDA: spikingjelly's
     neuron_implementation('lif', device) dict; fused means its native or Triton kernel (fp32 neuron state only). On
-    the CPU: the plugin's fused loop (``archs/neuron_kernels.py``, fused True) unless ``spikingjelly_loops()`` is
+    the CPU: the plugin's fused loop (``ops/neuron_loops.py``, fused True) unless ``spikingjelly_loops()`` is
     active, then spikingjelly's per-step torch reference (fused False); spikingjelly's own choice is kept under the
     key ``spikingjelly``."""
     from spikerir_plugin.archs.neurons import fused_cpu_loops_active

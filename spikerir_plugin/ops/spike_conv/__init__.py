@@ -1,5 +1,5 @@
 """Spike-driven convolutions for the fast CPU inference copy (``exact=False``): spikes packed into bits by the
-neuron, convolutions as table look-ups (csrc/spike_conv.c explains the kernels).
+neuron, convolutions as table look-ups (src/spike_conv.c explains the kernels).
 
 Why our own kernel: oneDNN (PyTorch's CPU convolutions) has no binary-input convolution on x86, so a convolution
 that reads spikes multiplies every weight by 0 or 1 and reads 32 bits per spike. Here a neuron layer whose output
@@ -31,11 +31,11 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name('csrc') / 'spike_conv.c'
+SOURCE = Path(__file__).parent / 'src' / 'spike_conv.c'
 FLAGS = ['-O3', '-march=native', '-fPIC', '-shared', '-std=gnu11']  # -march=native: the cache key holds the CPU
 TABLE_BYTES_MAX = 320 * 1024  # per slice of output channels: larger tables leave the L2 cache and run slower
 # than oneDNN (benchmarks/README.md)
-SKEW = 16  # floats between the 256-row blocks of a table (see csrc/spike_conv.c)
+SKEW = 16  # floats between the 256-row blocks of a table (see src/spike_conv.c)
 
 _lock = threading.Lock()
 _library = None  # the loaded kernels, False once building failed
@@ -232,5 +232,5 @@ def table_conv(packed, spike_table, stride, padding):
     return out.permute(0, 3, 1, 2).unflatten(0, (t, b))
 
 
-if __name__ == '__main__':  # python -m spikerir_plugin.archs.spike_conv: build (or find) the kernels and say where
+if __name__ == '__main__':  # python -m spikerir_plugin.ops.spike_conv: build (or find) the kernels and say where
     print('spike-driven convolution kernels:', 'available' if kernels() else 'unavailable', file=sys.stderr)

@@ -1,57 +1,14 @@
-"""Inference copies of the spiking archs (SpikerIR, ESDNet, SPIDEN): ``arch.for_inference()``.
-
-The copy is the same arch (same class, same forward code, same module names) with its layers swapped for inference
-layers and its weights frozen (``requires_grad=False``):
-- spiking neurons -> ``InferenceNeuron``: the fused no-grad loop of ``neuron_kernels.py`` on the CPU (no autograd,
-  no surrogate function, spikes written into one preallocated output; optionally compiled with torch.compile),
-  spikingjelly's fused kernels on CUDA;
-- multi-step convs and batch norms (tdBN, BN) -> plain 4-D calls on [T*B, C, H, W] without spikingjelly's wrappers;
-- each spiking residual block -> ``InferenceResidualBlock``: the same convs and norms, then the attention
-  (``InferenceAttention``) and the block's residual applied in the block output's own storage: one plane
-  mean/max pass for the temporal and channel gates, max reductions without indices, gates, ReLU and residual
-  in place, no copies of the feature map;
-- where a layer's input is a fresh tensor that nothing else reads (a batch norm after its convolution, a neuron
-  after its batch norm, inside one Sequential) the layer writes its output over its input: fewer large
-  allocations, each of which costs page faults on the CPU;
-- the image convolution's output is seen T times through a stride-0 view instead of being copied T times.
-
-Numerics. By default (``exact=True``) every convolution, batch norm, reduction and transcendental op is the same
-ATen call on the same shapes and strides as in the arch's eval forward, and every other step is exact
-(neuron_kernels.py explains why), so outputs equal the arch in eval bit for bit on the same machine and thread count
-(checked on real photos in tests/test_inference.py), and so are the spikes, firing rates and op counts
-(``spikerir-energy`` measures this copy).
-
-``exact=False`` trades that for speed: every tdBN/BN is folded into the preceding convolution's weights and bias
-(one pass less per layer), the convolutions run channels-last (NHWC: oneDNN's faster path for these small channel
-counts, no layout conversions), and on the CPU the convolutions that read spikes are spike-driven
-(``spike_conv.py``): inside a Sequential, a LIF/IF neuron whose next layer is such a convolution writes its spikes
-as bits, and the convolution adds table rows of summed weights instead of multiplying (``build_inference_network(
-..., spike_tables=False)`` keeps oneDNN's dense convolutions). These convolutions round differently from the
-arch's; a membrane potential that lands within rounding of the threshold can then fire in one and not in the
-other, and the flipped spike changes the output locally. Measured figures are in benchmarks/README.md
-("Inference"): the output is the same to ~1e-6 except at the pixels near a flipped spike, where it differs by up
-to a few 1e-2.
-
-``compile=True`` (with either setting of ``exact``) runs the neuron loops and each attention's gate/ReLU/residual
-tail through torch.compile: one fused kernel per neuron layer for all T steps, one pass instead of three for the
-tail. The compiled kernels do the same IEEE operations in the same order, so the exact copy's outputs are the same
-bits as without compile (checked in tests/test_inference.py); LIF neurons with a tau other than 2 keep the eager
-loop. With ``exact=False`` the attention's spatial statistics are compiled too (``InferenceAttention``): a
-compiled reduction may sum in another order, so that copy may differ from the eager fast copy in the last bits.
-The first call compiles (kernels generic in the image size); on the CPU it needs a C++ compiler.
+"""The layers of the inference copies (``convert.py`` swaps them in): neurons, convolutions, batch norms, the
+attention and the spiking residual block for inference. Why each is exact, or how the fast ones differ: convert.py.
 """
-import copy
-import types
-import weakref
-
 import torch
 import torch.nn.functional as F
-from spikingjelly.activation_based import functional, layer
+from spikingjelly.activation_based import functional
 from torch import nn
 
-from spikerir_plugin.archs import spike_conv
-from spikerir_plugin.archs.neuron_kernels import (compiled_for, compiled_multi_step_spikes, multi_step_spikes,
-                                                    neuron_spec)
+from spikerir_plugin.archs.spiking_blocks import residual_with_spikes, temporal_channel_weight
+from spikerir_plugin.ops import spike_conv
+from spikerir_plugin.ops.neuron_loops import compiled_for, compiled_multi_step_spikes, multi_step_spikes, neuron_spec
 
 
 def _frozen(t):
@@ -145,7 +102,7 @@ class InferenceConv2d(nn.Conv2d):
         return new
 
     def attach_spike_table(self):
-        """Let this convolution read PackedSpikes (spike_conv.py): the tables of its folded weights (CPU only)."""
+        """Let this convolution read PackedSpikes (ops/spike_conv): the tables of its folded weights (CPU only)."""
         self.spike_table = spike_conv.SpikeTable(self.weight, self.bias)
 
     def forward(self, x):
@@ -231,14 +188,7 @@ class InferenceAttention(nn.Module):
             return None
         # the training module's reductions on NCHW (same calls, same bits); see _nhwc_* for channels-last
         plane_mean, plane_max = _nhwc_plane_stats(y) if nhwc else (y.mean((3, 4)), y.amax((3, 4)))
-        weight = None
-        if self.ta is not None:
-            gate_t = self.ta(plane_mean.mean(2).t(), plane_max.amax(2).t()).t()[:, :, None]
-            plane_mean, plane_max, weight = plane_mean * gate_t, plane_max * gate_t, gate_t
-        if self.ca is not None:
-            gate_c = self.ca(plane_mean.mean(0), plane_max.amax(0))[None]
-            weight = gate_c if weight is None else weight * gate_c
-        return weight[..., None, None]
+        return temporal_channel_weight(self.ta, self.ca, plane_mean, plane_max)[..., None, None]
 
 
 def _gated_pixel_stats(y, gate):
@@ -303,10 +253,7 @@ class InferenceResidualBlock(nn.Module):
                 first_neuron.pack = False
 
     def forward(self, x):
-        first_neuron, *rest = self.residual
-        spikes = y = first_neuron(x)
-        for module in rest:
-            y = module(y)
+        spikes, y = residual_with_spikes(self.residual, x)
         shortcut = self.shortcut(spikes if self.spike_shortcut else x)
         if isinstance(self.attn, InferenceAttention):  # it adds the shortcut first, in y's storage
             return self.attn(y, x, addend=shortcut)
@@ -314,166 +261,3 @@ class InferenceResidualBlock(nn.Module):
         if isinstance(self.attn, nn.Identity):
             return y.add_(x)
         return self.attn(y) + x
-
-
-# ---------------------------------------------------------------------------------------------------- conversion
-def _is_norm(m):
-    return isinstance(m, nn.modules.batchnorm._BatchNorm)
-
-
-def _is_plain_conv(m):
-    return type(m) in (layer.Conv2d, nn.Conv2d) and m.padding_mode == 'zeros'
-
-
-def _foldable(conv, norm):
-    return _is_plain_conv(conv) and _is_norm(norm) and norm.track_running_stats and norm.running_mean is not None
-
-
-class _Converter:
-    """Maps a module of a (deep-copied) arch to its inference counterpart; containers are converted in place."""
-
-    def __init__(self, exact, compiled, spike_tables=False):
-        self.exact, self.compiled, self.spike_tables = exact, compiled, spike_tables
-
-    def __call__(self, module):
-        from spikingjelly.activation_based.neuron import BaseNode
-        from spikerir_plugin.archs.spiking_blocks import FastMultiDimensionalAttention, SpikingResidualBlock
-        if isinstance(module, BaseNode):
-            return InferenceNeuron(module, self.compiled, self.exact) if neuron_spec(module) else module
-        if isinstance(module, SpikingResidualBlock):
-            return InferenceResidualBlock(module, self)
-        if isinstance(module, FastMultiDimensionalAttention):
-            return InferenceAttention(module, self.compiled, self.exact)
-        if _is_plain_conv(module):
-            return InferenceConv2d.from_conv(module, channels_last=not self.exact)
-        if type(module) in (nn.BatchNorm2d, layer.BatchNorm2d, layer.ThresholdDependentBatchNorm2d) and \
-                module.track_running_stats and module.running_mean is not None:
-            return InferenceBatchNorm(module)
-        if isinstance(module, nn.Sequential):
-            return self._sequential(module)
-        # any other module (U-Net stages, up/down sampling, heads): same forward, children converted
-        for name, child in list(module._modules.items()):
-            if child is not None:
-                module._modules[name] = self(child)
-        return module
-
-    def _sequential(self, seq):
-        """Children converted; with exact=False each (conv, batch norm) pair becomes (folded conv, Identity)."""
-        names = list(seq._modules)
-        i = 0
-        while i < len(names):
-            child = seq._modules[names[i]]
-            norm = seq._modules[names[i + 1]] if i + 1 < len(names) else None
-            if not self.exact and _foldable(child, norm):
-                seq._modules[names[i]] = InferenceConv2d.from_conv(child, norm, channels_last=True)
-                seq._modules[names[i + 1]] = nn.Identity()
-                i += 2
-            else:
-                seq._modules[names[i]] = self(child)
-                i += 1
-        _mark_inplace(seq)
-        if self.spike_tables:
-            _attach_spike_tables(seq)
-        return seq
-
-
-def _mark_inplace(seq):
-    """Inside a Sequential a layer's output goes to the next layer alone: a batch norm right after a convolution
-    and a neuron right after a batch norm or convolution (Identity placeholders skipped) may overwrite their input.
-    The first layer never does (its input may be read elsewhere, e.g. by the block's residual)."""
-    previous = None
-    for module in seq:
-        if isinstance(module, nn.Identity):
-            continue
-        if isinstance(module, InferenceBatchNorm) and isinstance(previous, InferenceConv2d):
-            module.inplace = True
-        if isinstance(module, InferenceNeuron) and isinstance(previous, (InferenceConv2d, InferenceBatchNorm)):
-            module.inplace = True
-        previous = module
-
-
-def _attach_spike_tables(seq):
-    """Inside a Sequential a neuron's spikes go to the next layer alone: where that is a convolution that can run
-    on packed spikes (spike_conv.table_eligible), the neuron writes bits and the convolution reads them."""
-    layers = [m for m in seq if not isinstance(m, nn.Identity)]
-    for neuron, conv in zip(layers, layers[1:]):
-        if isinstance(neuron, InferenceNeuron) and isinstance(conv, InferenceConv2d) and \
-                spike_conv.packable(neuron.spec) and spike_conv.table_eligible(conv):
-            conv.attach_spike_table()
-            neuron.pack = True
-
-
-def _expanded_encode(self, x):
-    """SpikingUNet.encode without materialising the T copies: the image conv's output seen T times (a view with
-    stride 0 over T; the blocks only read it), each step contiguous as in the repeated tensor."""
-    embedded = self.patch_embed(x.unsqueeze(0)).contiguous()
-    return embedded.expand(self.T, *embedded.shape[1:])
-
-
-def _expanded_encode_any_layout(self, x):
-    """As _expanded_encode, keeping the conv's output layout (channels-last with exact=False)."""
-    embedded = self.patch_embed(x.unsqueeze(0))
-    return embedded.expand(self.T, *embedded.shape[1:])
-
-
-_HOOK_DICTS = ('_forward_hooks', '_forward_pre_hooks', '_backward_hooks', '_backward_pre_hooks',
-               '_forward_hooks_with_kwargs', '_forward_pre_hooks_with_kwargs', '_forward_hooks_always_called')
-
-
-def build_inference_network(net, exact=True, compile=False, spike_tables=True):
-    """A frozen inference copy of a spiking arch (see the module docstring); ``net`` itself is left untouched.
-    The copy carries no hooks of ``net``. ``spike_tables=False`` keeps dense convolutions with exact=False."""
-    use_tables = (spike_tables and not exact and _on_cpu(net) and spike_conv.kernels() is not None)
-    fast = _Converter(exact, compile, use_tables)(copy.deepcopy(net))
-    for module in fast.modules():
-        for name in _HOOK_DICTS:
-            hooks = getattr(module, name, None)
-            if hooks:
-                hooks.clear()
-    for p in fast.parameters():
-        p.requires_grad_(False)
-    if hasattr(fast, 'encode') and hasattr(fast, 'patch_embed'):  # a SpikingUNet: no T copies of the embedding
-        fast.encode = types.MethodType(_expanded_encode if exact else _expanded_encode_any_layout, fast)
-    fast.eval()
-    fast._inference_copy = True  # for_inference() on the copy returns the copy itself
-    return fast
-
-
-def _on_cpu(net):
-    return all(p.device.type == 'cpu' for p in net.parameters())
-
-
-def _fingerprint(net):
-    """Storage and in-place version of every parameter and buffer: changes with optimizer steps, load_state_dict,
-    EMA updates, running-statistics updates and device/dtype moves."""
-    return tuple((t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape))
-                 for t in (*net.parameters(), *net.buffers()))
-
-
-_CACHE = weakref.WeakKeyDictionary()  # arch -> (fingerprint and options, inference copy)
-
-
-class InferenceMixin:
-    """``for_inference()`` on the spiking archs (cached per arch, rebuilt when its weights changed)."""
-
-    def for_inference(self, exact=True, compile=False):
-        """A frozen copy of this network for inference, to call under ``torch.no_grad()``: outputs equal this
-        network in eval mode bit for bit (``exact=False``: faster, up to rare threshold flips; see
-        ``fast_inference.py``).
-
-        Contract: the copy is a snapshot of the weights and batch-norm statistics when it is built, on their device
-        and dtype; this network is not modified (nor its train/eval mode). The copy is cached and returned again
-        while every parameter and buffer keeps its storage and in-place version; after an optimizer step, an EMA
-        update, a training forward (batch-norm statistics), ``load_state_dict`` or a device/dtype move, the next
-        call builds a fresh copy. A copy kept by the caller is never updated: call ``for_inference()`` again after
-        training. In-place edits of hyper-parameters (thresholds, swapped submodules) are not tracked: use
-        ``build_inference_network`` for a fresh copy."""
-        if getattr(self, '_inference_copy', False):
-            return self
-        key = (_fingerprint(self), bool(exact), bool(compile))
-        cached = _CACHE.get(self)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        fast = build_inference_network(self, exact=exact, compile=compile)
-        _CACHE[self] = (key, fast)
-        return fast

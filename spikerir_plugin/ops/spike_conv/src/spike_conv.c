@@ -16,7 +16,7 @@
  * Both work on a range of rows [begin, end), split over `threads` OpenMP threads when built with -fopenmp: in a
  * PyTorch process that is PyTorch's own OpenMP runtime (same SONAME, already loaded), so these kernels and
  * PyTorch's operators share one thread pool instead of competing for the cores. Built and loaded by
- * spike_conv.py; the arithmetic of the neurons is that of neuron_kernels.py (no fast-math).
+ * ops/spike_conv/__init__.py; the arithmetic of the neurons is that of ops/neuron_loops.py (no fast-math).
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -47,13 +47,13 @@ static void pack_rows(const float *x, int64_t st, int64_t sb, int64_t sc, int64_
                     const v8f threshold = {v_th, v_th, v_th, v_th, v_th, v_th, v_th, v_th};
                     for (int64_t t = 0; t < T; ++t) {
                         const v8f input = *(const v8f *)(src + t * st);
-                        /* the same charge as neuron_kernels.py: x + v / 2 (an exact halving) or x + v */
+                        /* the same charge as ops/neuron_loops.py: x + v / 2 (an exact halving) or x + v */
                         const v8f charged = leaky ? input + v * 0.5f : input + v;
                         const v8i fire = charged >= threshold;  /* -1 where it fires */
                         unsigned bits = 0;
                         UNROLL for (int k = 0; k < 8; ++k) bits |= (unsigned)(fire[k] & 1) << k;
                         dst[t * plane] = (uint8_t)bits;
-                        /* hard reset as neuron_kernels.py: h - h where it fired (0, or NaN for an infinite h) */
+                        /* hard reset as ops/neuron_loops.py: h - h where it fired (0, or NaN for an infinite h) */
                         v = charged - (v8f)((v8i)charged & fire);
                     }
                 } else {
