@@ -1,6 +1,8 @@
-"""The README's first command, `spikerir-demo`, end to end on CPU with a few iterations per stage."""
+"""The README's first command, `spikerir-demo`, end to end on CPU with a few iterations per stage; and the README's
+two fresh-machine commands (its block marked `<!-- test: fresh-machine -->`) against the programs they name."""
 import glob
 import json
+import os
 import re
 import subprocess
 
@@ -8,7 +10,19 @@ import cv2
 import numpy as np
 import yaml
 
-from conftest import PYTHON, subprocess_env
+from conftest import PYTHON, REPO_ROOT, subprocess_env
+from doc_blocks import block_commands, marked_blocks
+
+
+def test_readme_fresh_machine_commands_are_the_demo_and_what_ci_runs():
+    demo, tests = block_commands(marked_blocks('README.md', 'fresh-machine', 'bash')[0])
+    assert demo == 'bash install.sh && .venv/bin/spikerir-demo'
+    assert tests == 'bash install.sh && .venv/bin/python -m pytest -q tests'
+    setup = open(os.path.join(REPO_ROOT, 'setup.py')).read()
+    assert re.search(r"'spikerir-demo=[\w.]+:main'", setup)  # the program the demo command runs
+    ci = [line.strip() for line in open(os.path.join(REPO_ROOT, '.ci', 'run')).read().splitlines()]
+    assert 'bash install.sh' in ci and '.venv/bin/python -m pytest -q tests' in ci  # .ci/run: the same two steps
+    assert os.path.isfile(os.path.join(REPO_ROOT, 'install.sh'))
 
 
 def test_demo_trains_teacher_distills_student_and_reports(tmp_path):

@@ -1,9 +1,10 @@
-"""The README's "Distil your own teacher" guide, run command by command on tiny networks and images, and the quiet
-console of the plugin's training/test entry points.
+"""The "Distil your own teacher" guide (docs/distillation.md), run command by command on tiny networks and images,
+and the quiet console of the plugin's training/test entry points.
 
-The commands and YAML edits are read from the README itself. Only sizes change, as in test_options.py: the teacher
-is a tiny NAFNet (its checkpoint saved here in BasicSR's layout), the student SpikerIR with T=2, 4 iterations, one
-torchrun worker on the CPU (--standalone picks a free port), a 64x64 energy input."""
+The commands and YAML edits are the guide's blocks marked `<!-- test: distil-guide -->`, read from the file itself
+(tests/doc_blocks.py). Only sizes change, as in test_options.py: the teacher is a tiny NAFNet (its checkpoint saved
+here in BasicSR's layout), the student SpikerIR with T=2, 4 iterations, one torchrun worker on the CPU (--standalone
+picks a free port), a 64x64 energy input."""
 import copy
 import logging
 import os
@@ -22,6 +23,7 @@ import yaml
 from basicsr.archs import build_network
 
 from conftest import PYTHON, REPO_ROOT, subprocess_env
+from doc_blocks import block_commands, marked_blocks
 
 TEACHER = {'width': 8, 'middle_blk_num': 1, 'enc_blk_nums': [1, 1, 1], 'dec_blk_nums': [1, 1, 1]}
 STUDENT = {'T': 2, 'reduction_t': 2}
@@ -30,23 +32,16 @@ PROGRAMS = ['spikerir-restore', 'cp', 'cp', 'cp', 'spikerir-train', 'spikerir-tr
             'spikerir-restore', 'spikerir-energy']
 
 
-def guide_section():
-    text = open(os.path.join(REPO_ROOT, 'README.md'), encoding='utf-8').read()
-    start = text.index('## Distil your own teacher')
-    return text[start:text.index('\n## ', start + 1)]
+GUIDE = 'docs/distillation.md'
 
 
 def guide_commands():
-    commands = []
-    for block in re.findall(r'```bash\n(.*?)```', guide_section(), re.S):
-        for line in block.replace('\\\n', ' ').splitlines():
-            if line.strip() and not line.lstrip().startswith('#'):
-                commands.append(shlex.split(line))
-    return commands
+    blocks = marked_blocks(GUIDE, 'distil-guide', 'bash')
+    return [shlex.split(line) for block in blocks for line in block_commands(block)]
 
 
 def guide_yaml():
-    return [yaml.safe_load(block) for block in re.findall(r'```yaml\n(.*?)```', guide_section(), re.S)]
+    return [yaml.safe_load(block) for block in marked_blocks(GUIDE, 'distil-guide', 'yaml')]
 
 
 def console_scripts():
@@ -55,7 +50,7 @@ def console_scripts():
 
 
 def merge(base, edits):
-    """The README's edits: nested keys set one by one, except network_t which replaces the whole section."""
+    """The guide's edits: nested keys set one by one, except network_t which replaces the whole section."""
     for key, value in edits.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict) and key != 'network_t':
             merge(base[key], value)

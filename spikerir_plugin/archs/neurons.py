@@ -110,3 +110,49 @@ class RateActivation(nn.Module):
 
     def extra_repr(self):
         return f'v_threshold={self.v_threshold}'
+
+
+class _QuantizeLevels(torch.autograd.Function):
+    """round(clamp(v, 0, L)) / L; backward: the gradient / L where 0 <= v <= L, 0 elsewhere (straight through)."""
+
+    @staticmethod
+    def forward(ctx, v, levels):
+        ctx.save_for_backward(v)
+        ctx.levels = levels
+        return torch.round(torch.clamp(v, 0, levels)) / levels
+
+    @staticmethod
+    def backward(ctx, grad):
+        v, = ctx.saved_tensors
+        inside = (v >= 0) & (v <= ctx.levels)
+        return grad * inside / ctx.levels, None
+
+
+class MultiLevelSpikeNode(nn.Module):
+    """Multi-level ("integer") spiking neuron on multi-step input [T, ...]: each step emits k / levels, k in
+    0..levels (VLIF's ``MultiSpike4`` with ``mem_update``, levels = 4, decay = 0.25).
+
+    v_0 = x_0; v_t = (v_{t-1} - s_{t-1}) * decay + x_t (the reset subtracts the emitted value, not part of the
+    gradient); s_t = round(clamp(v_t, 0, levels)) / levels, with a straight-through gradient scaled by 1 / levels
+    inside [0, levels]. A plain module with no state between calls: every call starts at rest, like the stateless
+    LIF/IF nodes above. ``levels`` tells the energy report how to count its spikes (k unit spikes; see
+    tools/energy_report.py) and which level occupancy to show.
+    """
+
+    def __init__(self, levels=4, decay=0.25):
+        super().__init__()
+        if not isinstance(levels, int) or levels < 1:
+            raise ValueError(f'levels must be a positive int, got {levels!r}')
+        self.levels, self.decay = levels, float(decay)
+
+    def extra_repr(self):
+        return f'levels={self.levels}, decay={self.decay}'
+
+    def forward(self, x_seq):
+        out = torch.empty_like(x_seq)
+        v = spike = None
+        for t in range(x_seq.shape[0]):
+            v = x_seq[t] if t == 0 else (v - spike.detach()) * self.decay + x_seq[t]
+            spike = _QuantizeLevels.apply(v, self.levels)
+            out[t] = spike
+        return out

@@ -33,6 +33,11 @@ other, and the flipped spike changes the output locally. Measured figures are in
 ("Inference"): the output is the same to ~1e-6 except at the pixels near a flipped spike, where it differs by up
 to a few 1e-2.
 
+Multi-level spikes (``neurons.MultiLevelSpikeNode``, VLIF's k/4 spikes) have no fast path: in both copies those
+neurons run as in the arch (under no_grad) and the layers reading their float spikes stay dense convolutions
+(spike tables pack binary spikes only), so exact=False speeds up only the rest of such a net (its LIF neurons,
+folded batch norms, channels-last convolutions); exact=True equals eval mode bit for bit as for the other archs.
+
 ``compile=True`` (with either setting of ``exact``) runs the neuron loops and each attention's gate/ReLU/residual
 tail through torch.compile: one fused kernel per neuron layer for all T steps, one pass instead of three for the
 tail. The compiled kernels do the same IEEE operations in the same order, so the exact copy's outputs are the same

@@ -12,6 +12,11 @@ Convention (printed with every report):
   measured count.
   A layer whose input is all zeros (possible in untrained nets) cannot be told apart from a silent spike layer;
   it costs 0 and is listed with kind 'silent'.
+  Multi-level spikes (k / L, k = 0..L: neurons.MultiLevelSpikeNode, e.g. VLIF's L = 4): hardware model "k
+  accumulates" - a level-k spike is k unit spikes (the 1/L is folded into the weights), so a layer reading such
+  spikes costs k SynOps per weight each spike reaches, not a MAC; their firing rate is the mean k / L and the
+  report lists each level's occupancy (share of neuron outputs at k = 0..L). A conv input is recognised as multi-
+  level by its values (all k / L, not all 0 / 1); one holding only 0 and 1 counts as binary spikes.
 Firing rates come from forward hooks in a separate pass (hooks running inside the counting mode would be counted).
 Counts are for one forward pass of the whole batch; energies are also given per image.
 Both passes run the network's inference copy (``spikerir_plugin.inference``: fused neuron loops, frozen layers with the
@@ -43,8 +48,40 @@ def _is_binary(t):
 
 def _spiking_neuron_types():
     from spikingjelly.activation_based.neuron import BaseNode
+    from spikerir_plugin.archs.neurons import MultiLevelSpikeNode
     from spikerir_plugin.inference.layers import InferenceNeuron
-    return (BaseNode, InferenceNeuron)
+    return (BaseNode, InferenceNeuron, MultiLevelSpikeNode)
+
+
+def _spike_levels(t, levels):
+    """L if every value of t is k / L for an integer k in 0..L (some L of ``levels``), else None. A tensor of only
+    0 and 1 counts as binary spikes (one accumulate each), never as multi-level ones."""
+    if t.dtype == torch.bool or not t.is_floating_point() or _is_binary(t):
+        return None
+    for n in levels:
+        k = t.double() * n
+        if bool(((k - k.round()).abs() < 1e-6).all() and (k >= 0).all() and (k <= n + 1e-6).all()):
+            return n
+    return None
+
+
+def _multi_level_rules(levels, syn_rule, mac_rule):
+    """Convolution rules for SynOp and MAC counters under the "k accumulates" model (module docstring): an input of
+    multi-level spikes k / L costs sum over spikes of k x (weights reached) SynOps and no MAC."""
+    def synops(args, kwargs, out):
+        x, w = args[0], args[1]
+        n = _spike_levels(x, levels) if levels else None
+        if n is None:
+            return syn_rule(args, kwargs, out)
+        outside_counter = torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(torch._C.DispatchKey.Python))
+        with torch.no_grad(), outside_counter:  # k per input element times the weights it reaches, summed
+            reached = torch.ops.aten.convolution.default((x.double() * n).round(),
+                                                         torch.ones_like(w, dtype=torch.float64), None, *args[3:9])
+        return int(reached.sum().item())
+
+    def macs(args, kwargs, out):
+        return 0 if levels and _spike_levels(args[0], levels) is not None else mac_rule(args, kwargs, out)
+    return synops, macs
 
 
 # ---------------------------------------------------------------------------------------------- dense MAC rules
@@ -73,7 +110,7 @@ def _dense_baddbmm(args, kwargs, out):
     return _dense_bmm(args[1:], kwargs, out)
 
 
-def _make_counters(spiking):
+def _make_counters(spiking, levels=()):
     from spikingjelly.activation_based.op_counter import MACCounter, SynOpCounter
     aten = torch.ops.aten
     mac = MACCounter()
@@ -83,7 +120,11 @@ def _make_counters(spiking):
                           aten.addmm.default: _dense_addmm, aten.bmm.default: _dense_bmm,
                           aten.baddbmm.default: _dense_baddbmm})
         return None, mac
-    return SynOpCounter(), mac
+    syn = SynOpCounter()
+    if levels:
+        conv = aten.convolution.default
+        syn.rules[conv], mac.rules[conv] = _multi_level_rules(levels, syn.rules[conv], mac.rules[conv])
+    return syn, mac
 
 
 # ------------------------------------------------------------------------------------------------------- inputs
@@ -115,10 +156,12 @@ def make_input(size=256, batch=1, image=None, sigma=0.0, seed=0, channels=3):
 
 
 # ------------------------------------------------------------------------------------------------------ measuring
-def _hook_pass(net, x, neuron_types):
-    """Forward with hooks: spiking-neuron output rates, weight-layer input statistics, module call order."""
+def _hook_pass(net, x, neuron_types, occupancy=None):
+    """Forward with hooks: spiking-neuron output rates, weight-layer input statistics, module call order; the
+    level counts (k = 0..L) of multi-level neurons go into ``occupancy``."""
     names = {m: n for n, m in net.named_modules()}
     order, neurons, layers, handles = {}, {}, {}, []
+    occupancy = {} if occupancy is None else occupancy
 
     def pre_hook(m, _inp):
         order.setdefault(names[m], len(order))
@@ -127,6 +170,11 @@ def _hook_pass(net, x, neuron_types):
         s = neurons.setdefault(names[m], [0.0, 0])
         s[0] += float(out.detach().double().sum())
         s[1] += out.numel()
+        n = getattr(m, 'levels', None)
+        if isinstance(n, int) and n > 1:
+            k = (out.detach().double() * n).round().clamp(0, n).long().flatten()
+            counts = torch.bincount(k, minlength=n + 1).tolist()
+            occupancy[names[m]] = [a + b for a, b in zip(occupancy.get(names[m], [0] * (n + 1)), counts)]
 
     def layer_hook(m, inp, _out):
         t = inp[0].detach()
@@ -188,9 +236,12 @@ def measure_energy(net, input_shape=(1, 3, 256, 256), inputs=None, e_mac=E_MAC_P
     neuron_types = _spiking_neuron_types()
     spiking = any(isinstance(m, neuron_types) for m in runner.modules())
     with torch.no_grad():
-        order, neurons, layers = _hook_pass(runner, x, neuron_types)
+        occupancy = {}
+        order, neurons, layers = _hook_pass(runner, x, neuron_types, occupancy)
         check_stateless(runner)  # the counting pass below must see the same input-only forward
-        syn, mac = _make_counters(spiking)
+        levels = sorted({m.levels for m in runner.modules() if isinstance(m, neuron_types)
+                         and isinstance(getattr(m, 'levels', None), int) and m.levels > 1})
+        syn, mac = _make_counters(spiking, levels)
         with DispatchCounterMode([c for c in (syn, mac) if c is not None]):
             runner(x)
     own_syn, own_mac = _self_counts(runner, syn), _self_counts(runner, mac)
@@ -230,17 +281,23 @@ def measure_energy(net, input_shape=(1, 3, 256, 256), inputs=None, e_mac=E_MAC_P
         'params': sum(p.numel() for p in net.parameters()),
         'layers': rows,
         'neurons': {n: v[0] / v[1] for n, v in sorted(neurons.items(), key=lambda kv: order.get(kv[0], 0))},
+        'neuron_levels': {n: [c / sum(v) for c in v] for n, v in sorted(occupancy.items(),
+                                                                         key=lambda kv: order.get(kv[0], 0))},
         'first_layer': {'name': first['name'] if first else None, 'image_passes': first_passes},
         'totals': {'synops': int(total_syn), 'macs': int(total_mac), 'mean_firing_rate': spikes / elems if elems
                    else None, 'energy_mJ': energy_mj, 'energy_mJ_per_image': energy_mj / x.shape[0]},
         'convention': {'e_mac_pJ': e_mac, 'e_ac_pJ': e_ac, 'formula': 'E = e_mac*MAC + e_ac*SynOp',
-                       'text': convention_text(first['name'] if first else None, first_passes, spiking)},
+                       'text': convention_text(first['name'] if first else None, first_passes, spiking, levels)},
     }
 
 
-def convention_text(first_name, passes, spiking):
+def convention_text(first_name, passes, spiking, levels=()):
     lines = [f'E = e_mac*MAC + e_ac*SynOp; SynOps are exact spike-driven accumulations (spikingjelly SynOpCounter), '
              'MACs are conv/linear/matmul with non-binary operands (BN assumed folded, element-wise ops not counted).']
+    if levels:
+        lines.append(f'Multi-level spikes k/L (L = {", ".join(map(str, levels))}) are counted as k accumulates: '
+                     'a conv reading them costs k SynOps per weight each spike reaches (k unit spikes, 1/L folded '
+                     'into the weights); their firing rate is the mean k/L.')
     if first_name is not None:
         times = f'{passes:g} time' + ('' if passes == 1 else 's')
         how = (f'processes the input image {times} per forward pass and is counted {times} (SpikerIR/ESDNet run it '
@@ -271,6 +328,9 @@ def format_report(student, teacher=None, title=''):
                    f"energy {t['energy_mJ']:.4f} mJ ({t['energy_mJ_per_image']:.4f} mJ/image)")
         if r['neurons']:
             out.append('firing rates: ' + ', '.join(f'{n}={v:.4f}' for n, v in r['neurons'].items()))
+        if r.get('neuron_levels'):
+            out.append('level occupancy of the multi-level neurons (share of outputs at k = 0..L): ' + ', '.join(
+                f"{n}=[{' '.join(f'{p:.3f}' for p in v)}]" for n, v in r['neuron_levels'].items()))
         out.append('')
     if teacher is not None:
         out.append(f'energy ratio teacher/student: {energy_ratio(student, teacher):.2f}')
