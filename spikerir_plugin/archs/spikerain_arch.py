@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
-from spikerir_plugin.archs.padding import pad_to_multiple
+from spikerir_plugin.archs.arch_util import pad_to_multiple
 from spikerir_plugin.archs.spiking_blocks import check_block_counts, check_choice, conv, make_neuron
 
 # The official SpikeRainFactory variants; 'M' is the one its train.py and test.py use (the published model).

@@ -36,7 +36,7 @@ from spikingjelly.activation_based import layer
 from torch import nn
 
 from spikerir_plugin.archs.neurons import MultiLevelSpikeNode
-from spikerir_plugin.archs.padding import pad_to_multiple
+from spikerir_plugin.archs.arch_util import pad_to_multiple
 from spikerir_plugin.archs.spiking_blocks import (V_TH, FastMultiDimensionalAttention, _PooledGate, _SpatialGate,
                                                   check_attention_sizes, check_block_counts, conv, make_neuron,
                                                   tdbn)
