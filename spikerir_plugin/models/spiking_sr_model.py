@@ -5,6 +5,9 @@ Built through SRModel's own ``__init__`` (network, DDP, pretrained weights, trai
     train.optim_g.type     Adam | AdamW | SGD (basicsr 1.4.2 knows only Adam)
     train.scheduler.type   basicsr's MultiStepLR / CosineAnnealingRestartLR, or CosineAnnealingLR (T_max, eta_min)
     train.fft_opt          a frequency-domain loss (FFTLoss) next to pixel_opt / perceptual_opt
+    train.energy_opt       a spike-energy penalty or budget (losses/energy_loss.py SynOpsLoss) on the training
+                           forward's own spikes, optional ``schedule`` of its weight (kd_schedule.py forms); logged as
+                           l_energy with the measured synops per image and firing_rate
     train.ema_decay        EMA of parameters *and* floating buffers (tdBN/BN running statistics; basicsr's EMA
                            averages parameters only, so a BN student's EMA kept its initial statistics)
     train.ema_warmup       true (default): the update after iteration i decays by min(ema_decay, (i - 1) / (i + 8))
@@ -41,7 +44,9 @@ from spikerir_plugin.utils.atomic import atomic_torch_save, basicsr_imwrite
 from spikerir_plugin.utils.checkpoint import load_weights
 from spikerir_plugin.inference import inference_network
 from spikerir_plugin.utils.options import check_network_opt, check_option_keys
+from spikerir_plugin.losses.energy_loss import check_energy_opt
 from . import exact_resume, run_checks
+from .kd_schedule import KDSchedule
 from spikerir_plugin.inference.tiled import check_tile_opt, tiled_forward
 
 OPTIMIZERS = {'Adam': torch.optim.Adam, 'AdamW': torch.optim.AdamW, 'SGD': torch.optim.SGD}
@@ -71,6 +76,7 @@ class SpikingSRModel(SRModel):
     nondist_validation = _with_atomic_image_writes(SRModel.nondist_validation)
 
     reads_distillation_keys = False  # train.kd_opt, network_t, ... (utils/options.py)
+    cri_energy = energy_schedule = None  # train.energy_opt (build_energy_loss)
 
     def __init__(self, opt):
         check_network_opt(opt.get('network_g'), 'network_g')
@@ -134,6 +140,7 @@ class SpikingSRModel(SRModel):
         self.cri_pix = self.build_loss_opt('pixel_opt')
         self.cri_perceptual = self.build_loss_opt('perceptual_opt')
         self.cri_fft = self.build_loss_opt('fft_opt')
+        self.cri_energy = self.build_energy_loss()
         self.check_losses()
         self.setup_optimizers()
         self.setup_schedulers()
@@ -152,6 +159,20 @@ class SpikingSRModel(SRModel):
     def build_loss_opt(self, key):
         spec = self.opt['train'].get(key)
         return build_loss(dict(spec)).to(self.device) if spec else None
+
+    def build_energy_loss(self):
+        """train.energy_opt: SynOpsLoss hooked on the bare student (its DDP wrapper calls the same modules), and
+        the schedule of its weight (None: constant 1)."""
+        spec = self.opt['train'].get('energy_opt')
+        if not spec:
+            return None
+        spec = check_energy_opt(spec)
+        schedule = spec.pop('schedule', None)
+        if self.speed.compile_kwargs is not None:
+            raise ValueError('train.energy_opt reads the spikes through forward hooks, which speed.compile does not '
+                             'run as in eager mode; remove speed.compile or train.energy_opt')
+        self.energy_schedule = None if schedule is None else KDSchedule.from_opt(schedule, 'energy_opt.schedule')
+        return build_loss(spec).attach(self.bare_net_g())
 
     def check_losses(self):
         if not any((self.cri_pix, self.cri_perceptual, self.cri_fft)):
@@ -207,10 +228,30 @@ class SpikingSRModel(SRModel):
 
     def forward_backward(self, current_iter):
         """compute_losses + backward; returns the detached terms (and l_total). No host synchronisation."""
-        l_total, losses = self.compute_losses(current_iter)
+        if self.cri_energy is None:
+            l_total, losses = self.compute_losses(current_iter)
+        else:  # the energy term reads the spikes of the first student forward of compute_losses (any subclass's)
+            with self.cri_energy.recording():
+                l_total, losses = self.compute_losses(current_iter)
+            l_total = self.add_energy_loss(l_total, losses, current_iter)
         losses['l_total'] = l_total
         l_total.backward()
-        return OrderedDict((k, v.detach()) for k, v in losses.items())
+        logged = OrderedDict((k, v.detach()) for k, v in losses.items())
+        if self.cri_energy is not None:
+            logged.update(self.cri_energy.measured)  # synops per image of the training crop, mean firing rate
+            if self.energy_schedule is not None:
+                logged['energy_weight'] = torch.tensor(self._energy_weight, device=l_total.device)
+        return logged
+
+    def add_energy_loss(self, l_total, losses, current_iter):
+        """l_total + schedule(it) * SynOpsLoss of the recorded forward; the term goes into ``losses['l_energy']``."""
+        learning = not self.cri_energy.readers  # the first recorded forward learns which layer reads which neuron
+        losses['l_energy'] = self.cri_energy()
+        if learning and self.cri_energy.uncovered:
+            get_root_logger().warning(f'train.energy_opt: these layers read spikes that pass through other operations '
+                                      f'first and are not in l_energy: {", ".join(self.cri_energy.uncovered)}')
+        self._energy_weight = 1.0 if self.energy_schedule is None else self.energy_schedule(current_iter)
+        return l_total + self._energy_weight * losses['l_energy']
 
     def optimize_parameters(self, current_iter):
         self.optimizer_g.zero_grad()

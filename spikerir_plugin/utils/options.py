@@ -21,6 +21,8 @@ BASICSR_TRAIN_KEYS = (
 PLUGIN_TRAIN_KEYS = {
     'ema_warmup': 'true (default): the EMA decay warms up with the number of updates; false: basicsr\'s fixed decay',
     'fft_opt': 'a frequency-domain loss (FFTLoss) next to pixel_opt / perceptual_opt',
+    'energy_opt': 'spike-energy penalty or budget (SynOpsLoss: loss_weight, unit, target_mj | target_synops, '
+                  'image_size, e_ac) on the training forward\'s spikes; optional schedule (kd_schedule forms)',
 }
 DISTILL_TRAIN_KEYS = {
     'kd_opt': 'output distillation loss (student output against teacher output)',
