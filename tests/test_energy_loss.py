@@ -20,6 +20,7 @@ from spikerir_plugin.tools import energy_report
 from spikerir_plugin.tools.energy_report import measure_energy
 from spikerir_plugin.utils.options import OptionKeyError
 
+pytestmark = pytest.mark.usefixtures('one_thread')
 T = 3
 
 
@@ -171,7 +172,7 @@ def train_opt(tmp, model_type='SpikingSRModel', **train):
     return opt
 
 
-def batch(seed=0, size=24):
+def batch(seed=0, size=16):
     g = torch.Generator().manual_seed(seed)
     gt = torch.rand(2, 3, size, size, generator=g)
     return {'lq': (gt + 0.1 * torch.randn(gt.shape, generator=g)).clamp(0, 1), 'gt': gt}
@@ -187,7 +188,7 @@ def steps(model, n=2):
 
 
 def test_spiking_sr_model_trains_with_a_scheduled_budget_and_logs_it(tmp_path):
-    energy = {'type': 'SynOpsLoss', 'loss_weight': 1e3, 'target_mj': 1e-9, 'image_size': 24,
+    energy = {'type': 'SynOpsLoss', 'loss_weight': 1e3, 'target_mj': 1e-9, 'image_size': 16,
               'schedule': {'type': 'linear', 'start': 0.0, 'end': 1.0, 'start_iter': 1, 'end_iter': 3}}
     torch.manual_seed(0)
     model = build_model(train_opt(tmp_path, energy_opt=energy))
@@ -196,9 +197,12 @@ def test_spiking_sr_model_trains_with_a_scheduled_budget_and_logs_it(tmp_path):
         assert {'l_pix', 'l_energy', 'synops', 'firing_rate', 'energy_weight', 'l_total'} <= set(log)
         assert log['energy_weight'] == pytest.approx(weight)
         assert log['synops'] > 0 and 0 < log['firing_rate'] < 1
-        expected = 1e3 * max(0.0, log['synops'] * E_AC_PJ * 1e-9 - 1e-9)  # budget for 24 x 24 = the crop
+        expected = 1e3 * max(0.0, log['synops'] * E_AC_PJ * 1e-9 - 1e-9)  # budget for 16 x 16 = the crop
         assert log['l_energy'] == pytest.approx(expected, rel=1e-4)
         assert log['l_total'] == pytest.approx(log['l_pix'] + weight * log['l_energy'], rel=1e-5)
+    model.feed_data(batch(9))
+    model.test()  # validation runs the inference copy, which the hooks do not record
+    assert model.cri_energy._record is None and model.output.shape == (2, 3, 16, 16)
 
 
 def test_distill_model_penalises_the_batch_forward_only(tmp_path):
@@ -255,3 +259,18 @@ def test_the_shipped_commented_budget_is_a_valid_energy_opt():
     loss = SynOpsLoss(**{k: v for k, v in spec.items() if k != 'type'})
     assert (loss.target, loss.unit, loss.image_size) == (0.133, 'mJ', 128)
     assert schedule(10000) == pytest.approx(0.5)
+
+
+def test_blocks_recomputed_in_backward_are_not_counted_twice(tmp_path):
+    """speed.checkpoint recomputes the residual blocks (their neurons included) in backward, outside the recorded
+    forward: the same terms and the same weights as without it."""
+    runs = []
+    for speed in ({}, {'checkpoint': True}):
+        opt = train_opt(tmp_path / str(len(runs)), energy_opt={'loss_weight': 10.0})
+        opt['speed'] = speed
+        torch.manual_seed(0)
+        model = build_model(opt)
+        runs.append((steps(model, 1), [p.detach().clone() for p in model.net_g.parameters()]))
+    (plain_logs, plain_weights), (checkpointed_logs, checkpointed_weights) = runs
+    assert checkpointed_logs == plain_logs
+    assert all(torch.equal(a, b) for a, b in zip(plain_weights, checkpointed_weights))

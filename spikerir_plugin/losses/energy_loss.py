@@ -168,10 +168,12 @@ class SynOpsLoss(nn.Module):
         if not self._neurons:
             raise ValueError(f'train.energy_opt: {type(net).__name__} has no spiking neurons (spikingjelly nodes or '
                              'MultiLevelSpikeNode); an energy penalty needs a spiking network')
-        self._handles.append(net.register_forward_pre_hook(self._root_pre_hook))
-        self._handles.append(net.register_forward_hook(self._root_hook))
+        # plain functions, not bound methods: a deepcopy of the network (its inference copy) copies them as they are
+        # instead of copying this loss, and the hooks ignore modules that are not the attached network's
+        self._handles.append(net.register_forward_pre_hook(lambda m, args: self._root_pre_hook(m, args)))
+        self._handles.append(net.register_forward_hook(lambda m, args, out: self._root_hook(m, args, out)))
         for m in self._neurons.values():
-            self._handles.append(m.register_forward_hook(self._neuron_hook))
+            self._handles.append(m.register_forward_hook(lambda m, args, out: self._neuron_hook(m, args, out)))
         return self
 
     def detach_hooks(self):
@@ -188,30 +190,30 @@ class SynOpsLoss(nn.Module):
         finally:
             self._armed = self._active = False
 
-    def _root_pre_hook(self, _module, args):
-        if self._armed and self._record is None:
+    def _root_pre_hook(self, module, args):
+        if self._armed and self._record is None and module is self.net:
             x = args[0]
             self._record = {'batch': x.shape[0], 'pixels': prod(x.shape[-2:]), 'neurons': [], 'inputs': []}
             self._active = True
             if not self.readers:  # the first record also learns which layer reads which neuron
-                self._probe_handles = [m.register_forward_hook(self._layer_hook)
+                self._probe_handles = [m.register_forward_hook(lambda m, args, out: self._layer_hook(m, args, out))
                                        for m in self.net.modules() if _spatial_dims(m) is not None]
 
-    def _root_hook(self, _module, _args, _out):
-        if self._active:
+    def _root_hook(self, module, _args, _out):
+        if self._active and module is self.net:
             self._active = False
             for h in getattr(self, '_probe_handles', ()):
                 h.remove()
             self._probe_handles = []
 
     def _layer_hook(self, module, args, _out):
-        if self._active and args and torch.is_tensor(args[0]):
+        if self._active and module in self._names and args and torch.is_tensor(args[0]):
             self._record['inputs'].append((self._names[module], args[0]))
 
     def _neuron_hook(self, module, _args, out):
-        if not self._active:
+        name = self._names.get(module)
+        if not self._active or name is None:
             return
-        name = self._names[module]
         levels = getattr(module, 'levels', None)
         scale = levels if isinstance(levels, int) and levels > 1 else 1  # a level-k spike k/L counts k
         if self.readers:
