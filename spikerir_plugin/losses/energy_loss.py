@@ -150,9 +150,10 @@ class SynOpsLoss(nn.Module):
         self.e_ac = float(e_ac)
         self.net = None
         self.readers = {}          # neuron name -> [(reader name, trailing dims)], learnt from the first record
-        self.uncovered = []        # weight layers with binary inputs that matched no neuron
+        self.learnt = False        # whether readers (and uncovered) have been learnt
+        self.uncovered = []        # weight layers with spike inputs that matched no neuron
         self.measured = {}         # last record: synops and firing_rate per image (detached tensors)
-        self._handles, self._reach = [], {}
+        self._handles, self._probe_handles, self._reach = [], [], {}
         self._armed = self._active = False
         self._record = None
 
@@ -189,22 +190,26 @@ class SynOpsLoss(nn.Module):
             yield self
         finally:
             self._armed = self._active = False
+            self._remove_probe()
+
+    def _remove_probe(self):
+        for h in self._probe_handles:
+            h.remove()
+        self._probe_handles = []
 
     def _root_pre_hook(self, module, args):
         if self._armed and self._record is None and module is self.net:
             x = args[0]
             self._record = {'batch': x.shape[0], 'pixels': prod(x.shape[-2:]), 'neurons': [], 'inputs': []}
             self._active = True
-            if not self.readers:  # the first record also learns which layer reads which neuron
+            if not self.learnt:  # the first record also learns which layer reads which neuron
                 self._probe_handles = [m.register_forward_hook(lambda m, args, out: self._layer_hook(m, args, out))
                                        for m in self.net.modules() if _spatial_dims(m) is not None]
 
     def _root_hook(self, module, _args, _out):
         if self._active and module is self.net:
             self._active = False
-            for h in getattr(self, '_probe_handles', ()):
-                h.remove()
-            self._probe_handles = []
+            self._remove_probe()
 
     def _layer_hook(self, module, args, _out):
         if self._active and module in self._names and args and torch.is_tensor(args[0]):
@@ -216,7 +221,7 @@ class SynOpsLoss(nn.Module):
             return
         levels = getattr(module, 'levels', None)
         scale = levels if isinstance(levels, int) and levels > 1 else 1  # a level-k spike k/L counts k
-        if self.readers:
+        if self.learnt:
             maps = {n: self._spike_map(out, n) for n in {n for _, n in self.readers.get(name, ())}}
             self._record['neurons'].append((name, scale, maps, out.detach().sum(dtype=torch.float32), out.numel()))
         else:
@@ -224,8 +229,8 @@ class SynOpsLoss(nn.Module):
 
     @staticmethod
     def _spike_map(out, n):
-        """The output summed over everything but its last ``n`` dimensions (and the channel dimension before them):
-        all a layer's reach needs, and small, so the full spike tensor is not kept alive."""
+        """The output summed over all but its last ``n`` (spatial) dimensions, the time, batch and channel ones: all a
+        layer's reach needs, and small, so the full spike tensor is not kept alive for the loss."""
         dims = tuple(range(out.dim() - n))
         return out.sum(dim=dims, dtype=torch.float32) if dims else out.float()
 
@@ -250,8 +255,7 @@ class SynOpsLoss(nn.Module):
                     readers[match].append(pair)
             elif layer not in uncovered and self._is_spikes(x):
                 uncovered.append(layer)
-        self.readers = readers or {None: []}  # learnt (possibly: no neuron feeds a weight layer directly)
-        self.uncovered = uncovered
+        self.readers, self.uncovered, self.learnt = readers, uncovered, True
         self._record['neurons'] = [(name, scale, {n: self._spike_map(out, n) for n in {n for _, n in
                                                                                        readers.get(name, ())}},
                                     out.detach().sum(dtype=torch.float32), numel)
@@ -284,7 +288,7 @@ class SynOpsLoss(nn.Module):
         if record is None or not record['neurons']:
             raise RuntimeError('SynOpsLoss: no recorded forward; run the network inside `with loss.recording():` '
                                'after loss.attach(net)')
-        if not self.readers:
+        if not self.learnt:
             self._learn_readers()
         synops, spikes, elements = 0.0, 0.0, 0
         for name, scale, maps, spike_sum, numel in record['neurons']:

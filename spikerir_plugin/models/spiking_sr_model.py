@@ -245,7 +245,7 @@ class SpikingSRModel(SRModel):
 
     def add_energy_loss(self, l_total, losses, current_iter):
         """l_total + schedule(it) * SynOpsLoss of the recorded forward; the term goes into ``losses['l_energy']``."""
-        learning = not self.cri_energy.readers  # the first recorded forward learns which layer reads which neuron
+        learning = not self.cri_energy.learnt  # the first recorded forward learns which layer reads which neuron
         losses['l_energy'] = self.cri_energy()
         if learning and self.cri_energy.uncovered:
             get_root_logger().warning(f'train.energy_opt: these layers read spikes that pass through other operations '
