@@ -231,6 +231,11 @@ def test_distill_model_penalises_the_batch_forward_only(tmp_path):
 def test_unknown_energy_option_keys_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match=r'train\.energy_opt\.target_mJ \(did you mean target_mj'):
         build_model(train_opt(tmp_path, energy_opt={'type': 'SynOpsLoss', 'target_mJ': 0.1}))
+    from spikerir_plugin.models.spiking_sr_model import SpikingSRModel
+    with pytest.raises(ValueError, match=r'train\.energy_opt\.target_mJ'):  # the pipeline: before any folder exists
+        SpikingSRModel.launch_checks(train_opt(tmp_path, energy_opt={'target_mJ': 0.1}))
+    with pytest.raises(ValueError, match=r'train\.energy_opt\.schedule'):
+        SpikingSRModel.launch_checks(train_opt(tmp_path, energy_opt={'schedule': {'type': 'cosine', 'start': 1}}))
     with pytest.raises(ValueError, match='not an energy loss'):
         build_model(train_opt(tmp_path, energy_opt={'type': 'L1Loss'}))
     with pytest.raises(ValueError, match=r'train\.energy_opt\.schedule'):

@@ -392,6 +392,9 @@ class SpikingSRModel(SRModel):
         experiment folder."""
         check_network_opt(opt.get('network_g'), 'network_g')
         check_option_keys(opt, cls.reads_distillation_keys)
+        energy = (opt.get('train') or {}).get('energy_opt') if opt.get('is_train', True) else None
+        if energy:  # its keys and schedule, before any folder exists
+            KDSchedule.from_opt(check_energy_opt(energy).get('schedule'), 'energy_opt.schedule')
         run_checks.check_launch(opt)
         student = run_checks.meta_network(opt['network_g'], 'network_g')
         if student is not None:
