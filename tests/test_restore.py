@@ -139,12 +139,12 @@ def test_options_file_glob_and_single_file_with_a_spiking_net(photos, tmp_path, 
 def test_fast_runs_the_folded_copy_of_a_spiking_net(photos, tmp_path, capsys, monkeypatch):
     """--fast restores through inference_network(net, exact=False): the same image up to the rare pixels near a
     spike that flipped at its threshold."""
-    import spikerir_plugin.inference as inference
+    import spikerir_plugin.tools.restorer as restorer
     net = trained_like(SPIKER, seed=1)
     ckpt = tmp_path / 'net.pth'
     torch.save({'params': net.state_dict()}, ckpt)
-    calls, real = [], inference.inference_network
-    monkeypatch.setattr(inference, 'inference_network', lambda n, **kw: calls.append(kw) or real(n, **kw))
+    calls, real = [], restorer.inference_network
+    monkeypatch.setattr(restorer, 'inference_network', lambda n, **kw: calls.append(kw) or real(n, **kw))
     rc = main(['-i', str(photos['root'] / 'in' / 'color.png'), '-o', str(tmp_path / 'out'), '--arch', 'SpikerIR',
                '--arch-args', 'preset=tiny,T=2,reduction_t=2', '--ckpt', str(ckpt), '--fast', '--device', 'cpu'])
     assert rc == 0, capsys.readouterr().err

@@ -25,7 +25,8 @@ def pad_to_multiple(x, multiple, mode='reflect'):
 
 def input_channels(net, net_opt=None):
     """Image channels ``net`` reads: its options' channel argument (``net_opt``), else the network's attribute of
-    that name, else the argument's default, else its first convolution's input channels."""
+    that name, else (with ``net_opt``: the options leave it at) the argument's default, else its first
+    convolution's input channels."""
     for name in INPUT_CHANNEL_ARGS:
         if net_opt and name in net_opt:
             return int(net_opt[name])
@@ -34,7 +35,7 @@ def input_channels(net, net_opt=None):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     try:
-        params = inspect.signature(type(net).__init__).parameters
+        params = inspect.signature(type(net).__init__).parameters if net_opt is not None else {}
     except (TypeError, ValueError):
         params = {}
     for name in INPUT_CHANNEL_ARGS:
