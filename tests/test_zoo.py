@@ -129,6 +129,31 @@ def test_vlif_outputs_and_gradients_equal_the_official_model(attention):
             torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-3, atol=1e-3 * grads[name].grad.abs().max())
 
 
+@pytest.mark.parametrize('form', ['model_best', 'model_last'])
+def test_vlif_loads_checkpoints_saved_by_the_official_train_py(form, tmp_path):
+    """The official train.py saves model_best.pth as a raw (DataParallel: 'module.'-prefixed) state dict and
+    model_last.pth as {'epoch', 'state_dict', 'optimizer'}: both load strictly through path.pretrain_network_g."""
+    cfg = dict(dim=16, en_num_blocks=[1, 1, 1, 1], de_num_blocks=[1, 1, 1, 1], T=4)
+    official = official_vlif.VLIFNet(**cfg)
+    functional.set_step_mode(official, 'm')
+    official.load_state_dict(deterministic_state(official.state_dict()))
+    state = {f'module.{k}': v for k, v in official.state_dict().items()}
+    if form == 'model_last':
+        optimizer = torch.optim.Adam(official.parameters())
+        state = {'epoch': 50, 'state_dict': official.state_dict(), 'optimizer': optimizer.state_dict()}
+    torch.save(state, tmp_path / f'{form}.pth')
+    opt = {'name': 'zoo_vlif_official', 'model_type': 'SpikingSRModel', 'num_gpu': 0, 'is_train': False,
+           'dist': False, 'rank': 0, 'world_size': 1, 'scale': 1, 'network_g': dict(cfg, type='VLIF'),
+           'path': {'pretrain_network_g': str(tmp_path / f'{form}.pth'), 'strict_load_g': True,
+                    'param_key_g': 'state_dict' if form == 'model_last' else None}}
+    model = build_model(opt)
+    x = image(16, 16, seed=7)
+    with torch.no_grad():
+        expected = official.eval()(x)
+        got = model.net_g.eval()(x)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
 def test_multi_level_neuron_equals_the_official_mem_update():
     x = (torch.randn(8, 2, 3, 5, 5) * 2).requires_grad_()
     x_ref = x.detach().clone().requires_grad_()
