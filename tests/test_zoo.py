@@ -26,7 +26,7 @@ from basicsr.models import build_model
 from spikerir_plugin.archs.neurons import MultiLevelSpikeNode, check_stateless
 from spikerir_plugin.archs.spikerain_arch import SpikeRain
 from spikerir_plugin.archs.spiking_blocks import make_neuron
-from spikerir_plugin.archs.vlif_arch import VLIF
+from spikerir_plugin.archs.vlif_arch import VLIF, PixelShuffleLIF
 from spikerir_plugin.models.feature_hints import declared_hint_layers
 from spikerir_plugin.models.tiled_inference import tiled_forward
 from spikerir_plugin.tools.energy_report import measure_energy
@@ -172,6 +172,19 @@ def test_multi_level_neuron_equals_the_official_mem_update():
         v = (v - prev) * 0.25 + x[t].detach()
         prev = torch.round(torch.clamp(v, 0, 4)) / 4
         assert torch.equal(s[t], prev)
+
+
+def test_vlif_channel_mix_before_upsampling_is_the_same_function():
+    """adjust_before_upsample: the visual LIF's 1x1 conv before the bilinear upsampling instead of after (both
+    linear), so the conv reads the multi-level spikes; the same outputs up to rounding, same parameters."""
+    official, moved = PixelShuffleLIF(6), PixelShuffleLIF(6, adjust_before_upsample=True)
+    moved.load_state_dict(official.state_dict(), strict=True)
+    x = torch.randn(3, 2, 6, 10, 14) * 2
+    torch.testing.assert_close(moved(x), official(x), rtol=1e-5, atol=1e-6)
+    seen = []
+    moved.channel_adjust.register_forward_pre_hook(lambda m, inp: seen.append(inp[0]))
+    moved(x)
+    assert seen[0].shape[-2:] == (5, 7) and torch.equal((seen[0] * 4).round(), seen[0] * 4)
 
 
 # ---------------------------------------------------------------------------------------------------- SpikeRain
@@ -413,6 +426,32 @@ def test_trains_through_spiking_sr_model_and_tiles(arch, tmp_path):
         assert torch.equal(tiled_forward(inference_network(net), x, 48, 8), whole)  # one tile: whole image
         tiled = tiled_forward(inference_network(net), x, 24, 8)
     assert tiled.shape == whole.shape and torch.isfinite(tiled).all()
+
+
+@pytest.mark.parametrize('arch', TINY)
+def test_activation_checkpointing_changes_nothing_but_memory(arch):
+    """speed.checkpoint sets activation_checkpoint on the residual blocks: the same loss, gradients and batch-norm
+    statistics (the recomputation does not count the batch twice)."""
+    x = image(24, 24, seed=8)
+    results = []
+    for on in (False, True):
+        torch.manual_seed(0)
+        net = build_network(dict(TINY[arch], type=arch)).train()
+        blocks = [m for m in net.modules() if hasattr(m, 'activation_checkpoint')]
+        assert blocks
+        for m in blocks:
+            m.activation_checkpoint = on
+        calls = []
+        first_conv = next(m for m in blocks[0].modules() if isinstance(m, nn.Conv2d))
+        first_conv.register_forward_hook(lambda *_: calls.append(None))
+        net(x).square().mean().backward()
+        assert len(calls) == (2 if on else 1)  # recomputed in backward
+        results.append(({n: p.grad for n, p in net.named_parameters()}, {n: b.clone() for n, b in net.named_buffers()}))
+    (grads, buffers), (grads_ckpt, buffers_ckpt) = results
+    for name in grads:
+        torch.testing.assert_close(grads_ckpt[name], grads[name], rtol=0, atol=0)
+    for name in buffers:
+        assert torch.equal(buffers_ckpt[name], buffers[name]), name
 
 
 @pytest.mark.parametrize('arch', TINY)
