@@ -11,7 +11,9 @@ from the official code, none of which changes the parameters:
   T = 4 there; with T = 4 the shapes are the official ones);
 - any H, W: reflect-padded to multiples of 8 (the official net needs them) and cropped back;
 - the multi-step attention is the plugin's fast equivalent of spikingjelly's ``MultiDimensionalAttention``
-  (``spiking_blocks.FastMultiDimensionalAttention``: same parameters and outputs);
+  (``spiking_blocks.FastMultiDimensionalAttention``: same parameters and outputs; a max's gradient is shared
+  differently among exactly tied maxima); ``attention='spikingjelly'`` runs the library module (the same bits and
+  gradients as the official code);
 - every neuron starts each call at rest (archs/neurons.py): the output depends on the input alone.
 
 Neurons. LIF: tau 2, no input decay, threshold 0.15, hard reset, Sigmoid(4) surrogate (ESDNet's). The "visual LIF"
