@@ -28,6 +28,7 @@ from torch import nn
 
 from spikerir_plugin.archs.arch_util import pad_to_multiple
 from spikerir_plugin.archs.spiking_blocks import check_block_counts, check_choice, conv, make_neuron
+from spikerir_plugin.archs.vlif_arch import recomputed
 
 # The official SpikeRainFactory variants; 'M' is the one its train.py and test.py use (the published model).
 PRESETS = {
@@ -90,8 +91,12 @@ class DSRB(nn.Module):
                                              SeqBatchNorm(growth_rate)))
         self.lff = nn.Sequential(make_neuron(neuron), conv(dim + num_layers * growth_rate, dim, 1))
         self.attn = SpikeRainAttention(dim, reduction_c)
+        self.activation_checkpoint = False  # speed.checkpoint: recompute in backward instead of storing
 
     def forward(self, x):
+        return recomputed(self, self._forward, x)
+
+    def _forward(self, x):
         features = [x]
         for dense_layer in self.layers:
             features.append(dense_layer(torch.cat(features, dim=2)))

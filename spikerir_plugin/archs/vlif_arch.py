@@ -11,7 +11,9 @@ from the official code, none of which changes the parameters:
   T = 4 there; with T = 4 the shapes are the official ones);
 - any H, W: reflect-padded to multiples of 8 (the official net needs them) and cropped back;
 - the multi-step attention is the plugin's fast equivalent of spikingjelly's ``MultiDimensionalAttention``
-  (``spiking_blocks.FastMultiDimensionalAttention``: same parameters and outputs);
+  (``spiking_blocks.FastMultiDimensionalAttention``: same parameters and outputs; a max's gradient is shared
+  differently among exactly tied maxima); ``attention='spikingjelly'`` runs the library module (the same bits and
+  gradients as the official code);
 - every neuron starts each call at rest (archs/neurons.py): the output depends on the input alone.
 
 Neurons. LIF: tau 2, no input decay, threshold 0.15, hard reset, Sigmoid(4) surrogate (ESDNet's). The "visual LIF"
@@ -27,22 +29,38 @@ of after it: the same function (both are linear; equal up to float rounding), 1/
 then reads the multi-level spikes themselves (counted as spike-driven SynOps by the energy report). Not the
 official order, so off by default.
 """
-import math
+import contextlib
 
 import torch
 import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from spikingjelly.activation_based import layer
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from spikerir_plugin.archs.neurons import MultiLevelSpikeNode
 from spikerir_plugin.archs.arch_util import pad_to_multiple
 from spikerir_plugin.archs.spiking_blocks import (V_TH, FastMultiDimensionalAttention, _PooledGate, _SpatialGate,
-                                                  check_attention_sizes, check_block_counts, conv, make_neuron,
-                                                  tdbn)
+                                                  check_attention_sizes, check_block_counts, conv,
+                                                  frozen_batchnorm_statistics, make_neuron, tdbn)
 from spikerir_plugin.utils.snn import time_mean
 
 PATCH = 2  # the visual LIF's pixel-unshuffle factor (r); r * r = 4 sub-steps per time step
+
+
+def recomputed(module, forward, x):
+    """forward(x); with ``module.activation_checkpoint`` (``speed.checkpoint``) and gradients on, recomputed in
+    backward instead of storing its activations, the recomputation leaving batch-norm statistics untouched."""
+    if not (module.activation_checkpoint and torch.is_grad_enabled()):
+        return forward(x)
+    calls = []
+
+    def run(inp):  # the second call is the recomputation during backward
+        calls.append(None)
+        with frozen_batchnorm_statistics(module) if len(calls) > 1 else contextlib.nullcontext():
+            return forward(inp)
+
+    return checkpoint(run, x, use_reentrant=False, preserve_rng_state=False)
 
 
 class VLIFAttention(nn.Module):
@@ -141,6 +159,7 @@ class SpikingResidualBlock(nn.Module):
         self.low_freq_scale_2 = nn.Parameter(torch.ones(1))
         self.shortcut = nn.Sequential(conv(dim, dim), tdbn(dim))
         self.attn = make_attention(attention, T, dim, reduction_t, reduction_c)
+        self.activation_checkpoint = False  # speed.checkpoint: recompute in backward instead of storing
 
     @staticmethod
     def _decompose(x, spikes, high, low):
@@ -148,6 +167,9 @@ class SpikingResidualBlock(nn.Module):
         return high * spikes + low * (x - spikes) + x * spikes
 
     def forward(self, x):
+        return recomputed(self, self._forward, x)
+
+    def _forward(self, x):
         y = self.bn1(self.conv1(self._decompose(x, self.lif_1(x), self.high_freq_scale_1, self.low_freq_scale_1)))
         y = self._decompose(y, self.lif_2(y), self.high_freq_scale_2, self.low_freq_scale_2)
         y = self.bn2(self.conv2(y)) + self.shortcut(x)
