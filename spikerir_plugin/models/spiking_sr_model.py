@@ -20,7 +20,7 @@ Built through SRModel's own ``__init__`` (network, DDP, pretrained weights, trai
 and exact resume (exact_resume.py): the batch order and random streams continue where the saved run stopped,
 training states, weights and validation images are written atomically, damaged checkpoints are skipped or named.
 Device, dataset-path and channel mistakes fail before training with the option to change (run_checks.py); a
-GT/LQ size mismatch names the pair of files (data/pair_errors.py). Losses are reduced across ranks when they are
+GT/LQ size mismatch names the pair of files (the launch checks, data/pair_errors.py). Losses are reduced across ranks when they are
 logged, not in every step (a per-step host synchronisation would stall a GPU that could run ahead).
 
 Subclasses extend the training step through ``compute_losses`` and the saved state through
@@ -38,7 +38,7 @@ from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch.optim import lr_scheduler as torch_lr
 
-from spikerir_plugin.data.pair_errors import check_pair_sizes, name_pairs_in_errors
+from spikerir_plugin.data.pair_errors import check_pair_sizes
 from spikerir_plugin.models import speed as train_speed
 from spikerir_plugin.utils.atomic import atomic_torch_save, basicsr_imwrite
 from spikerir_plugin.utils.checkpoint import load_weights
@@ -415,7 +415,5 @@ class SpikingSRModel(SRModel):
 
     @classmethod
     def pipeline_train_loader(cls, train_loader, train_sampler, logger):
-        """The hook called once the train loader exists: size errors name the pair, then exact resume's skip."""
-        if train_loader is not None:
-            name_pairs_in_errors(train_loader.dataset)
+        """The hook called once the train loader exists: exact resume's skip of the consumed batches."""
         exact_resume.resume_train_loader(train_loader, train_sampler, logger)
