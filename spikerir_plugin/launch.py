@@ -9,7 +9,8 @@ today's stack (torch 2.x, no CUDA), applied once by ``apply()`` when the plugin 
   ``torch.load(weights_only=True)``;
 - ``resume``: basicsr's train pipeline looks up ``load_resume_state`` and ``create_train_val_dataloader`` in its
   module's globals; they are rebound so that a model class defining ``pipeline_resume_state(opt)`` and
-  ``pipeline_train_loader(loader, sampler, logger)`` (the plugin's models: exact resume, launch checks) takes over
+  ``pipeline_train_loader(opt, loader, sampler, logger)`` (returning the loader and sampler the run goes on with;
+  the plugin's models: exact resume, launch checks) takes over
   for its own runs, and every other model keeps basicsr's resume with the state mapped to the CPU when there is no
   CUDA (basicsr calls ``torch.cuda.current_device()`` unconditionally);
 - ``test checks``: a model class defining ``test_launch_checks(opt)`` checks a test run's options after basicsr
@@ -71,14 +72,14 @@ def resume_state_of(opt):
 
 
 def _with_train_loader_hook(create):
-    """basicsr's create_train_val_dataloader; then a model class defining ``pipeline_train_loader`` sees the
-    loader."""
+    """basicsr's create_train_val_dataloader; then a model class defining ``pipeline_train_loader`` may replace the
+    train loader and sampler (exact resume: one that skips the consumed batches)."""
 
     def create_train_val_dataloader(opt, logger):
         result = create(opt, logger)
         hook = getattr(_model_class(opt), 'pipeline_train_loader', None)
         if hook is not None:
-            hook(result[0], result[1], logger)
+            result = (*hook(opt, result[0], result[1], logger), *result[2:])
         return result
 
     create_train_val_dataloader.__wrapped__ = create

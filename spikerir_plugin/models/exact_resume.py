@@ -17,9 +17,9 @@ defines them); every other model keeps basicsr's own resume:
   back or continue the newer one; a fresh start that is about to move a run aside says so loudly; an explicit
   ``path.resume_state`` and its weights are read before the experiment starts. Partial files of writes that were
   cut off are removed;
-- ``resume_train_loader(train_loader, train_sampler, logger)``: derives the epoch and the batches of that epoch
-  already consumed from the iteration, and makes this run's sampler skip them (only this sampler object changes
-  class; basicsr's ``EnlargedSampler`` itself is untouched).
+- ``resume_train_loader(opt, train_loader, train_sampler, logger)``: derives the epoch and the batches of that
+  epoch already consumed from the iteration, and returns the loader rebuilt around a sampler that skips them
+  (``ResumingSampler``, wrapping basicsr's; basicsr's ``EnlargedSampler`` itself is untouched).
 
 The model's ``save_training_state`` adds the Python/numpy/torch random states (``capture_rng_state``) of every rank
 (``rng_ranks``, gathered by ``save``; ``rng`` is rank 0's) and its extra state, and writes atomically; on resume each
@@ -324,8 +324,9 @@ def prepare_resume(opt, frozen_networks=()):
     return state
 
 
-class ResumableEnlargedSampler(EnlargedSampler):
-    """basicsr's EnlargedSampler that, once, skips the batches of the resumed epoch consumed before the save.
+class ResumingSampler:
+    """Wraps a train sampler (basicsr's EnlargedSampler) and, once, skips the batches of the resumed epoch that the
+    saved run had consumed; everything else is the wrapped sampler's (its indices, length and epoch seed).
 
     basicsr makes a first loader iterator before its epoch loop (the prefetcher) and throws it away at the first
     prefetcher.reset(); with workers that iterator already draws indices, so the skip is armed by ``set_epoch``,
@@ -336,42 +337,53 @@ class ResumableEnlargedSampler(EnlargedSampler):
     resumed epoch's iterator starts; at an epoch boundary the saved run made its next iterator after the save, so
     they are restored in ``set_epoch``, before that iterator is made."""
 
+    def __init__(self, sampler, epoch, skip, rng):
+        self.sampler = sampler
+        self._pending = (epoch, skip, rng)  # until set_epoch(epoch)
+        self._skip, self._rng = 0, None
+
     def set_epoch(self, epoch):
-        super().set_epoch(epoch)
-        pending = self.__dict__.get('_resume_pending')
-        if pending is not None and pending[0] == epoch:
-            del self._resume_pending
-            skip, rng = pending[1], pending[2]
+        self.sampler.set_epoch(epoch)
+        if self._pending is not None and self._pending[0] == epoch:
+            _, skip, rng = self._pending
+            self._pending = None
             if skip == 0 and rng is not None:
                 restore_rng_state(rng)
             else:
-                self._resume_skip, self._resume_rng = skip, rng
+                self._skip, self._rng = skip, rng
 
     def __iter__(self):
-        indices = list(super().__iter__())
-        skip = self.__dict__.pop('_resume_skip', 0)
-        rng = self.__dict__.pop('_resume_rng', None)
+        indices = list(iter(self.sampler))
+        skip, rng = self._skip, self._rng
+        self._skip, self._rng = 0, None
         if rng is not None:  # the random streams continue where the saved run stood: after its iterator was made
             restore_rng_state(rng)
         return iter(indices[skip:])
 
+    def __len__(self):
+        return len(self.sampler)
 
-def resume_train_loader(train_loader, train_sampler, logger):
-    """Continue the saved epoch at the first batch the saved run had not consumed (see the module docstring)."""
+
+def resume_train_loader(opt, train_loader, train_sampler, logger):
+    """Continue the saved epoch at the first batch the saved run had not consumed (see the module docstring).
+    Returns the (loader, sampler) the run goes on with: basicsr's own when nothing is skipped, else the same loader
+    rebuilt by basicsr's build_dataloader around a ``ResumingSampler``."""
     for message in _notices:  # the warnings of prepare_resume, now that the run's log exists
         logger.warning(message)
     _notices.clear()
     state = _pending
     if state is None or train_loader is None or len(train_loader) == 0:
-        return
+        return train_loader, train_sampler
     epoch, consumed = divmod(state['iter'], len(train_loader))
     state['epoch'] = epoch
-    if type(train_sampler) is EnlargedSampler:
-        train_sampler.__class__ = ResumableEnlargedSampler
-    if isinstance(train_sampler, ResumableEnlargedSampler):
-        train_sampler._resume_pending = (epoch, consumed * train_loader.batch_size, state.pop('rng', None))
-    elif consumed:  # (at an epoch boundary the model's resume_training restores the random streams)
-        logger.warning(f'Resume at iter {state["iter"]}: the train sampler {type(train_sampler).__name__} '
-                       'cannot skip batches; the epoch restarts from its first batch')
-        return
+    if not isinstance(train_sampler, EnlargedSampler):
+        if consumed:  # (at an epoch boundary the model's resume_training restores the random streams)
+            logger.warning(f'Resume at iter {state["iter"]}: the train sampler {type(train_sampler).__name__} '
+                           'cannot skip batches; the epoch restarts from its first batch')
+        return train_loader, train_sampler
+    from basicsr.data import build_dataloader
+    sampler = ResumingSampler(train_sampler, epoch, consumed * train_loader.batch_size, state.pop('rng', None))
+    loader = build_dataloader(train_loader.dataset, opt['datasets']['train'], num_gpu=opt['num_gpu'],
+                              dist=opt['dist'], sampler=sampler, seed=opt['manual_seed'])
     logger.info(f'Resume at iter {state["iter"]}: epoch {epoch}, skipping {consumed} consumed batches.')
+    return loader, sampler

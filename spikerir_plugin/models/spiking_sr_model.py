@@ -414,6 +414,7 @@ class SpikingSRModel(SRModel):
         return exact_resume.prepare_resume(opt, cls.frozen_networks(opt))
 
     @classmethod
-    def pipeline_train_loader(cls, train_loader, train_sampler, logger):
-        """The hook called once the train loader exists: exact resume's skip of the consumed batches."""
-        exact_resume.resume_train_loader(train_loader, train_sampler, logger)
+    def pipeline_train_loader(cls, opt, train_loader, train_sampler, logger):
+        """The hook called once the train loader exists: the (loader, sampler) the run goes on with, which skip the
+        batches a resumed epoch had consumed (exact_resume.py)."""
+        return exact_resume.resume_train_loader(opt, train_loader, train_sampler, logger)
