@@ -18,17 +18,9 @@ from conftest import REPO_ROOT, photo_crops, write_noisy_pairs
 from spikerir_plugin.models.run_checks import training_options_for
 from spikerir_plugin.utils.checkpoint import CheckpointMissing, read_checkpoint
 from spikerir_plugin.utils.options import OptionKeyError, unknown_option_keys
-from test_faults import STUDENT, TEACHER, pipeline, run_options, write_yml
+from test_faults import STUDENT, TEACHER, clean_folder, pipeline, run_options, write_yml  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures('one_thread')
-
-
-@pytest.fixture(scope='module')
-def clean_crops(tmp_path_factory):
-    folder = tmp_path_factory.mktemp('clean')
-    for i, crop in enumerate(photo_crops(48, 2)):
-        cv2.imwrite(str(folder / f'{i:03d}.png'), crop[..., ::-1])
-    return str(folder)
 
 
 @pytest.fixture(scope='module')
@@ -68,20 +60,20 @@ TYPOS = [  # (section, patch, what the error names)
 
 
 @pytest.mark.parametrize('section, patch, message', TYPOS, ids=[t[2].split(' ')[0].replace('\\', '') for t in TYPOS])
-def test_a_misspelt_plugin_key_is_an_error_naming_its_nearest_valid_key(tmp_path, clean_crops, teacher_file, section,
+def test_a_misspelt_plugin_key_is_an_error_naming_its_nearest_valid_key(tmp_path, clean_folder, teacher_file, section,
                                                                         patch, message):
-    opt = distill_run('typo', clean_crops, teacher_file)
+    opt = distill_run('typo', clean_folder, teacher_file)
     opt[section] = dict(opt.get(section) or {}, **patch)
     text = refused(tmp_path, opt, OptionKeyError, message)
     assert 'basicsr would ignore them silently' in text
 
 
-def test_plugin_dataset_keys_are_checked_and_basicsr_keys_stay_valid(tmp_path, clean_crops):
-    opt = run_options('typo', clean_crops)
+def test_plugin_dataset_keys_are_checked_and_basicsr_keys_stay_valid(tmp_path, clean_folder):
+    opt = run_options('typo', clean_folder)
     opt['datasets']['train']['sigmaa'] = 25
     refused(tmp_path, opt, OptionKeyError, r'datasets\.train\.sigmaa \(did you mean sigma')
     # every key basicsr itself reads is accepted (options copied from basicsr's own files stay valid)
-    opt = run_options('basicsr_keys', clean_crops)
+    opt = run_options('basicsr_keys', clean_folder)
     opt['train'].update(perceptual_opt=None, warmup_iter=-1, gan_opt=None)
     opt['path'].update(strict_load_g=True, param_key_g='params', ignore_resume_networks=None)
     assert unknown_option_keys(opt) == []
@@ -91,9 +83,9 @@ def test_plugin_dataset_keys_are_checked_and_basicsr_keys_stay_valid(tmp_path, c
     assert unknown_option_keys(opt, distill=True) == []
 
 
-def test_basicsr_models_keep_ignoring_unknown_keys(tmp_path, clean_crops):
+def test_basicsr_models_keep_ignoring_unknown_keys(tmp_path, clean_folder):
     """A guest: basicsr's own SRModel runs with the plugin installed exactly as without it."""
-    opt = run_options('srmodel', clean_crops, total_iter=1, save_freq=1, model_type='SRModel')
+    opt = run_options('srmodel', clean_folder, total_iter=1, save_freq=1, model_type='SRModel')
     opt['network_g'] = {'type': 'RRDBNet', 'num_in_ch': 3, 'num_out_ch': 3, 'scale': 1, 'num_feat': 8,
                         'num_block': 1, 'num_grow_ch': 4}
     opt['train'].update(hint_opts={'type': 'HintLoss'}, optim_g={'type': 'Adam', 'lr': 1e-3},
@@ -104,13 +96,13 @@ def test_basicsr_models_keep_ignoring_unknown_keys(tmp_path, clean_crops):
 
 # ---------------------------------------------------------------------------------------------- runs that train nothing
 @pytest.mark.parametrize('total_iter', [0, -5, 2.5])
-def test_a_run_that_would_train_nothing_is_refused(tmp_path, clean_crops, total_iter):
-    opt = run_options('nothing', clean_crops, total_iter=total_iter)
+def test_a_run_that_would_train_nothing_is_refused(tmp_path, clean_folder, total_iter):
+    opt = run_options('nothing', clean_folder, total_iter=total_iter)
     refused(tmp_path, opt, ValueError, r'train\.total_iter: .*needs an integer total_iter >= 1')
 
 
-def test_a_training_set_smaller_than_one_batch_is_refused(tmp_path, clean_crops):
-    opt = run_options('no_batch', clean_crops)
+def test_a_training_set_smaller_than_one_batch_is_refused(tmp_path, clean_folder):
+    opt = run_options('no_batch', clean_folder)
     opt['datasets']['train']['batch_size_per_gpu'] = 9  # 8 images, drop_last
     refused(tmp_path, opt, ValueError, r"datasets\.train \('clean'\): 8 training image\(s\) .*fewer than "
                                        r'batch_size_per_gpu 9.*at most 8')
@@ -119,11 +111,11 @@ def test_a_training_set_smaller_than_one_batch_is_refused(tmp_path, clean_crops)
 
 
 # ---------------------------------------------------------------------------------------------- the recipe's steps
-def test_step_two_before_step_one_says_which_options_file_trains_the_twin(tmp_path, clean_crops, monkeypatch):
+def test_step_two_before_step_one_says_which_options_file_trains_the_twin(tmp_path, clean_folder, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / 'options').mkdir()
     write_yml(tmp_path / 'options' / 'train_my_twin.yml', {'name': 'my_twin', 'model_type': 'SpikerIRDistillModel'})
-    opt = distill_run('student', clean_crops, 'experiments/my_twin/models/net_g_latest.pth')
+    opt = distill_run('student', clean_folder, 'experiments/my_twin/models/net_g_latest.pth')
     text = refused(tmp_path, opt, CheckpointMissing, r'path\.pretrain_network_t: teacher checkpoint')
     assert 'training with options/train_my_twin.yml (name: my_twin) writes: run that first' in text
     assert 'python basicsr/train.py -opt options/train_my_twin.yml' in text and 'Traceback' not in text
@@ -139,13 +131,13 @@ def test_the_shipped_step_two_files_name_their_step_one_files():
         assert name == twin['name'] and [os.path.basename(f) for f in files] == [f'train_SpikerIR_twin_{task}.yml']
 
 
-def test_teacher_mismatch_and_hint_layers_are_checked_before_any_folder(tmp_path, clean_crops, teacher_file):
-    opt = distill_run('wide', clean_crops, teacher_file)
+def test_teacher_mismatch_and_hint_layers_are_checked_before_any_folder(tmp_path, clean_folder, teacher_file):
+    opt = distill_run('wide', clean_folder, teacher_file)
     opt['network_t']['width'] = 16
     refused(tmp_path, opt, ValueError, r'set network_t\.width: 8 \(the checkpoint fits it exactly')
-    opt = distill_run('hints', clean_crops, teacher_file, hint_layers=[['decoder_level9', 'decoders.1']])
+    opt = distill_run('hints', clean_folder, teacher_file, hint_layers=[['decoder_level9', 'decoders.1']])
     refused(tmp_path, opt, KeyError, r'decoder_level9')
-    opt = distill_run('channels', clean_crops, teacher_file)
+    opt = distill_run('channels', clean_folder, teacher_file)
     opt['datasets']['train']['in_ch'] = 1
     refused(tmp_path, opt, ValueError, r'datasets\.train\.in_ch: 1 gives 1-channel images, but network_g SpikerIR '
                                        r'reads 3 channels')
@@ -165,20 +157,20 @@ def paired_run(name, lq_dir, gt_dir, data):
     return opt
 
 
-def test_a_missing_file_in_paired_folders_names_the_folders_and_the_file(tmp_path, pairs, clean_crops):
+def test_a_missing_file_in_paired_folders_names_the_folders_and_the_file(tmp_path, pairs, clean_folder):
     lq_dir, gt_dir = pairs
     os.rename(os.path.join(lq_dir, '001.png'), os.path.join(lq_dir, '001_renamed.png'))
-    text = refused(tmp_path, paired_run('renamed', lq_dir, gt_dir, clean_crops), ValueError)
+    text = refused(tmp_path, paired_run('renamed', lq_dir, gt_dir, clean_folder), ValueError)
     assert text.startswith("datasets.val ('my-val'): the paired folders do not pair")
     assert f"1 GT file(s) in dataroot_gt '{gt_dir}' have no LQ file in dataroot_lq '{lq_dir}' (001.png)" in text
     assert '1 LQ file(s) in dataroot_lq' in text and '001_renamed.png' in text
 
 
-def test_a_validation_pair_of_the_wrong_size_is_found_at_launch(tmp_path, pairs, clean_crops):
+def test_a_validation_pair_of_the_wrong_size_is_found_at_launch(tmp_path, pairs, clean_folder):
     lq_dir, gt_dir = pairs
     img = cv2.imread(os.path.join(gt_dir, '002.png'))
     cv2.imwrite(os.path.join(gt_dir, '002.png'), img[:40, :40])
-    text = refused(tmp_path, paired_run('sizes', lq_dir, gt_dir, clean_crops), ValueError)
+    text = refused(tmp_path, paired_run('sizes', lq_dir, gt_dir, clean_folder), ValueError)
     assert text.startswith(f"datasets.val ('my-val'): LQ '{lq_dir}/002.png' is 48x48 and GT '{gt_dir}/002.png' is "
                            '40x40, but each GT must be at least scale (1) times its LQ')
 
@@ -209,11 +201,11 @@ def test_a_test_run_without_its_checkpoint_moves_nothing_aside(tmp_path, pairs, 
 
 
 # ---------------------------------------------------------------------------------------------- smaller items
-def test_a_student_barely_initialised_from_its_twin_warns_on_the_console(tmp_path, clean_crops, caplog):
+def test_a_student_barely_initialised_from_its_twin_warns_on_the_console(tmp_path, clean_folder, caplog):
     twin = {'type': 'SpikerIR', 'preset': 'base', 'T': 1, 'reduction_t': 1, 'neuron': 'rate'}
     path = tmp_path / 'twin.pth'
     torch.save({'params': build_network(dict(twin)).state_dict()}, path)
-    opt = distill_run('preset', clean_crops, str(path), init_from_teacher=True, hint_adapter='conv1x1')
+    opt = distill_run('preset', clean_folder, str(path), init_from_teacher=True, hint_adapter='conv1x1')
     opt['network_t'] = twin
     opt['train'].update(total_iter=1)
     with caplog.at_level(logging.WARNING, logger='basicsr'):

@@ -27,7 +27,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
 from spikerir_plugin.archs.arch_util import pad_to_multiple
-from spikerir_plugin.archs.spiking_blocks import check_block_counts, check_choice, conv, make_neuron
+from spikerir_plugin.archs.spiking_blocks import PatchEmbed, check_block_counts, check_choice, conv, make_neuron
 from spikerir_plugin.archs.vlif_arch import recomputed
 
 # The official SpikeRainFactory variants; 'M' is the one its train.py and test.py use (the published model).
@@ -151,15 +151,6 @@ class ARFE(nn.Module):
         by_channel, by_pixel = x * self.ca(x), x * self.sa(x)
         mix = self.gate(torch.cat([x, by_channel, by_pixel], dim=1))
         return mix * by_channel + (1 - mix) * by_pixel + x
-
-
-class PatchEmbed(nn.Module):
-    def __init__(self, in_channels, dim, bias=False):
-        super().__init__()
-        self.proj = conv(in_channels, dim, bias=bias)
-
-    def forward(self, x):
-        return self.proj(x)
 
 
 @ARCH_REGISTRY.register()

@@ -245,9 +245,11 @@ class FeatureRefinementBlock(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, in_channels, dim):
+    """The image convolution of the spiking U-Nets (SpikerIR, ESDNet, VLIF, SpikeRain): ``proj``."""
+
+    def __init__(self, in_channels, dim, bias=False):
         super().__init__()
-        self.proj = conv(in_channels, dim)
+        self.proj = conv(in_channels, dim, bias=bias)
 
     def forward(self, x):
         return self.proj(x)

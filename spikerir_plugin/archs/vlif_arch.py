@@ -42,7 +42,7 @@ from spikerir_plugin.archs.neurons import MultiLevelSpikeNode
 from spikerir_plugin.archs.arch_util import pad_to_multiple
 from spikerir_plugin.archs.spiking_blocks import (V_TH, FastMultiDimensionalAttention, _PooledGate, _SpatialGate,
                                                   check_attention_sizes, check_block_counts, conv,
-                                                  frozen_batchnorm_statistics, make_neuron, tdbn)
+                                                  PatchEmbed, frozen_batchnorm_statistics, make_neuron, tdbn)
 from spikerir_plugin.utils.snn import time_mean
 
 PATCH = 2  # the visual LIF's pixel-unshuffle factor (r); r * r = 4 sub-steps per time step
@@ -229,15 +229,6 @@ class UpSampling(nn.Module):
 
     def forward(self, x):
         return self.bn(self.conv(self.lif(upsample2(x))))
-
-
-class PatchEmbed(nn.Module):
-    def __init__(self, in_channels, dim, bias=False):
-        super().__init__()
-        self.proj = conv(in_channels, dim, bias=bias)
-
-    def forward(self, x):
-        return self.proj(x)
 
 
 @ARCH_REGISTRY.register()
