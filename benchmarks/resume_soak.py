@@ -183,11 +183,43 @@ def timed_reference(workdir, yml, exp):
     return first, (time.time() - start - first) / max(saves - 1, 1)
 
 
+def inspect_after_kill(exp, killed, seen, reference, figures):
+    """What a kill left in the experiment folder, counted into ``figures``: (a write was cut off, the newest
+    checkpoint iteration, the checkpoint files, the files seen before and lost now, the unreadable ones).
+    ``seen`` (path -> sha256 of every complete checkpoint seen so far) is updated."""
+    from spikerir_plugin.utils.checkpoint import read_checkpoint
+    in_write = temp_files(exp)
+    figures['kills_during_writes'] += bool(killed and in_write)
+    states = {int(os.path.basename(p)[:-6]) for p in glob.glob(os.path.join(exp, 'training_states', '*.state'))}
+    nets = {int(os.path.basename(p)[6:-4]) for p in glob.glob(os.path.join(exp, 'models', 'net_g_*.pth'))
+            if os.path.basename(p)[6:-4].isdigit()}
+    newest = max(nets | states, default=None)
+    figures['kills_between_weights_and_state'] += bool(killed and newest in nets - states)
+    figures['kills_before_first_checkpoint'] += bool(killed and not (nets | states))
+    files = checkpoint_files(exp)
+    lost = [p for p in seen if p not in files]
+    figures['lost_files'] += len(lost)
+    unreadable = []
+    for path in files:
+        try:
+            read_checkpoint(path, 'soak', 'checkpoint')
+        except Exception as error:  # noqa: BLE001 - every failure is a finding
+            unreadable.append(f'{os.path.basename(path)}: {getattr(error, "reason", error)}')
+            continue
+        digest = sha256(path)
+        name = os.path.basename(path)
+        if path in seen and seen[path] != digest and not (name.endswith('.pth') and name in reference and
+                                                           same_weights(weights(path), reference[name])):
+            figures['changed_files'] += 1
+        seen[path] = digest
+    figures['unreadable_files'] += len(unreadable)
+    return in_write, newest, files, lost, unreadable
+
+
 def run_soak(workdir, cycles=50, total_iter=200, save_freq=2, seed=0, write_delay=0.05, log=print):
     import torch
     import spikerir_plugin  # noqa: F401  (shims and registration before basicsr.train, once, in this process)
     import basicsr.train  # noqa: F401
-    from spikerir_plugin.utils.checkpoint import read_checkpoint
     torch.set_num_threads(1)
     rng = random.Random(seed)
     workdir = os.path.abspath(workdir)
@@ -230,31 +262,7 @@ def run_soak(workdir, cycles=50, total_iter=200, save_freq=2, seed=0, write_dela
             raise RuntimeError(f'a resumed run failed (exit {code}); see {soak_log}')
         else:
             figures['kills'] += 1
-        in_write = temp_files(exp)
-        figures['kills_during_writes'] += bool(killed and in_write)
-        states = {int(os.path.basename(p)[:-6]) for p in glob.glob(os.path.join(exp, 'training_states', '*.state'))}
-        nets = {int(os.path.basename(p)[6:-4]) for p in glob.glob(os.path.join(exp, 'models', 'net_g_*.pth'))
-                if os.path.basename(p)[6:-4].isdigit()}
-        newest = max(nets | states, default=None)
-        figures['kills_between_weights_and_state'] += bool(killed and newest in nets - states)
-        figures['kills_before_first_checkpoint'] += bool(killed and not (nets | states))
-        files = checkpoint_files(exp)
-        lost = [p for p in seen if p not in files]
-        figures['lost_files'] += len(lost)
-        unreadable = []
-        for path in files:
-            try:
-                read_checkpoint(path, 'soak', 'checkpoint')
-            except Exception as error:  # noqa: BLE001 - every failure is a finding
-                unreadable.append(f'{os.path.basename(path)}: {getattr(error, "reason", error)}')
-                continue
-            digest = sha256(path)
-            name = os.path.basename(path)
-            if path in seen and seen[path] != digest and not (name.endswith('.pth') and name in reference and
-                                                               same_weights(weights(path), reference[name])):
-                figures['changed_files'] += 1
-            seen[path] = digest
-        figures['unreadable_files'] += len(unreadable)
+        in_write, newest, files, lost, unreadable = inspect_after_kill(exp, killed, seen, reference, figures)
         new = len(set(files) - before)
         log(f'cycle {figures["cycles"]:3d}  {"write-targeted" if targeted else "random-time   "}  '
             f'{"killed" if killed else "finished"}  newest checkpoint {newest}  +{new} files  '
