@@ -355,7 +355,21 @@ def energy_summary(report):
     print(f'energy ratio teacher/student: {report["ratio_teacher_over_student"]:.2f}')
 
 
-def main(argv=None):
+def energy_stage(log, energy_dir, student_yml, student_ckpt, twin_yml, size):
+    """Stage 7: spikerir-energy on the distilled student against the twin; returns its report."""
+    from spikerir_plugin.tools import energy_report
+    started = time.time()
+    with log.capture():
+        energy_report.main(['-opt', student_yml, '--ckpt', student_ckpt, '--teacher-from', twin_yml,
+                            '--size', str(size), '--sigma', str(SIGMA), '--out', energy_dir])
+    with open(os.path.join(energy_dir, 'energy.json')) as f:
+        report = json.load(f)
+    stage_done(7, 'energy', started, f"student {report['student']['totals']['energy_mJ']:.3f} mJ, teacher "
+                                     f"{report['teacher']['totals']['energy_mJ']:.3f} mJ per image")
+    return report
+
+
+def build_parser():
     parser = argparse.ArgumentParser(prog='spikerir-demo', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--workdir', default='demo_work')
@@ -365,7 +379,11 @@ def main(argv=None):
     parser.add_argument('--student-iters', type=int, default=120)
     parser.add_argument('--energy-size', type=int, default=128, help='input side for the energy report')
     parser.add_argument('--verbose', action='store_true', help='also print the logs (basicsr\'s console output)')
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
 
     start = time.time()
     workdir = os.path.abspath(args.workdir)
@@ -378,7 +396,6 @@ def main(argv=None):
     with log.capture():
         import spikerir_plugin  # noqa: F401
         from spikerir_plugin.models.spikerir_distill_model import student_alone_options
-        from spikerir_plugin.tools import energy_report
         from spikerir_plugin.tools.prepare_data import prepare_folder_lmdb
         data = os.path.join(workdir, 'datasets')
         train_png = write_demo_images(os.path.join(data, 'photos_train_png'), TRAIN_PHOTOS, 96, 4)
@@ -422,15 +439,8 @@ def main(argv=None):
     results = os.path.join(workdir, 'results')
     comparison = comparison_image(images, os.path.join(results, 'comparison.png'))
 
-    started = time.time()
     energy_dir = os.path.join(results, 'energy')
-    with log.capture():
-        energy_report.main(['-opt', student_yml, '--ckpt', checkpoint(s_opt), '--teacher-from', twin_yml,
-                            '--size', str(args.energy_size), '--sigma', str(SIGMA), '--out', energy_dir])
-    with open(os.path.join(energy_dir, 'energy.json')) as f:
-        report = json.load(f)
-    stage_done(7, 'energy', started, f"student {report['student']['totals']['energy_mJ']:.3f} mJ, teacher "
-                                     f"{report['teacher']['totals']['energy_mJ']:.3f} mJ per image")
+    report = energy_stage(log, energy_dir, student_yml, checkpoint(s_opt), twin_yml, args.energy_size)
 
     print_table(scores, nets, count)
     energy_summary(report)
