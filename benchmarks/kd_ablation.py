@@ -472,7 +472,82 @@ def plot_curves(rows, path):
     plt.close(fig)
 
 
-def main(argv=None):
+def arm_options(args, workdir, teacher_net, teacher_ckpt, size, extra):
+    """Each arm's options (the shipped files sized by ``size``), the measured step costs and each arm's compute:
+    (twin iterations, the student's options, {arm: options}, {arm: step s}, {arm: compute s}, the recipe's compute,
+    alone_eq's iterations)."""
+    from spikerir_plugin.models.spikerir_distill_model import student_alone_options
+    shipped_twin, shipped_student = load_options(SHIPPED_TWIN), load_options(SHIPPED_STUDENT)
+    ratio = int(shipped_twin['train']['total_iter']) / int(shipped_student['train']['total_iter'])
+    twin_iters = args.twin_iters or int(round(ratio * args.iters))
+    twin_opt = resized(shipped_twin, twin_iters, **size)
+    twin_opt['network_t'] = copy.deepcopy(teacher_net)  # the user's teacher instead of the shipped Restormer
+    twin_opt['path']['pretrain_network_t'] = teacher_ckpt
+    student_opt = resized(shipped_student, args.iters, **size)
+    options = {'twin': twin_opt, 'twin_gt': student_alone_options(twin_opt), 'recipe': student_opt,
+               'chain_gt': student_opt, 'alone': student_alone_options(student_opt)}
+    costs = measured_step_costs(workdir, {k: options[k] for k in ('twin', 'twin_gt', 'recipe', 'alone')},
+                                args.step_cost, args.device)
+    costs['chain_gt'] = costs['recipe']
+    recipe_compute = costs['twin'] * twin_iters + costs['recipe'] * args.iters
+    eq_iters = max(int(round(recipe_compute / costs['alone'])), 1)
+    options['alone_eq'] = rescale_iterations(copy.deepcopy(options['alone']), eq_iters)
+    costs['alone_eq'] = costs['alone']
+    for n, arm in zip(args.alone_iters, extra):
+        options[arm] = rescale_iterations(copy.deepcopy(options['alone']), n)
+        costs[arm] = costs['alone']
+    compute = {arm: costs[arm] * int(opt['train']['total_iter']) for arm, opt in options.items()}
+    for arm, twin in CHAIN_TWIN.items():
+        compute[arm] += compute[twin]
+    return twin_iters, student_opt, options, costs, compute, recipe_compute, eq_iters
+
+
+def plan_runs(workdir, options, needed, extra, args):
+    """{(arm, seed): Run}: every seed's main arms first (twin, recipe, alone, alone_eq), then the teacher-free
+    chain, then the extra students alone; a chain's student depends on its seed's twin."""
+    runs = {}
+    for group in (('twin', 'recipe', 'alone', 'alone_eq'), ('twin_gt', 'chain_gt'), tuple(extra)):
+        for seed in args.seeds:
+            for arm in group:
+                if arm not in needed:
+                    continue
+                opt = copy.deepcopy(options[arm])
+                deps = ()
+                if arm in CHAIN_TWIN:
+                    twin = runs[(CHAIN_TWIN[arm], seed)]
+                    opt['path']['pretrain_network_t'] = twin.ckpt
+                    deps = (twin.key,)
+                runs[(arm, seed)] = Run(workdir, arm, seed, opt, args.curve_points, args.device, deps)
+    return runs
+
+
+def train_and_score(run, args, eval_lock, results):
+    """Train ``run`` (unless a finished one is on disk) and score it on the held-out set; into ``results``."""
+    iters = int(run.opt['train']['total_iter'])
+    if run.trained:
+        with open(run.result_path) as f:
+            result = json.load(f)
+    else:
+        os.makedirs(run.dir, exist_ok=True)
+        print(f'{time.strftime("%H:%M:%S")} training {run.arm} seed {run.seed} ({iters} it)', flush=True)
+        start = time.time()
+        train(run.opt, run.dir, args.threads, args.device)
+        result = {'arm': run.arm, 'seed': run.seed, 'iters': iters, 'wall_s': time.time() - start,
+                  'checkpoint': run.ckpt, 'scores': {},
+                  'curve': validation_curve(os.path.join(run.dir, 'train.log'), run.opt['val']['val_freq'],
+                                            iters), 'curve_set': args.eval}
+    if args.eval not in result['scores']:
+        with eval_lock:
+            result['scores'][args.eval] = {key: evaluate(run.opt, run.opt['network_g'], run.ckpt, key,
+                                                         args.device) for key in PARAM_KEYS}
+        write_json(run.result_path, result)
+    results[run.key] = dict(result, scores=result['scores'][args.eval])
+    print(f'{time.strftime("%H:%M:%S")} done {run.arm} seed {run.seed}: PSNR '
+          f'{results[run.key]["scores"]["params"]["psnr"]:.2f} (params) '
+          f'{results[run.key]["scores"]["params_ema"]["psnr"]:.2f} (params_ema)', flush=True)
+
+
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--arms', nargs='+', choices=ARMS, default=list(ARMS),
@@ -495,12 +570,15 @@ def main(argv=None):
     parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
     parser.add_argument('--curve-points', type=int, default=6, help='validations per run (for curves.png)')
     parser.add_argument('--step-cost', type=int, default=40, help='timed training steps per arm (compute)')
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
 
     import spikerir_plugin  # noqa: F401  (registers the plugin's archs, datasets, models)
     import torch
     from spikerir_plugin import demo
-    from spikerir_plugin.models.spikerir_distill_model import student_alone_options
     torch.set_num_threads(args.threads)
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -516,77 +594,20 @@ def main(argv=None):
     teacher_net, teacher_ckpt, teacher_info = train_teacher(workdir, args.teacher_iters, train_dir, val_dir,
                                                             args.gt_size, args.device)
 
-    shipped_twin, shipped_student = load_options(SHIPPED_TWIN), load_options(SHIPPED_STUDENT)
-    ratio = int(shipped_twin['train']['total_iter']) / int(shipped_student['train']['total_iter'])
-    twin_iters = args.twin_iters or int(round(ratio * args.iters))
-    size = dict(train_dir=train_dir, val_dir=val_dir, val_name=val_name, gt_size=args.gt_size, batch=args.batch)
-    twin_opt = resized(shipped_twin, twin_iters, **size)
-    twin_opt['network_t'] = copy.deepcopy(teacher_net)  # the user's teacher instead of the shipped Restormer
-    twin_opt['path']['pretrain_network_t'] = teacher_ckpt
-    student_opt = resized(shipped_student, args.iters, **size)
-    options = {'twin': twin_opt, 'twin_gt': student_alone_options(twin_opt), 'recipe': student_opt,
-               'chain_gt': student_opt, 'alone': student_alone_options(student_opt)}
-    costs = measured_step_costs(workdir, {k: options[k] for k in ('twin', 'twin_gt', 'recipe', 'alone')},
-                                args.step_cost, args.device)
-    costs['chain_gt'] = costs['recipe']
-    recipe_compute = costs['twin'] * twin_iters + costs['recipe'] * args.iters
-    eq_iters = max(int(round(recipe_compute / costs['alone'])), 1)
-    options['alone_eq'] = rescale_iterations(copy.deepcopy(options['alone']), eq_iters)
-    costs['alone_eq'] = costs['alone']
-    for n, arm in zip(args.alone_iters, extra):
-        options[arm] = rescale_iterations(copy.deepcopy(options['alone']), n)
-        costs[arm] = costs['alone']
-    compute = {arm: costs[arm] * int(opt['train']['total_iter']) for arm, opt in options.items()}
-    for arm, twin in CHAIN_TWIN.items():
-        compute[arm] += compute[twin]
+    twin_iters, student_opt, options, costs, compute, recipe_compute, eq_iters = arm_options(
+        args, workdir, teacher_net, teacher_ckpt, dict(train_dir=train_dir, val_dir=val_dir, val_name=val_name,
+                                                       gt_size=args.gt_size, batch=args.batch), extra)
     print('step s: ' + ', '.join(f'{k} {v:.3f}' for k, v in costs.items()) +
           f'; alone_eq: {eq_iters} iterations (the recipe\'s {recipe_compute:.0f} s)', flush=True)
 
-    # runs: every seed's main arms first (twin, recipe, alone, alone_eq), then the teacher-free chain
-    runs = {}
-    for group in (('twin', 'recipe', 'alone', 'alone_eq'), ('twin_gt', 'chain_gt'), tuple(extra)):
-        for seed in args.seeds:
-            for arm in group:
-                if arm not in needed:
-                    continue
-                opt = copy.deepcopy(options[arm])
-                deps = ()
-                if arm in CHAIN_TWIN:
-                    twin = runs[(CHAIN_TWIN[arm], seed)]
-                    opt['path']['pretrain_network_t'] = twin.ckpt
-                    deps = (twin.key,)
-                runs[(arm, seed)] = Run(workdir, arm, seed, opt, args.curve_points, args.device, deps)
+    runs = plan_runs(workdir, options, needed, extra, args)
     todo = [r for r in runs.values() if not r.trained]
     print(f'{len(runs)} runs ({len(runs) - len(todo)} already trained); student {args.iters} it, twin {twin_iters} '
           f'it; logs under {os.path.join(workdir, "runs")}', flush=True)
     eval_lock = threading.Lock()
     results = {}
 
-    def work(run):
-        iters = int(run.opt['train']['total_iter'])
-        if run.trained:
-            with open(run.result_path) as f:
-                result = json.load(f)
-        else:
-            os.makedirs(run.dir, exist_ok=True)
-            print(f'{time.strftime("%H:%M:%S")} training {run.arm} seed {run.seed} ({iters} it)', flush=True)
-            start = time.time()
-            train(run.opt, run.dir, args.threads, args.device)
-            result = {'arm': run.arm, 'seed': run.seed, 'iters': iters, 'wall_s': time.time() - start,
-                      'checkpoint': run.ckpt, 'scores': {},
-                      'curve': validation_curve(os.path.join(run.dir, 'train.log'), run.opt['val']['val_freq'],
-                                                iters), 'curve_set': args.eval}
-        if args.eval not in result['scores']:
-            with eval_lock:
-                result['scores'][args.eval] = {key: evaluate(run.opt, run.opt['network_g'], run.ckpt, key,
-                                                             args.device) for key in PARAM_KEYS}
-            write_json(run.result_path, result)
-        results[run.key] = dict(result, scores=result['scores'][args.eval])
-        print(f'{time.strftime("%H:%M:%S")} done {run.arm} seed {run.seed}: PSNR '
-              f'{results[run.key]["scores"]["params"]["psnr"]:.2f} (params) '
-              f'{results[run.key]["scores"]["params_ema"]["psnr"]:.2f} (params_ema)', flush=True)
-
-    failed = run_all(list(runs.values()), args.jobs, work)
+    failed = run_all(list(runs.values()), args.jobs, lambda run: train_and_score(run, args, eval_lock, results))
 
     fixed = {'noisy': evaluate(student_opt, None, None, None, args.device),
              'teacher': dict(evaluate(student_opt, teacher_net, teacher_ckpt, 'params', args.device),
