@@ -71,7 +71,7 @@ def measure(net_spec, ckpt, size):
             'macs_per_image': totals['macs'] / x.shape[0], 'mean_firing_rate': totals['mean_firing_rate']}
 
 
-def main(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--presets', nargs='+', default=['tiny', 'base'], choices=['tiny', 'base'])
     p.add_argument('--weights', type=float, nargs='*', default=[0, 0.5, 1, 2, 4],
@@ -94,7 +94,11 @@ def main(argv=None):
     p.add_argument('--jobs', type=int, default=1)
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
 
     import spikerir_plugin  # noqa: F401
     import torch
