@@ -133,13 +133,16 @@ def test_startup_hook_is_free_optional_and_never_raises(tmp_path):
 
 # --------------------------------------------------------------------------------------------- pipeline on CPU
 
-@pytest.mark.parametrize('stop_at', [6, 8], ids=['mid-epoch', 'epoch-boundary'])
-def test_train_writes_checkpoints_and_resume_continues_exactly(tmp_path, tiny_pairs, stop_at):
+@pytest.mark.parametrize('stop_at, prefetch', [(6, None), (8, None)], ids=['mid-epoch', 'epoch-boundary'])
+def test_train_writes_checkpoints_and_resume_continues_exactly(tmp_path, tiny_pairs, stop_at, prefetch):
     # uninterrupted reference run: 12 iterations
-    ref = write_options(tmp_path / 'ref.yml', tiny_train_options('ref', tiny_pairs, total_iter=12, save_freq=2))
+    ref_opt = tiny_train_options('ref', tiny_pairs, total_iter=12, save_freq=2)
+    ref_opt['datasets']['train']['prefetch_mode'] = prefetch
+    ref = write_options(tmp_path / 'ref.yml', ref_opt)
     assert_ok(run([PYTHON, TRAIN_SCRIPT, '-opt', ref], cwd=tmp_path))
     # interrupted run, then auto-resume up to 12
     opt = tiny_train_options('resumed', tiny_pairs, total_iter=stop_at, save_freq=2)
+    opt['datasets']['train']['prefetch_mode'] = prefetch
     first = write_options(tmp_path / 'first.yml', opt)
     assert_ok(run([PYTHON, TRAIN_SCRIPT, '-opt', first], cwd=tmp_path))
     exp = tmp_path / 'experiments' / 'resumed'

@@ -175,6 +175,42 @@ def test_a_validation_pair_of_the_wrong_size_is_found_at_launch(tmp_path, pairs,
                            '40x40, but each GT must be at least scale (1) times its LQ')
 
 
+def test_pairing_reads_files_as_basicsr_does(tmp_path, pairs):
+    """A subfolder is no file of the pairing, a meta_info_file selects the pairs, and an EXIF-rotated JPEG has the
+    size basicsr (cv2) decodes it with."""
+    from PIL import Image
+    from spikerir_plugin.models.run_checks import check_datasets
+    lq_dir, gt_dir = pairs
+    os.mkdir(os.path.join(gt_dir, 'sub'))
+    (tmp_path / 'unlisted.png').write_bytes(open(os.path.join(gt_dir, '000.png'), 'rb').read())
+    os.rename(tmp_path / 'unlisted.png', os.path.join(gt_dir, 'unlisted.png'))
+    val = {'name': 'v', 'type': 'PairedImageDataset', 'dataroot_lq': lq_dir, 'dataroot_gt': gt_dir,
+           'io_backend': {'type': 'disk'}, 'phase': 'val', 'scale': 1}
+    with pytest.raises(ValueError, match=r'unlisted\.png'):  # a file with no partner is named; the folder is not
+        check_datasets({'scale': 1, 'datasets': {'val': val}})
+    meta = tmp_path / 'meta.txt'
+    meta.write_text('000.png\n001.png\n002.png\n')
+    check_datasets({'scale': 1, 'datasets': {'val': dict(val, meta_info_file=str(meta))}})
+    # a 40x20 (w x h) JPEG shown rotated (orientation 6) is 20 wide and 40 high for cv2
+    lq2, gt2 = tmp_path / 'lq2', tmp_path / 'gt2'
+    lq2.mkdir(), gt2.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new('RGB', (40, 20)).save(gt2 / 'a.jpg', exif=exif)
+    cv2.imwrite(str(lq2 / 'a.jpg'), cv2.imread(str(gt2 / 'a.jpg')))  # the LQ saved as cv2 decoded it (no EXIF)
+    assert cv2.imread(str(lq2 / 'a.jpg')).shape[:2] == (40, 20)
+    check_datasets({'scale': 1, 'datasets': {'val': dict(val, dataroot_lq=str(lq2), dataroot_gt=str(gt2))}})
+
+
+def test_model_option_combinations_are_refused_before_any_folder(tmp_path, clean_folder):
+    opt = run_options('compiled', clean_folder)
+    opt['train']['energy_opt'] = {'type': 'SynOpsLoss', 'loss_weight': 1.0}
+    opt['speed'] = {'compile': True}
+    refused(tmp_path, opt, ValueError, r'train\.energy_opt reads the spikes through forward hooks')
+    opt = run_options('tiles', clean_folder, val={'tile': {'size': 8, 'overlap': 8}})
+    refused(tmp_path, opt, ValueError, r'val\.tile: overlap \(8\) must be smaller than size \(8\)')
+
+
 # ---------------------------------------------------------------------------------------------- test runs
 def test_a_test_run_without_its_checkpoint_moves_nothing_aside(tmp_path, pairs, monkeypatch):
     """basicsr's test pipeline archives results/<name> before it builds the model; the check comes first."""

@@ -1,5 +1,8 @@
 """Exact resume for the plugin's models: a resumed run continues with the batch, the random streams and the
-training state where the saved run stopped, as if it had never been interrupted.
+training state where the saved run stopped, as if it had never been interrupted. With DataLoader workers
+(num_worker_per_gpu > 0) the sample order and the main process's streams continue, but the workers start fresh,
+so random crops, flips and noise drawn inside them differ after a resume (basicsr seeds its workers per run); so do
+they with ``prefetch_mode: cpu``, whose thread draws them ahead of the training.
 
 basicsr 1.4.2 saves only the epoch and the iteration, so a resumed run restarts the saved epoch from its first batch
 with fresh random streams. For runs whose model is a ``SpikingSRModel`` (or a subclass), basicsr's train pipeline
@@ -383,7 +386,17 @@ def resume_train_loader(opt, train_loader, train_sampler, logger):
         return train_loader, train_sampler
     from basicsr.data import build_dataloader
     sampler = ResumingSampler(train_sampler, epoch, consumed * train_loader.batch_size, state.pop('rng', None))
-    loader = build_dataloader(train_loader.dataset, opt['datasets']['train'], num_gpu=opt['num_gpu'],
-                              dist=opt['dist'], sampler=sampler, seed=opt['manual_seed'])
+    dataset_opt = opt['datasets']['train']
+    if dataset_opt.get('prefetch_mode') == 'cpu':
+        # basicsr's PrefetchDataLoader iterates in a thread of its own, so the first (discarded) iterator could
+        # take the skip meant for the resumed epoch; the resumed run's loader is plain (CPUPrefetcher still serves
+        # it), which keeps the skip on the iterator the epoch really uses
+        dataset_opt = dict(dataset_opt, prefetch_mode=None)
+        logger.warning('Resume with prefetch_mode: cpu: the resumed epoch skips the consumed batches and the loader '
+                       'runs without its prefetch thread for this run, but the saved random streams were drawn ahead '
+                       'by that thread, so random crops and flips differ from an uninterrupted run (prefetch_mode: ~ '
+                       'resumes exactly)')
+    loader = build_dataloader(train_loader.dataset, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'],
+                              sampler=sampler, seed=opt['manual_seed'])
     logger.info(f'Resume at iter {state["iter"]}: epoch {epoch}, skipping {consumed} consumed batches.')
     return loader, sampler

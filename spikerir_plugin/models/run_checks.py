@@ -126,6 +126,9 @@ def check_checkpoint_exists(path, key, kind):
 
 # ------------------------------------------------------------------------------------------------ datasets
 _PAIRED = ('PairedImageDataset',)
+# datasets built at launch: basicsr's image datasets and the plugin's, whose constructors do not log (a dataset that
+# calls basicsr's get_root_logger before the pipeline sets it up would cost the run its log file)
+_BUILT_AT_LAUNCH = _KNOWN_DATASETS
 _MAX_LISTED = 5
 
 
@@ -141,7 +144,8 @@ def _folder_names(folder, backend):
     if backend == 'lmdb':
         with open(os.path.join(folder, 'meta_info.txt')) as f:
             return {line.split('.')[0]: line for line in f if line.strip()}
-    return {name: None for name in os.listdir(folder) if not name.startswith('.')}
+    return {name: None for name in os.listdir(folder)  # files only, as basicsr's scandir lists them
+            if not name.startswith('.') and os.path.isfile(os.path.join(folder, name))}
 
 
 def _pairing_problem(dataset_opt):
@@ -151,6 +155,8 @@ def _pairing_problem(dataset_opt):
     lq_root, gt_root = dataset_opt.get('dataroot_lq'), dataset_opt.get('dataroot_gt')
     if backend not in ('disk', 'lmdb') or not (isinstance(lq_root, str) and isinstance(gt_root, str)):
         return None
+    if backend == 'disk' and dataset_opt.get('meta_info_file'):
+        return None  # basicsr pairs only the listed files (and names a missing one itself)
     tmpl = dataset_opt.get('filename_tmpl', '{}')
     gt_names, lq_names = _folder_names(gt_root, backend), _folder_names(lq_root, backend)
     if backend == 'lmdb':  # basicsr pairs LMDB keys as they are
@@ -181,6 +187,8 @@ def _size(path_or_key, backend, meta):
         return (int(found.group(1)), int(found.group(2))) if found else None
     from PIL import Image
     with Image.open(path_or_key) as img:
+        if img.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientation: cv2 (basicsr) rotates by 90 degrees
+            return img.width, img.height
         return img.height, img.width
 
 
@@ -198,8 +206,8 @@ def _pair_size_problem(phase, dataset, dataset_opt, scale):
         try:
             lq = _size(pair['lq_path'], backend, metas.get('dataroot_lq'))
             gt = _size(pair['gt_path'], backend, metas.get('dataroot_gt'))
-        except OSError:
-            continue  # an unreadable image is reported by the loader, with its path
+        except Exception:  # noqa: BLE001 - unreadable or over PIL's size limit: the loader reads it (or names it)
+            continue
         if lq is None or gt is None:
             continue
         want = (lq[0] * scale, lq[1] * scale)
@@ -219,7 +227,7 @@ def check_datasets(opt):
     from basicsr.utils.registry import DATASET_REGISTRY
     scale = opt.get('scale', 1)
     for phase, dataset_opt in (opt.get('datasets') or {}).items():
-        if not isinstance(dataset_opt, dict) or dataset_opt.get('type') not in DATASET_REGISTRY:
+        if not isinstance(dataset_opt, dict) or dataset_opt.get('type') not in _BUILT_AT_LAUNCH:
             continue
         dataset_opt = dict(dataset_opt, phase=dataset_opt.get('phase', phase.split('_')[0]),
                            scale=dataset_opt.get('scale', scale))

@@ -81,19 +81,7 @@ class SpikingSRModel(SRModel):
     def __init__(self, opt):
         check_network_opt(opt.get('network_g'), 'network_g')
         check_option_keys(opt, self.reads_distillation_keys)
-        self.speed = train_speed.SpeedOptions.from_opt(opt)
-        if self.speed.cuda_graph:
-            raise ValueError('speed.cuda_graph is not supported by the training models (the training step logs '
-                             'Python floats and reduces losses across ranks); it is measured by '
-                             'benchmarks/train_step.py --cuda-graph. Use speed.compile: {mode: reduce-overhead} '
-                             'for compiler-managed CUDA graphs.')
-        self.tile = check_tile_opt((opt.get('val') or {}).get('tile'))
-        if opt.get('is_train') and opt['num_gpu'] > 1 and not opt['dist']:
-            # DataParallel replicas share the modules' forward hooks and lose BN/tdBN statistics
-            raise ValueError(f'num_gpu: {opt["num_gpu"]} without a launcher means DataParallel, which '
-                             f'{type(self).__name__} does not support; train on several GPUs with DDP: torchrun '
-                             '--nproc_per_node=N spikerir_plugin/train.py -opt ... --launcher pytorch, or use one '
-                             'GPU (num_gpu: 1 or CUDA_VISIBLE_DEVICES=0)')
+        self.speed, self.tile = self.check_model_options(opt)
         run_checks.check_device(opt)
         self._step_losses = OrderedDict()
         super().__init__(opt)
@@ -167,10 +155,7 @@ class SpikingSRModel(SRModel):
         if not spec:
             return None
         spec = check_energy_opt(spec)
-        schedule = spec.pop('schedule', None)
-        if self.speed.compile_kwargs is not None:
-            raise ValueError('train.energy_opt reads the spikes through forward hooks, which speed.compile does not '
-                             'run as in eager mode; remove speed.compile or train.energy_opt')
+        schedule = spec.pop('schedule', None)  # (speed.compile is refused by check_model_options)
         self.energy_schedule = None if schedule is None else KDSchedule.from_opt(schedule, 'energy_opt.schedule')
         return build_loss(spec).attach(self.bare_net_g())
 
@@ -387,11 +372,36 @@ class SpikingSRModel(SRModel):
         return ()
 
     @classmethod
+    def check_model_options(cls, opt):
+        """(speed options, tile) of the options, or the error for a combination the model refuses: speed.cuda_graph,
+        DataParallel (num_gpu > 1 without a launcher), train.energy_opt with speed.compile, a bad val.tile. Run by
+        the launch checks and again when the model is built."""
+        speed = train_speed.SpeedOptions.from_opt(opt)
+        if speed.cuda_graph:
+            raise ValueError('speed.cuda_graph is not supported by the training models (the training step logs '
+                             'Python floats and reduces losses across ranks); it is measured by '
+                             'benchmarks/train_step.py --cuda-graph. Use speed.compile: {mode: reduce-overhead} '
+                             'for compiler-managed CUDA graphs.')
+        tile = check_tile_opt((opt.get('val') or {}).get('tile'))
+        num_gpu = opt.get('num_gpu')
+        if opt.get('is_train') and isinstance(num_gpu, int) and num_gpu > 1 and not opt.get('dist'):
+            # DataParallel replicas share the modules' forward hooks and lose BN/tdBN statistics
+            raise ValueError(f'num_gpu: {num_gpu} without a launcher means DataParallel, which '
+                             f'{cls.__name__} does not support; train on several GPUs with DDP: torchrun '
+                             '--nproc_per_node=N spikerir_plugin/train.py -opt ... --launcher pytorch, or use one '
+                             'GPU (num_gpu: 1 or CUDA_VISIBLE_DEVICES=0)')
+        if opt.get('is_train') and (opt.get('train') or {}).get('energy_opt') and speed.compile_kwargs is not None:
+            raise ValueError('train.energy_opt reads the spikes through forward hooks, which speed.compile does not '
+                             'run as in eager mode; remove speed.compile or train.energy_opt')
+        return speed, tile
+
+    @classmethod
     def launch_checks(cls, opt):
         """Option, device and data checks that need no network; run before basicsr creates (or moves aside) the
         experiment folder."""
         check_network_opt(opt.get('network_g'), 'network_g')
         check_option_keys(opt, cls.reads_distillation_keys)
+        cls.check_model_options(opt)
         energy = (opt.get('train') or {}).get('energy_opt') if opt.get('is_train', True) else None
         if energy:  # its keys and schedule, before any folder exists
             KDSchedule.from_opt(check_energy_opt(energy).get('schedule'), 'energy_opt.schedule')

@@ -221,10 +221,9 @@ def main(argv=None):
     energy_net = copy.deepcopy(net).cpu() if a.energy is not None else None
     try:
         restorer = Restorer(net, device, exact=not a.fast, bf16=a.bf16, tile=tile, net_opt=net_opt)
-    except ValueError as e:  # with --fast: a network without an inference copy (inference_network says which)
-        if not a.fast:
-            raise
-        parser.exit(2, f'spikerir-restore: error: --fast: {e}; drop --fast\n')
+    except ValueError as e:  # no channel count to read; with --fast: no inference copy (inference_network says)
+        parser.exit(2, f'spikerir-restore: error: --fast: {e}; drop --fast\n' if a.fast and 'inference copy' in str(e)
+                    else f'spikerir-restore: error: {e}\n')
     out_dir = a.output
     energy_csv = None if a.energy is None else (a.energy or os.path.join(out_dir, 'energy.csv'))
     energy_rows, written = [], {}

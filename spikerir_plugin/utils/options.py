@@ -17,7 +17,7 @@ BASICSR_TRAIN_KEYS = (
     'total_iter', 'warmup_iter', 'ema_decay', 'optim_g', 'scheduler', 'pixel_opt', 'perceptual_opt', 'gan_opt',
     'optim_d', 'net_d_iters', 'net_d_init_iters', 'ldl_opt', 'feature_matching_opt', 'flow_lr_mul', 'dcn_lr_mul',
     'fix_flow', 'lr_flow', 'path_reg_weight', 'net_g_reg_every', 'net_d_reg_every', 'mixing_prob', 'r1_reg_weight',
-    'gan_opt_d', 'use_grad_clip')
+    'gan_opt_d', 'use_grad_clip', 'tsa_iter', 'path_batch_shrink')
 PLUGIN_TRAIN_KEYS = {
     'ema_warmup': 'true (default): the EMA decay warms up with the number of updates; false: basicsr\'s fixed decay',
     'fft_opt': 'a frequency-domain loss (FFTLoss) next to pixel_opt / perceptual_opt',
