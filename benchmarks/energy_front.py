@@ -102,20 +102,14 @@ def main(argv=None):
 
     import spikerir_plugin  # noqa: F401
     import torch
-    from spikerir_plugin import demo
     from spikerir_plugin.models.spikerir_distill_model import student_alone_options
     torch.set_num_threads(args.threads)
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
-    data = os.path.join(workdir, 'datasets')
-    train_dir = ka.write_crops(os.path.join(data, f'train-{args.train_grid}'), demo.TRAIN_PHOTOS, args.train_grid)
-    photos = ka.TUNE_PHOTOS if args.eval == 'tune' else ka.REPORT_PHOTOS
-    val_dir = ka.write_crops(os.path.join(data, f'{args.eval}-{args.eval_grid}'), photos, args.eval_grid)
-    size = dict(train_dir=train_dir, val_dir=val_dir, val_name=f'photos-{args.eval}', gt_size=args.gt_size,
-                batch=args.batch)
+    _, size = ka.harness_data(args, workdir)
+    train_dir, val_dir = size['train_dir'], size['val_dir']
     shipped_twin, shipped_student = ka.load_options(ka.SHIPPED_TWIN), ka.load_options(ka.SHIPPED_STUDENT)
-    ratio = int(shipped_twin['train']['total_iter']) / int(shipped_student['train']['total_iter'])
-    twin_iters = args.twin_iters or int(round(ratio * args.iters))
+    twin_iters = ka.twin_iterations(args, shipped_twin, shipped_student)
     if not args.alone:
         teacher_net, teacher_ckpt, _ = ka.train_teacher(workdir, args.teacher_iters, train_dir, val_dir,
                                                         args.gt_size, args.device)

@@ -472,14 +472,31 @@ def plot_curves(rows, path):
     plt.close(fig)
 
 
+def harness_data(args, workdir):
+    """(the held-out photos, the size keys of every run: crop folders written once under ``workdir``, validation
+    set name, crop side, batch) for --train-grid, --eval, --eval-grid, --gt-size and --batch."""
+    from spikerir_plugin import demo
+    data = os.path.join(workdir, 'datasets')
+    train_dir = write_crops(os.path.join(data, f'train-{args.train_grid}'), demo.TRAIN_PHOTOS, args.train_grid)
+    photos = TUNE_PHOTOS if args.eval == 'tune' else REPORT_PHOTOS
+    val_dir = write_crops(os.path.join(data, f'{args.eval}-{args.eval_grid}'), photos, args.eval_grid)
+    return photos, dict(train_dir=train_dir, val_dir=val_dir, val_name=f'photos-{args.eval}', gt_size=args.gt_size,
+                        batch=args.batch)
+
+
+def twin_iterations(args, shipped_twin, shipped_student):
+    """--twin-iters, else the shipped files' twin/student ratio times --iters."""
+    ratio = int(shipped_twin['train']['total_iter']) / int(shipped_student['train']['total_iter'])
+    return args.twin_iters or int(round(ratio * args.iters))
+
+
 def arm_options(args, workdir, teacher_net, teacher_ckpt, size, extra):
     """Each arm's options (the shipped files sized by ``size``), the measured step costs and each arm's compute:
     (twin iterations, the student's options, {arm: options}, {arm: step s}, {arm: compute s}, the recipe's compute,
     alone_eq's iterations)."""
     from spikerir_plugin.models.spikerir_distill_model import student_alone_options
     shipped_twin, shipped_student = load_options(SHIPPED_TWIN), load_options(SHIPPED_STUDENT)
-    ratio = int(shipped_twin['train']['total_iter']) / int(shipped_student['train']['total_iter'])
-    twin_iters = args.twin_iters or int(round(ratio * args.iters))
+    twin_iters = twin_iterations(args, shipped_twin, shipped_student)
     twin_opt = resized(shipped_twin, twin_iters, **size)
     twin_opt['network_t'] = copy.deepcopy(teacher_net)  # the user's teacher instead of the shipped Restormer
     twin_opt['path']['pretrain_network_t'] = teacher_ckpt
@@ -578,7 +595,6 @@ def main(argv=None):
 
     import spikerir_plugin  # noqa: F401  (registers the plugin's archs, datasets, models)
     import torch
-    from spikerir_plugin import demo
     torch.set_num_threads(args.threads)
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -586,17 +602,13 @@ def main(argv=None):
     needed = set(args.arms) | {CHAIN_TWIN[a] for a in args.arms if a in CHAIN_TWIN} | set(extra)
     order = [a for a in ARMS if a in needed] + extra
 
-    data = os.path.join(workdir, 'datasets')
-    train_dir = write_crops(os.path.join(data, f'train-{args.train_grid}'), demo.TRAIN_PHOTOS, args.train_grid)
-    photos = TUNE_PHOTOS if args.eval == 'tune' else REPORT_PHOTOS
-    val_dir = write_crops(os.path.join(data, f'{args.eval}-{args.eval_grid}'), photos, args.eval_grid)
-    val_name = f'photos-{args.eval}'
+    photos, size = harness_data(args, workdir)
+    train_dir, val_dir = size['train_dir'], size['val_dir']
     teacher_net, teacher_ckpt, teacher_info = train_teacher(workdir, args.teacher_iters, train_dir, val_dir,
                                                             args.gt_size, args.device)
 
     twin_iters, student_opt, options, costs, compute, recipe_compute, eq_iters = arm_options(
-        args, workdir, teacher_net, teacher_ckpt, dict(train_dir=train_dir, val_dir=val_dir, val_name=val_name,
-                                                       gt_size=args.gt_size, batch=args.batch), extra)
+        args, workdir, teacher_net, teacher_ckpt, size, extra)
     print('step s: ' + ', '.join(f'{k} {v:.3f}' for k, v in costs.items()) +
           f'; alone_eq: {eq_iters} iterations (the recipe\'s {recipe_compute:.0f} s)', flush=True)
 
