@@ -39,7 +39,7 @@ part() {  # part NAME SECONDS COMMAND...: run with a time limit, log its status
     part channels-last 70 $B --cases $C --sizes $SIZES --dtypes bf16 --channels-last $ITERS --out "$OUT/channels_last.jsonl"
     part checkpoint 40 $B --cases esdnet_fast --sizes $BIG --dtypes fp32,bf16 --channels-last --checkpoint $ITERS --out "$OUT/checkpoint.jsonl"
     [ "$DEVICE" = cuda ] && part teacher-fast 70 $B --cases spikerir_tiny,kd_tiny,spikerir_base,kd_base --sizes $SIZES --dtypes fp32,bf16 --teacher-bf16 --teacher-cuda-graph $ITERS --out "$OUT/teacher_fast.jsonl"
-    [ "$DEVICE" = cuda ] && part cuda-tests 120 $PY -m pytest -q -rA -p no:cacheprovider --timeout=100 tests/test_cuda.py
+    [ "$DEVICE" = cuda ] && part cuda-tests 120 $PY -m pytest -q -rA -p no:cacheprovider --timeout=100 tests/models/test_cuda.py
     part equality 45 $PY benchmarks/esdnet_equality.py --device $DEVICE --size $EQ_SIZE $EQ_EXTRA
     part profile-esdnet 45 $PY benchmarks/profile_step.py --device $DEVICE --case esdnet_fast --size $BIG --dtype bf16 --channels-last $EXTRA --out "$OUT/profile_esdnet_fast_bf16_cl.txt"
     [ "$DEVICE" = cuda ] && part profile-kd 45 $PY benchmarks/profile_step.py --device $DEVICE --case kd_base --size $BIG --dtype bf16 --channels-last --teacher-cuda-graph $EXTRA --out "$OUT/profile_kd_base_bf16_cl.txt"

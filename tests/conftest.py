@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(TESTS_DIR)
+# reference implementations the tests compare against (tests/reference/, not a test folder)
+REFERENCE_DIR = os.path.join(TESTS_DIR, 'reference')
+# the tests live in subfolders that mirror the package; the shared helpers next to this file (doc_blocks.py) import
+# from every one of them
+if TESTS_DIR not in sys.path:
+    sys.path.insert(0, TESTS_DIR)
 PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket')
 
 

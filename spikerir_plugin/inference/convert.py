@@ -19,7 +19,7 @@ layers and its weights frozen (``requires_grad=False``):
 Numerics. By default (``exact=True``) every convolution, batch norm, reduction and transcendental op is the same
 ATen call on the same shapes and strides as in the arch's eval forward, and every other step is exact
 (ops/neuron_loops.py explains why), so outputs equal the arch in eval bit for bit on the same machine and thread count
-(checked on real photos in tests/test_inference.py), and so are the spikes, firing rates and op counts
+(checked on real photos in tests/inference/test_inference.py), and so are the spikes, firing rates and op counts
 (``spikerir-energy`` measures this copy).
 
 ``exact=False`` trades that for speed: every tdBN/BN is folded into the preceding convolution's weights and bias
@@ -41,8 +41,8 @@ folded batch norms, channels-last convolutions); exact=True equals eval mode bit
 ``compile=True`` (with either setting of ``exact``) runs the neuron loops and each attention's gate/ReLU/residual
 tail through torch.compile: one fused kernel per neuron layer for all T steps, one pass instead of three for the
 tail. The compiled kernels do the same IEEE operations in the same order, so the exact copy's outputs are the same
-bits as without compile (checked in tests/test_inference.py); LIF neurons with a tau other than 2 keep the eager
-loop. With ``exact=False`` the attention's spatial statistics are compiled too (``InferenceAttention``): a
+bits as without compile (checked in tests/inference/test_inference.py); LIF neurons with a tau other than 2 keep the
+eager loop. With ``exact=False`` the attention's spatial statistics are compiled too (``InferenceAttention``): a
 compiled reduction may sum in another order, so that copy may differ from the eager fast copy in the last bits.
 The first call compiles (kernels generic in the image size); on the CPU it needs a C++ compiler.
 """

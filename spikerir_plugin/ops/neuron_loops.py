@@ -24,7 +24,7 @@ Why the results are the same bits as spikingjelly's loop:
   op, the surrogate's sigmoid, runs per time step on membrane tensors laid out as spikingjelly's (its vectorised
   body and scalar tail can differ in the last bit, so the layout decides which elements get which).
 - layout: the spikes come out contiguous, as spikingjelly's stacked output, whatever the input's strides.
-The equalities are checked against spikingjelly's neuron in tests/test_inference.py.
+The equalities are checked against spikingjelly's neuron in tests/inference/test_inference.py.
 
 ``neuron_spec(node)`` says whether a neuron can use these loops; ``multi_step_spikes`` is the no-grad inference
 loop (also compiled with torch.compile on request); ``fused_multi_step`` adds the exact surrogate-gradient backward

@@ -13,8 +13,9 @@ from basicsr.archs import build_network
 from basicsr.models import build_model
 from basicsr.utils.options import parse_options
 from basicsr.utils.registry import DATASET_REGISTRY
+from conftest import REPO_ROOT
 
-OPTIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'options')
+OPTIONS = os.path.join(REPO_ROOT, 'options')
 TRAIN_FILES = ['train_SpikerIR_SIDD.yml', 'train_SpikerIR_GoPro.yml', 'train_SpikerIR_GaussianDenoise_sigma25.yml',
                'train_ESDNet_Rain200L.yml']
 TEST_FILES = ['test_' + f[len('train_'):] for f in TRAIN_FILES]

@@ -2,9 +2,9 @@
 and the quiet console of the plugin's training/test entry points.
 
 The commands and YAML edits are the guide's blocks marked `<!-- test: distil-guide -->`, read from the file itself
-(tests/doc_blocks.py). Only sizes change, as in test_options.py: the teacher is a tiny NAFNet (its checkpoint saved
-here in BasicSR's layout), the student SpikerIR with T=2, 4 iterations, one torchrun worker on the CPU (--standalone
-picks a free port), a 64x64 energy input."""
+(tests/doc_blocks.py). Only sizes change, as in tests/launch/test_options.py: the teacher is a tiny NAFNet (its
+checkpoint saved here in BasicSR's layout), the student SpikerIR with T=2, 4 iterations, one torchrun worker on the CPU
+(--standalone picks a free port), a 64x64 energy input."""
 import copy
 import logging
 import os

@@ -10,11 +10,11 @@ import torch
 from spikingjelly.activation_based import neuron
 
 import spikerir_plugin  # noqa: F401
+from conftest import REPO_ROOT as REPO
 from spikerir_plugin.archs.esdnet_arch import ESDNet
 from spikerir_plugin.archs.spikerir_arch import SpikerIR
 from spikerir_plugin.models import speed as train_speed
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-5
 
 NETS = {

@@ -8,7 +8,6 @@ a2c85ec, run outside this repository with the same deterministic weights and inp
 import hashlib
 import json
 import math
-import os
 import sys
 
 import cv2
@@ -31,8 +30,9 @@ from spikerir_plugin.models.feature_hints import declared_hint_layers
 from spikerir_plugin.inference import tiled_forward
 from spikerir_plugin.tools.energy_report import measure_energy
 from spikerir_plugin.inference import inference_network
+from conftest import REFERENCE_DIR
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'reference'))
+sys.path.insert(0, REFERENCE_DIR)
 import vlif_model as official_vlif  # noqa: E402  (MIT; see tests/reference/LICENSE.VLIF)
 
 pytestmark = pytest.mark.usefixtures('one_thread')
