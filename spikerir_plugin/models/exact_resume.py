@@ -10,7 +10,8 @@ calls the two class hooks below (through the launch fixes of ``spikerir_plugin/l
 defines them); every other model keeps basicsr's own resume:
 
 - ``prepare_resume(opt)``: finds the state, loads it on the CPU, keeps frozen networks (a teacher) out of
-  basicsr's ``check_resume`` rewrite, and remembers it for the loader hook. It never loses or hides work:
+  basicsr's ``check_resume`` rewrite, and leaves it for the loader hook in the options both hooks receive
+  (``opt[HANDOFF_KEY]``, a ``ResumeHandoff``). It never loses or hides work:
   ``--auto_resume`` takes the newest state that loads together with its ``net_<x>_<iter>.pth`` weights, skipping
   damaged pairs with a warning naming them (and refusing to start at iteration 0 when every state is damaged);
   when the experiment folder holds no state but an ``<name>_archived_<time>`` sibling does (basicsr moves the
@@ -22,7 +23,8 @@ defines them); every other model keeps basicsr's own resume:
   cut off are removed;
 - ``resume_train_loader(opt, train_loader, train_sampler, logger)``: derives the epoch and the batches of that
   epoch already consumed from the iteration, and returns the loader rebuilt around a sampler that skips them
-  (``ResumingSampler``, wrapping basicsr's; basicsr's ``EnlargedSampler`` itself is untouched).
+  (``ResumingSampler``, wrapping basicsr's; basicsr's ``EnlargedSampler`` itself is untouched). It takes the
+  handoff out of the options again, before basicsr builds the model from them.
 
 The model's ``save_training_state`` adds the Python/numpy/torch random states (``capture_rng_state``) of every rank
 (``rng_ranks``, gathered by ``save``; ``rng`` is rank 0's) and its extra state, and writes atomically; on resume each
@@ -45,10 +47,29 @@ from basicsr.utils import check_resume
 from spikerir_plugin.utils.atomic import stale_temp_files
 from spikerir_plugin.utils.checkpoint import CheckpointError, read_checkpoint
 
-# A state travels from prepare_resume to resume_train_loader, which run at different points of one start of
-# basicsr's train_pipeline. Only ever set during that start.
-_pending = None
-_notices = []
+# The one object both hooks receive is the options dict of the pipeline start, so the handoff travels in it.
+HANDOFF_KEY = '_exact_resume'
+
+
+class ResumeHandoff:
+    """What prepare_resume leaves for resume_train_loader within one start of basicsr's train_pipeline: the state
+    the run resumes from (None for a fresh start) and the warnings to write to the run's log once it exists."""
+
+    def __init__(self, state=None):
+        self.state = state
+        self.notices = []
+
+    def __repr__(self):  # basicsr logs the options (this entry included) between the two hooks
+        where = f'iteration {self.state["iter"]}' if self.state else 'a fresh start'
+        return f'resume handoff for {where}'
+
+
+def _handoff(opt):
+    """The handoff of this start, made by the first call (prepare_resume clears any older one first)."""
+    handoff = opt.get(HANDOFF_KEY)
+    if not isinstance(handoff, ResumeHandoff):
+        handoff = opt[HANDOFF_KEY] = ResumeHandoff()
+    return handoff
 
 
 def capture_rng_state():
@@ -99,7 +120,7 @@ def _notice(opt, message):
     and written to the run's log by resume_train_loader."""
     if opt.get('rank', 0) == 0:
         print(f'WARNING (spikerir-plugin): {message}', file=sys.stderr, flush=True)
-        _notices.append(message)
+        _handoff(opt).notices.append(message)
 
 
 def saved_networks(opt, frozen_networks=()):
@@ -285,9 +306,7 @@ def prepare_resume(opt, frozen_networks=()):
     own checkpoint with their own param key. --auto_resume takes the newest state that loads with its weights
     (``newest_loadable_state``) and refuses to start at iteration 0 next to an archived run
     (``refuse_silent_restart``); an explicit path.resume_state and its weights are read before anything starts."""
-    global _pending
-    _pending = None
-    _notices.clear()
+    opt.pop(HANDOFF_KEY, None)  # a handoff of an earlier start of these options is never used again
     path_opt = opt['path']
     networks = saved_networks(opt, frozen_networks)
     explicit = not opt.get('auto_resume') and path_opt.get('resume_state')
@@ -323,7 +342,7 @@ def prepare_resume(opt, frozen_networks=()):
                       'use --auto_resume, which skips damaged pairs.')
     _remove_stale_temp_files(opt)
     _this_ranks_rng(opt, state, path_opt['resume_state'])
-    _pending = state
+    _handoff(opt).state = state
     return state
 
 
@@ -371,10 +390,10 @@ def resume_train_loader(opt, train_loader, train_sampler, logger):
     """Continue the saved epoch at the first batch the saved run had not consumed (see the module docstring).
     Returns the (loader, sampler) the run goes on with: basicsr's own when nothing is skipped, else the same loader
     rebuilt by basicsr's build_dataloader around a ``ResumingSampler``."""
-    for message in _notices:  # the warnings of prepare_resume, now that the run's log exists
+    handoff = opt.pop(HANDOFF_KEY, None) or ResumeHandoff()
+    for message in handoff.notices:  # the warnings of prepare_resume, now that the run's log exists
         logger.warning(message)
-    _notices.clear()
-    state = _pending
+    state = handoff.state
     if state is None or train_loader is None or len(train_loader) == 0:
         return train_loader, train_sampler
     epoch, consumed = divmod(state['iter'], len(train_loader))

@@ -300,6 +300,42 @@ def test_resume_keeps_the_frozen_teacher_checkpoint_and_param_key(tmp_path):
     assert opt['path']['param_key_g'] == 'params'
 
 
+def test_the_resume_hooks_hand_over_through_the_options_they_share(tmp_path):
+    """prepare_resume leaves its state and warnings in the options for resume_train_loader, which writes the warnings
+    to the run's log and takes the handoff out before basicsr builds the model from the options; a second start of
+    the same options does not see the first one's."""
+    import logging
+
+    from conftest import LogLines
+    from spikerir_plugin.models import exact_resume
+    states, models = tmp_path / 'run' / 'training_states', tmp_path / 'run' / 'models'
+    states.mkdir(parents=True)
+    models.mkdir()
+    torch.save({'iter': 4, 'epoch': 0, 'optimizers': [], 'schedulers': []}, states / '4.state')
+    opt = {'auto_resume': False, 'is_train': True, 'num_gpu': 0, 'rank': 0, 'network_g': {'type': 'SpikerIR'},
+           'path': {'experiments_root': str(tmp_path / 'run'), 'training_states': str(states),
+                    'models': str(models)}}
+    assert exact_resume.prepare_resume(opt) is None  # a fresh start next to a run: a warning, no state
+    logger, lines = logging.getLogger('spikerir.test_handoff'), LogLines()
+    logger.addHandler(lines)
+    try:
+        assert exact_resume.resume_train_loader(opt, None, None, logger) == (None, None)
+        assert len(lines.lines) == 1 and 'started without --auto_resume' in lines.lines[0]
+        assert exact_resume.HANDOFF_KEY not in opt
+        exact_resume.prepare_resume(opt)
+        exact_resume.prepare_resume(opt)  # a second start: the first one's warning is not logged twice
+        exact_resume.resume_train_loader(opt, None, None, logger)
+        assert len(lines.lines) == 2
+        torch.save({'params': {}}, models / 'net_g_4.pth')
+        opt['auto_resume'] = True
+        state = exact_resume.prepare_resume(opt)
+        assert state['iter'] == 4 and opt[exact_resume.HANDOFF_KEY].state is state
+        exact_resume.resume_train_loader(opt, None, None, logger)
+        assert exact_resume.HANDOFF_KEY not in opt and len(lines.lines) == 2
+    finally:
+        logger.removeHandler(lines)
+
+
 def test_basicsr_models_keep_basicsr_behaviour_with_the_plugin_installed(tmp_path, tiny_pairs):
     """A guest changes nothing for runs that do not use its models: an SRModel run trains through basicsr's own
     train_pipeline, BaseModel.save_training_state and EnlargedSampler, and writes basicsr's state layout."""
