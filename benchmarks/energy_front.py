@@ -37,6 +37,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import kd_ablation as ka  # noqa: E402  (the data, sizing, runs and evaluation of the distillation ablation)
+from spikerir_plugin.utils import console  # noqa: E402
 
 NAFNET_W32_MJ_128 = 18.5  # NAFNet-width32 (SIDD) per 128x128 image, docs/energy.md
 
@@ -148,7 +149,7 @@ def main(argv=None):
     def work(run):
         if not run.trained:
             os.makedirs(run.dir, exist_ok=True)
-            print(f'{time.strftime("%H:%M:%S")} training {run.arm} seed {run.seed}', flush=True)
+            console.info(f'{time.strftime("%H:%M:%S")} training {run.arm} seed {run.seed}')
             start = time.time()
             ka.train(run.opt, run.dir, args.threads, args.device)
             result = {'arm': run.arm, 'seed': run.seed, 'wall_s': time.time() - start, 'scores': {}}
@@ -168,13 +169,13 @@ def main(argv=None):
         ka.write_json(run.result_path, result)
         results[run.key] = dict(result, preset=run.preset, setting=run.setting, scores=result['scores'][args.eval],
                                 energy=result[key])
-        print(f'{time.strftime("%H:%M:%S")} {run.arm} seed {run.seed}: PSNR {results[run.key]["scores"]["psnr"]:.2f}'
-              f', {results[run.key]["energy"]["mJ_per_image"]:.4f} mJ', flush=True)
+        console.info(f'{time.strftime("%H:%M:%S")} {run.arm} seed {run.seed}: PSNR '
+                     f'{results[run.key]["scores"]["psnr"]:.2f}, {results[run.key]["energy"]["mJ_per_image"]:.4f} mJ')
 
     failed = ka.run_all(list(runs.values()), args.jobs, work)
     rows = summarise(results, args.presets, [setting_name(k, v) for k, v in settings], args.seeds, args.energy_size)
     table = format_table(rows, args)
-    print('\n' + table)
+    console.info('\n' + table)
     out = {'rows': rows, 'table': table, 'settings': settings, 'seeds': args.seeds, 'iters': args.iters,
            'twin_iters': None if args.alone else twin_iters, 'energy_size': args.energy_size, 'eval': args.eval,
            'recipe': 'alone' if args.alone else 'twin -> distilled student', 'failed': sorted(map(list, failed)),
@@ -182,7 +183,7 @@ def main(argv=None):
     ka.write_json(os.path.join(workdir, 'front.json'), out)
     if rows:
         plot(rows, args, os.path.join(workdir, 'front.png'))
-    print(f'\nresults: {os.path.join(workdir, "front.json")}; plot: {os.path.join(workdir, "front.png")}')
+    console.info(f'\nresults: {os.path.join(workdir, "front.json")}; plot: {os.path.join(workdir, "front.png")}')
     if failed:
         raise SystemExit(f'{len(failed)} run(s) failed or skipped: {sorted(failed)}')
     return out

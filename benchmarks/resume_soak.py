@@ -37,6 +37,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+from spikerir_plugin.utils import console  # noqa: E402
 
 
 def make_data(folder, size=48, count=8):
@@ -216,7 +217,7 @@ def inspect_after_kill(exp, killed, seen, reference, figures):
     return in_write, newest, files, lost, unreadable
 
 
-def run_soak(workdir, cycles=50, total_iter=200, save_freq=2, seed=0, write_delay=0.05, log=print):
+def run_soak(workdir, cycles=50, total_iter=200, save_freq=2, seed=0, write_delay=0.05, log=console.info):
     import torch
     import spikerir_plugin  # noqa: F401  (shims and registration before basicsr.train, once, in this process)
     import basicsr.train  # noqa: F401
@@ -308,9 +309,9 @@ def main(argv=None):
     a = parser.parse_args(argv)
     os.environ.setdefault('OMP_NUM_THREADS', '1')
     figures = run_soak(a.workdir, a.cycles, a.total_iter, a.save_freq, a.seed, a.write_delay)
-    print()
+    console.info('')
     for key, label in SUMMARY:
-        print(f'{label:52s} {figures[key]}')
+        console.info(f'{label:52s} {figures[key]}')
     if a.json:
         with open(a.json, 'w') as f:
             json.dump(figures, f, indent=2)

@@ -34,6 +34,8 @@ import time
 import numpy as np
 import yaml
 
+from spikerir_plugin.utils import console
+
 SIGMA = 25
 TRAIN_PHOTOS = ('astronaut', 'chelsea', 'rocket', 'immunohistochemistry')
 VAL_PHOTOS = ('coffee', 'camera')
@@ -148,15 +150,14 @@ _ITER = re.compile(r'\biter:\s*([\d,]+)')
 
 def stage_bar(number, title, total, unit):
     """A tqdm line `[n/6] title |bar| done/total unit elapsed` on stderr."""
-    from tqdm import tqdm
-    return tqdm(total=total, desc=f'[{number}/{STAGES}] {title:<18s} ', file=sys.stderr, dynamic_ncols=True,
-                bar_format='{desc}|{bar:24}| {n_fmt}/{total_fmt} ' + unit + ' {elapsed}', mininterval=0.5)
+    return console.progress(total=total, desc=f'[{number}/{STAGES}] {title:<18s} ', dynamic_ncols=True,
+                            bar_format='{desc}|{bar:24}| {n_fmt}/{total_fmt} ' + unit + ' {elapsed}',
+                            mininterval=0.5)
 
 
 def stage_done(number, title, started, info):
     """The line of a short stage without a count: `[n/6] title info (s)`."""
-    sys.stderr.write(f'[{number}/{STAGES}] {title:<18s} {info} ({time.time() - started:.0f} s)\n')
-    sys.stderr.flush()
+    console.status(f'[{number}/{STAGES}] {title:<18s} {info} ({time.time() - started:.0f} s)')
 
 
 class DemoLog:
@@ -252,7 +253,8 @@ class Training:
                        f'{_children_cpu() - before:.0f} s CPU\n')
         if self.proc.returncode != 0:
             bar.close()
-            sys.stderr.write(''.join(tail))
+            if tail:  # the failed run's last lines, as it printed them
+                console.warn(''.join(tail).rstrip('\n'))
             raise SystemExit(f'spikerir-demo: training {self.options_file} failed (exit {self.proc.returncode}); '
                              f'full output: {self.log.path}')
         bar.update(self.iters - bar.n)
@@ -306,14 +308,14 @@ def evaluate(val_dir, nets, number=6):
 
 def print_table(scores, nets, count):
     params = {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()}
-    print(f'\n== {count} held-out crops ({", ".join(VAL_PHOTOS)}), Gaussian noise sigma {SIGMA}')
-    print(f'{"":26s} {"PSNR dB":>8s} {"SSIM":>7s} {"params":>10s}')
+    console.info(f'\n== {count} held-out crops ({", ".join(VAL_PHOTOS)}), Gaussian noise sigma {SIGMA}')
+    console.info(f'{"":26s} {"PSNR dB":>8s} {"SSIM":>7s} {"params":>10s}')
     for name, (psnr, ssim) in scores.items():
         count_str = f'{params[name]:,}' if name in params else ''
-        print(f'{name:26s} {psnr:8.2f} {ssim:7.4f} {count_str:>10s}')
+        console.info(f'{name:26s} {psnr:8.2f} {ssim:7.4f} {count_str:>10s}')
     gain = scores['student (SpikerIR)'][0] - scores['student alone (SpikerIR)'][0]
-    print(f'student: distilled (teacher -> analog twin -> student); student alone: the same student, data and '
-          f'iterations without a teacher (distillation {gain:+.2f} dB)')
+    console.info(f'student: distilled (teacher -> analog twin -> student); student alone: the same student, data '
+                 f'and iterations without a teacher (distillation {gain:+.2f} dB)')
 
 
 def comparison_image(images, path, names=('noisy input', 'teacher (NAFNet)', 'student (SpikerIR)', 'clean'),
@@ -345,14 +347,14 @@ def comparison_image(images, path, names=('noisy input', 'teacher (NAFNet)', 'st
 def energy_summary(report):
     student, teacher = report['student'], report['teacher']
     side = 'x'.join(str(v) for v in student['input_shape'][-2:])
-    print(f'\n== energy per {side} image (E = {student["convention"]["e_mac_pJ"]} pJ x MAC + '
-          f'{student["convention"]["e_ac_pJ"]} pJ x SynOp)')
+    console.info(f'\n== energy per {side} image (E = {student["convention"]["e_mac_pJ"]} pJ x MAC + '
+                 f'{student["convention"]["e_ac_pJ"]} pJ x SynOp)')
     for label, r in (('teacher (NAFNet)', teacher), ('student (SpikerIR)', student)):
         t = r['totals']
         rate = f', mean firing rate {t["mean_firing_rate"]:.3f}' if t['mean_firing_rate'] is not None else ''
-        print(f'{label:26s} {t["energy_mJ"]:8.3f} mJ  ({t["macs"] / 1e6:,.1f} M MACs, {t["synops"] / 1e6:,.1f} M '
-              f'SynOps{rate})')
-    print(f'energy ratio teacher/student: {report["ratio_teacher_over_student"]:.2f}')
+        console.info(f'{label:26s} {t["energy_mJ"]:8.3f} mJ  ({t["macs"] / 1e6:,.1f} M MACs, '
+                     f'{t["synops"] / 1e6:,.1f} M SynOps{rate})')
+    console.info(f'energy ratio teacher/student: {report["ratio_teacher_over_student"]:.2f}')
 
 
 def energy_stage(log, energy_dir, student_yml, student_ckpt, twin_yml, size):
@@ -388,9 +390,9 @@ def main(argv=None):
     start = time.time()
     workdir = os.path.abspath(args.workdir)
     log = DemoLog(workdir, args.verbose)
-    print(f'spikerir-demo: NAFNet teacher -> SpikerIR student, Gaussian denoising (sigma {SIGMA}) on photos bundled '
-          f'with scikit-image; logs in {os.path.join(workdir, "logs")} and {os.path.join(workdir, "experiments")}',
-          flush=True)
+    console.info(f'spikerir-demo: NAFNet teacher -> SpikerIR student, Gaussian denoising (sigma {SIGMA}) on photos '
+                 f'bundled with scikit-image; logs in {os.path.join(workdir, "logs")} and '
+                 f'{os.path.join(workdir, "experiments")}')
 
     started = time.time()
     with log.capture():
@@ -444,13 +446,14 @@ def main(argv=None):
 
     print_table(scores, nets, count)
     energy_summary(report)
-    print(f'\ncomparison image (noisy | teacher | student | clean): {comparison}')
-    print(f'energy plot: {os.path.join(energy_dir, "energy.png")} (full report: energy.txt, energy.json)')
-    print(f'logs: {log.path}; options dumps and network printouts: {experiments}/<name>/train_*.log')
+    console.info(f'\ncomparison image (noisy | teacher | student | clean): {comparison}')
+    console.info(f'energy plot: {os.path.join(energy_dir, "energy.png")} (full report: energy.txt, energy.json)')
+    console.info(f'logs: {log.path}; options dumps and network printouts: {experiments}/<name>/train_*.log')
     import resource
     own = resource.getrusage(resource.RUSAGE_SELF)
     cpu = own.ru_utime + own.ru_stime + _children_cpu()
-    print(f'demo finished in {time.time() - start:.0f} s ({cpu:.0f} s CPU in all); everything is under {workdir}')
+    console.info(f'demo finished in {time.time() - start:.0f} s ({cpu:.0f} s CPU in all); everything is under '
+                 f'{workdir}')
     return 0
 
 

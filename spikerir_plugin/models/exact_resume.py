@@ -36,7 +36,6 @@ import glob
 import os
 import random
 import shlex
-import sys
 import time
 
 import numpy as np
@@ -44,6 +43,7 @@ import torch
 from basicsr.data.data_sampler import EnlargedSampler
 from basicsr.utils import check_resume
 
+from spikerir_plugin.utils import console
 from spikerir_plugin.utils.atomic import stale_temp_files
 from spikerir_plugin.utils.checkpoint import CheckpointError, read_checkpoint
 
@@ -119,7 +119,7 @@ def _notice(opt, message):
     """A warning of this start: printed at once (basicsr's logger does not exist yet when the resume hook runs)
     and written to the run's log by resume_train_loader."""
     if opt.get('rank', 0) == 0:
-        print(f'WARNING (spikerir-plugin): {message}', file=sys.stderr, flush=True)
+        console.warn(f'WARNING (spikerir-plugin): {message}')
         _handoff(opt).notices.append(message)
 
 

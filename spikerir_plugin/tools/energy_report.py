@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from spikerir_plugin.archs.neurons import check_stateless
+from spikerir_plugin.utils import console
 from spikerir_plugin.utils.atomic import atomic_savefig, atomic_write_text
 from spikerir_plugin.inference import inference_network, keep_freed_memory
 
@@ -370,7 +371,7 @@ def build_from_options(opt, which='g', ckpt=None, param_key=None):
     from spikerir_plugin.utils.options import network_checkpoint, network_from_options
     path_ckpt, path_key, strict = network_checkpoint(opt, which)
     if not (ckpt or path_ckpt):
-        print(f'note: no checkpoint for network_{which}; measuring randomly initialised weights', file=sys.stderr)
+        console.warn(f'note: no checkpoint for network_{which}; measuring randomly initialised weights')
     return network_from_options(opt.get(f'network_{which}'), f'network_{which}', ckpt or path_ckpt,
                                 param_key or path_key, strict, which, option='--ckpt' if ckpt else None)
 
@@ -421,13 +422,13 @@ def main(argv=None):
     out_dir = a.out or os.path.join('results', 'energy', name)
     os.makedirs(out_dir, exist_ok=True)
     report = format_report(student, teacher, name)
-    print(report)
+    console.info(report)
     result = {'name': name, 'options': os.path.abspath(a.opt), 'student': student, 'teacher': teacher,
               'ratio_teacher_over_student': energy_ratio(student, teacher) if teacher else None}
     atomic_write_text(os.path.join(out_dir, 'energy.json'), json.dumps(result, indent=2))
     atomic_write_text(os.path.join(out_dir, 'energy.txt'), report + '\n')
     plot_report(student, os.path.join(out_dir, 'energy.png'), name)
-    print(f'wrote {out_dir}/energy.json, energy.txt, energy.png')
+    console.info(f'wrote {out_dir}/energy.json, energy.txt, energy.png')
     return 0
 
 

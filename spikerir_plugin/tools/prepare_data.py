@@ -19,11 +19,10 @@ import re
 import shutil
 import sys
 
-from tqdm import tqdm
-
 from spikerir_plugin.tools.lmdb_writing import (LmdbWriter, as_bgr, crop_grid, encode_png, ensure_new, image_header,
                                                 list_images, make_key, map_size_for, natural_key, pair_job,
                                                 read_image, shape3)
+from spikerir_plugin.utils import console
 
 SIDD_NOISY = re.compile(r'^(?P<prefix>.*)_NOISY_SRGB_(?P<idx>[^.]+)\.png$', re.IGNORECASE)
 
@@ -42,7 +41,7 @@ def _raw_crop_sizes(paths, crop, step):
 
 def _run_jobs(jobs, workers, desc):
     """Yield pair_job results in job order, from a process pool when workers > 1."""
-    bar = tqdm(total=len(jobs), desc=desc, unit='pair')
+    bar = console.progress(total=len(jobs), desc=desc, unit='pair')
     if workers <= 1:
         for job in jobs:
             yield pair_job(job)
@@ -62,7 +61,7 @@ def _write_pair_lmdbs(jobs, input_lmdb, target_lmdb, map_size, compress_level, w
             for key, in_bytes, in_shape, gt_bytes, gt_shape in results:
                 writer.put(key, (in_bytes, in_shape), (gt_bytes, gt_shape))
                 count += 1
-    print(f'wrote {count} pairs (map size {map_size} bytes) to {input_lmdb} and {target_lmdb}')
+    console.info(f'wrote {count} pairs (map size {map_size} bytes) to {input_lmdb} and {target_lmdb}')
     return count
 
 
@@ -131,11 +130,12 @@ def prepare_sidd_val(noisy, gt, out, noisy_key='ValidationNoisyBlocksSrgb', gt_k
         map_size = map_size_for([noisy_blocks[0].size] * len(noisy_blocks))
     with LmdbWriter([os.path.join(out, 'input_crops.lmdb'), os.path.join(out, 'gt_crops.lmdb')], map_size,
                     compress_level, overwrite) as writer:
-        for i in tqdm(range(len(noisy_blocks)), desc='SIDD val blocks', unit='block'):
+        for i in console.progress(range(len(noisy_blocks)), desc='SIDD val blocks', unit='block'):
             a, b = as_bgr(noisy_blocks[i]), as_bgr(gt_blocks[i])
             writer.put(f'ValidationBlocksSrgb_{i:04d}', (encode_png(a, compress_level), shape3(a)),
                        (encode_png(b, compress_level), shape3(b)))
-    print(f'wrote {len(noisy_blocks)} blocks (map size {map_size} bytes) to {writer.paths[0]} and {writer.paths[1]}')
+    console.info(f'wrote {len(noisy_blocks)} blocks (map size {map_size} bytes) to {writer.paths[0]} and '
+                 f'{writer.paths[1]}')
     return len(noisy_blocks)
 
 
@@ -195,7 +195,7 @@ def prepare_paired(input_dir, target_dir, out, lmdb=False, crop=None, step=None,
         for d in dirs:  # leave no half-written layout behind
             shutil.rmtree(d, ignore_errors=True)
         raise
-    print(f'wrote {count} pairs to {dirs[0]} and {dirs[1]}')
+    console.info(f'wrote {count} pairs to {dirs[0]} and {dirs[1]}')
     return count
 
 
@@ -206,10 +206,10 @@ def prepare_folder_lmdb(src, out, compress_level=1, map_size=None, overwrite=Fal
     if map_size is None:
         map_size = map_size_for(_raw_crop_sizes(paths, None, None))
     with LmdbWriter([out], map_size, compress_level, overwrite) as writer:
-        for name, path in tqdm(list(zip(names, paths)), desc='folder -> lmdb', unit='image'):
+        for name, path in console.progress(list(zip(names, paths)), desc='folder -> lmdb', unit='image'):
             img = read_image(path)
             writer.put(make_key(os.path.splitext(name)[0]), (encode_png(img, compress_level), shape3(img)))
-    print(f'wrote {len(names)} images (map size {map_size} bytes) to {out}')
+    console.info(f'wrote {len(names)} images (map size {map_size} bytes) to {out}')
     return len(names)
 
 

@@ -195,12 +195,12 @@ def main(argv=None):
     check_arguments(a, parser)
     device = resolve_device(a.device, a.bf16, parser)
 
-    from tqdm import tqdm
     import spikerir_plugin  # noqa: F401  (registers the plugin archs)
     from spikerir_plugin.inference import check_tile_opt, keep_freed_memory
     from spikerir_plugin.tools.image_io import as_display, collect_inputs, compare_strip, find_gt, load_image, \
         to_file_layout
     from spikerir_plugin.tools.restorer import Restorer, RestoreError, build_restore_network
+    from spikerir_plugin.utils import console
     from spikerir_plugin.utils.atomic import atomic_imwrite
 
     if device.type == 'cpu':
@@ -216,7 +216,7 @@ def main(argv=None):
         named = '; '.join(f'{spec}: {reason}' for spec, reason in failures)
         parser.exit(2, f'spikerir-restore: error: no input images found (-i {named})\n')
     for spec, reason in failures:
-        print(f'spikerir-restore: {spec}: {reason}', file=sys.stderr)
+        console.warn(f'spikerir-restore: {spec}: {reason}')
 
     energy_net = copy.deepcopy(net).cpu() if a.energy is not None else None
     try:
@@ -228,7 +228,7 @@ def main(argv=None):
     energy_csv = None if a.energy is None else (a.energy or os.path.join(out_dir, 'energy.csv'))
     energy_rows, written = [], {}
 
-    bar = tqdm(paths, desc='restore', unit='img', dynamic_ncols=True)
+    bar = console.progress(paths, desc='restore', unit='img', dynamic_ncols=True)
     for path in bar:
         bar.set_postfix_str(os.path.basename(path)[-30:], refresh=False)
         try:
@@ -246,7 +246,7 @@ def main(argv=None):
                 panels = [as_display(img, peak), as_display(restored, peak)]
                 gt_path = find_gt(a.gt, stem) if a.gt else None
                 if a.gt and gt_path is None:
-                    tqdm.write(f'spikerir-restore: {path}: no ground truth named {stem}.* in {a.gt}')
+                    console.info(f'spikerir-restore: {path}: no ground truth named {stem}.* in {a.gt}')
                 elif gt_path:
                     gt, _, gt_peak = load_image(gt_path)
                     panels.append(as_display(gt, gt_peak))
@@ -256,15 +256,15 @@ def main(argv=None):
                 write_energy_csv(energy_csv, energy_rows)
         except (RestoreError, OSError, ValueError, RuntimeError) as e:
             failures.append((path, str(e)))
-            tqdm.write(f'spikerir-restore: {path}: {e}', file=sys.stderr)
+            console.warn(f'spikerir-restore: {path}: {e}')
     bar.close()
 
     done = len(written)
-    print(f'restored {done} of {len(paths)} images into {out_dir}'
+    console.info(f'restored {done} of {len(paths)} images into {out_dir}'
           + (f'; energy per image: {energy_csv}' if energy_rows else '')
           + (f'; side-by-side views: {os.path.join(out_dir, "compare")}' if a.compare and done else ''))
     if failures:
-        print(f'{len(failures)} failed: ' + ', '.join(name for name, _ in failures), file=sys.stderr)
+        console.warn(f'{len(failures)} failed: ' + ', '.join(name for name, _ in failures))
         return 1
     return 0
 

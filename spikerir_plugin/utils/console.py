@@ -9,6 +9,12 @@ gets everything. ``--verbose`` on those commands keeps basicsr's console as it i
 
 Nothing changes for programs that do not call it (BasicSR's own ``basicsr/train.py`` included): the filter is
 installed only by the plugin's entry points, and only on the console handler.
+
+Training output goes through basicsr's logger. The plugin's commands and benchmarks write their own lines through
+the helpers below: ``info`` for results (stdout), ``status`` for progress lines and ``warn`` for notices about an
+input or a fallback (both stderr, so that the results can be piped), and ``progress`` for a tqdm bar (stderr). The
+lines are written above any bar that is drawing, and the streams are looked up at each call, so a caller that
+redirects sys.stdout/sys.stderr (the demo's log capture, pytest's capsys) gets them.
 """
 import logging
 import re
@@ -51,6 +57,35 @@ def quiet_console(logger_name='basicsr', stream=None):
     if not any(isinstance(f, _AttachToConsole) for f in logger.filters):
         logger.addFilter(_AttachToConsole(logger, stream or sys.stderr))
     return logger
+
+
+def _write(message, stream):
+    from tqdm import tqdm
+    tqdm.write(message, file=stream)  # a print that keeps a drawing bar intact below it
+    stream.flush()
+
+
+def info(message):
+    """A result line, on stdout."""
+    _write(message, sys.stdout)
+
+
+def status(message):
+    """A progress line (a stage finished, a run started), on stderr."""
+    _write(message, sys.stderr)
+
+
+def warn(message):
+    """A notice the user should read (an input skipped, a fallback taken), on stderr. Not a Python warning: those
+    stay for deprecations and for notices that callers of the library filter or catch."""
+    _write(message, sys.stderr)
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm bar, on stderr unless ``file`` says otherwise (tqdm's other arguments pass through)."""
+    from tqdm import tqdm
+    kwargs.setdefault('file', sys.stderr)
+    return tqdm(iterable, **kwargs)
 
 
 def pop_verbose(argv):
