@@ -98,26 +98,23 @@ def build_parser():
     return p
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def settings_of(args):
+    """[(kind, value)] of the energy settings, w=0 (the unpenalised reference of the paired differences) first."""
+    settings = [('w', w) for w in args.weights] + [('t', t) for t in args.targets]
+    if ('w', 0) not in settings:
+        settings.insert(0, ('w', 0.0))
+    return settings
 
-    import spikerir_plugin  # noqa: F401
-    import torch
+
+def plan_runs(args, workdir, size, settings):
+    """{key: kd_ablation Run} of every twin and student run, and the twin's iterations."""
     from spikerir_plugin.models.spikerir_distill_model import student_alone_options
-    torch.set_num_threads(args.threads)
-    workdir = os.path.abspath(args.workdir)
-    os.makedirs(workdir, exist_ok=True)
-    _, size = ka.harness_data(args, workdir)
     train_dir, val_dir = size['train_dir'], size['val_dir']
     shipped_twin, shipped_student = ka.load_options(ka.SHIPPED_TWIN), ka.load_options(ka.SHIPPED_STUDENT)
     twin_iters = ka.twin_iterations(args, shipped_twin, shipped_student)
     if not args.alone:
         teacher_net, teacher_ckpt, _ = ka.train_teacher(workdir, args.teacher_iters, train_dir, val_dir,
                                                         args.gt_size, args.device)
-    settings = [('w', w) for w in args.weights] + [('t', t) for t in args.targets]
-    if ('w', 0) not in settings:
-        settings.insert(0, ('w', 0.0))  # the unpenalised reference of the paired differences
-
     runs = {}
     for preset in args.presets:
         student = with_preset(ka.resized(shipped_student, args.iters, **size), preset)
@@ -144,7 +141,13 @@ def main(argv=None):
                 run = ka.Run(workdir, f'{preset}-{setting_name(kind, value)}', seed, opt, 1, args.device, deps)
                 run.preset, run.setting = preset, setting_name(kind, value)
                 runs[run.key] = run
-    results, lock = {}, threading.Lock()
+    return runs, twin_iters
+
+
+def run_worker(args, results):
+    """The function kd_ablation's run_all calls on each run: train it unless its result exists; score and measure a
+    student (once, cached in its result) into results[run.key]."""
+    lock = threading.Lock()
 
     def work(run):
         if not run.trained:
@@ -172,7 +175,11 @@ def main(argv=None):
         console.info(f'{time.strftime("%H:%M:%S")} {run.arm} seed {run.seed}: PSNR '
                      f'{results[run.key]["scores"]["psnr"]:.2f}, {results[run.key]["energy"]["mJ_per_image"]:.4f} mJ')
 
-    failed = ka.run_all(list(runs.values()), args.jobs, work)
+    return work
+
+
+def report(args, workdir, results, settings, twin_iters, failed):
+    """The table on the console, front.json and front.png; exits with an error when a run failed."""
     rows = summarise(results, args.presets, [setting_name(k, v) for k, v in settings], args.seeds, args.energy_size)
     table = format_table(rows, args)
     console.info('\n' + table)
@@ -187,6 +194,22 @@ def main(argv=None):
     if failed:
         raise SystemExit(f'{len(failed)} run(s) failed or skipped: {sorted(failed)}')
     return out
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+
+    import spikerir_plugin  # noqa: F401
+    import torch
+    torch.set_num_threads(args.threads)
+    workdir = os.path.abspath(args.workdir)
+    os.makedirs(workdir, exist_ok=True)
+    _, size = ka.harness_data(args, workdir)
+    settings = settings_of(args)
+    runs, twin_iters = plan_runs(args, workdir, size, settings)
+    results = {}
+    failed = ka.run_all(list(runs.values()), args.jobs, run_worker(args, results))
+    return report(args, workdir, results, settings, twin_iters, failed)
 
 
 def summarise(results, presets, settings, seeds, energy_size):
