@@ -27,7 +27,9 @@ Size changes (the only keys changed in either file): train.total_iter with sched
 scaled by the same factor; datasets.train.{dataroot_gt, gt_size (--gt-size, 48), batch_size_per_gpu (--batch, 8),
 num_worker_per_gpu 0, persistent_workers false}; datasets.val.{dataroot_gt, name}; val.val_freq, logger (print and
 checkpoint frequency, no tensorboard), manual_seed (the run's seed), num_gpu; and for step 1 network_t /
-path.pretrain_network_t (the teacher). Every other key (model_type, networks, AdamW lr 1e-3 and weight decay 1e-4,
+path.pretrain_network_t (the teacher). Variants (named on the command line, in results.json and the table header):
+--preset sets network_g.preset in both files (and step 2's network_t.preset, its twin); --twin-neuron sets step 1's
+network_g.neuron and step 2's network_t.neuron. Every other key (model_type, networks, AdamW lr 1e-3 and weight decay 1e-4,
 L1 + 0.1 FFT, ema_decay 0.999 with the models' EMA warm-up, KD and hint keys, dataset_enlarge_ratio, flips and
 rotations) is the shipped file's.
 
@@ -501,6 +503,12 @@ def arm_options(args, workdir, teacher_net, teacher_ckpt, size, extra):
     twin_opt['network_t'] = copy.deepcopy(teacher_net)  # the user's teacher instead of the shipped Restormer
     twin_opt['path']['pretrain_network_t'] = teacher_ckpt
     student_opt = resized(shipped_student, args.iters, **size)
+    if args.preset:  # the student and its twin at another size
+        for net in (twin_opt['network_g'], student_opt['network_g'], student_opt['network_t']):
+            net['preset'] = args.preset
+    if args.twin_neuron:  # a variant of the twin's activation, in step 1's network_g and step 2's network_t
+        for net in (twin_opt['network_g'], student_opt['network_t']):
+            net['neuron'] = args.twin_neuron
     options = {'twin': twin_opt, 'twin_gt': student_alone_options(twin_opt), 'recipe': student_opt,
                'chain_gt': student_opt, 'alone': student_alone_options(student_opt)}
     costs = measured_step_costs(workdir, {k: options[k] for k in ('twin', 'twin_gt', 'recipe', 'alone')},
@@ -574,6 +582,8 @@ def build_parser():
     parser.add_argument('--iters', type=int, default=600, help="the student's iterations (the 1x budget: 600)")
     parser.add_argument('--twin-iters', type=int, help="the twin's iterations (default: the shipped files' ratio, "
                                                        '900000 / 300000 = 3x --iters)')
+    parser.add_argument('--preset', help="the student's and its twin's SpikerIR preset (shipped: tiny)")
+    parser.add_argument('--twin-neuron', help="the twin's neuron (shipped: the twin file's network_g.neuron)")
     parser.add_argument('--teacher-iters', type=int, default=2000, help='iterations of the NAFNet teacher')
     parser.add_argument('--gt-size', type=int, default=48, help='training crop side (shipped: 64)')
     parser.add_argument('--batch', type=int, default=8, help='training batch (shipped: 16)')
@@ -582,6 +592,8 @@ def build_parser():
     parser.add_argument('--eval', choices=('tune', 'report'), default='tune',
                         help='held-out photos to score on (tune: to choose; report: to report)')
     parser.add_argument('--workdir', default='kd_ablation_work')
+    parser.add_argument('--out', default='results.json', help='results file under --workdir (curves: the same '
+                                                              'name with results -> curves, .png)')
     parser.add_argument('--jobs', type=int, default=1, help='runs in parallel (each with --threads threads)')
     parser.add_argument('--threads', type=int, default=1, help='CPU threads per run')
     parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
@@ -632,7 +644,9 @@ def main(argv=None):
         r['step_s'] = costs[arm]
     header = (f'KD at equal compute, shipped options ({SHIPPED_TWIN} -> {SHIPPED_STUDENT}), sized: student '
               f'{args.iters} it, twin {twin_iters} it, {args.gt_size}x{args.gt_size} crops, batch {args.batch}; '
-              f'{args.eval} photos ({", ".join(photos)}, {len(os.listdir(val_dir))} crops), sigma {SIGMA}')
+              f'{args.eval} photos ({", ".join(photos)}, {len(os.listdir(val_dir))} crops), sigma {SIGMA}'
+              + ''.join(f'; {flag} {value}' for flag, value in (('preset', args.preset),
+                                                                 ('twin neuron', args.twin_neuron)) if value))
     table = format_table(rows, diffs, fixed, header)
     print('\n' + table)
     out = {'iters': args.iters, 'twin_iters': twin_iters, 'alone_eq_iters': eq_iters, 'seeds': args.seeds,
@@ -640,10 +654,12 @@ def main(argv=None):
            'arms': rows, 'differences': diffs, 'table': table, 'failed': sorted(map(list, failed)),
            'shipped': {'twin': SHIPPED_TWIN, 'student': SHIPPED_STUDENT},
            'command': ' '.join([os.path.basename(sys.executable)] + sys.argv)}
-    write_json(os.path.join(workdir, 'results.json'), out)
+    results_path = os.path.join(workdir, args.out)
+    curves_path = os.path.splitext(results_path)[0].replace('results', 'curves') + '.png'
+    write_json(results_path, out)
     if rows:
-        plot_curves(rows, os.path.join(workdir, 'curves.png'))
-    print(f'\nresults: {os.path.join(workdir, "results.json")}; curves: {os.path.join(workdir, "curves.png")}')
+        plot_curves(rows, curves_path)
+    print(f'\nresults: {results_path}; curves: {curves_path}')
     if failed:
         raise SystemExit(f'{len(failed)} run(s) failed or skipped: {sorted(failed)}')
     return out

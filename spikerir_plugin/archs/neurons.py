@@ -112,6 +112,52 @@ class RateActivation(nn.Module):
         return f'v_threshold={self.v_threshold}'
 
 
+class _LIFStaircase(torch.autograd.Function):
+    """Forward: the spike count / steps of the blocks' LIF neuron (tau 2, no input decay, hard reset to 0) driven
+    by x for ``steps`` steps from rest; backward: the gradient of RateActivation's ramp (straight through)."""
+
+    @staticmethod
+    def forward(ctx, x, v_threshold, steps):
+        ctx.save_for_backward(x)
+        ctx.v_threshold = v_threshold
+        v = torch.zeros_like(x)
+        count = torch.zeros_like(x)
+        for _ in range(steps):
+            v = v * 0.5 + x
+            spike = v >= v_threshold
+            count += spike
+            v = v.masked_fill(spike, 0.0)
+        return count / steps
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, = ctx.saved_tensors
+        half = ctx.v_threshold / 2
+        inside = (x > half) & (x < ctx.v_threshold)
+        return grad * inside / half, None, None
+
+
+class QuantizedRateActivation(RateActivation):
+    """``neuron='rate<N>'`` (e.g. 'rate4'): the analog twin whose output is the firing rate the LIF neuron actually
+    reaches in N steps of its input held constant (a staircase of N + 1 levels, 0, 1/N, .., 1), trained through the
+    smooth ramp's gradient. The twin then learns with the quantisation the spiking student will have at T = N,
+    which is what ANN-to-SNN conversion work does with its clip-floor activations; the smooth ramp ('rate') hides
+    it, and part of the twin's accuracy is lost when the student starts from it.
+    """
+
+    def __init__(self, v_threshold, steps):
+        super().__init__(v_threshold)
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f'the quantised rate needs steps >= 1, got {steps!r}')
+        self.steps = steps
+
+    def forward(self, x):
+        return _LIFStaircase.apply(x, self.v_threshold, self.steps)
+
+    def extra_repr(self):
+        return f'v_threshold={self.v_threshold}, steps={self.steps}'
+
+
 class _QuantizeLevels(torch.autograd.Function):
     """round(clamp(v, 0, L)) / L; backward: the gradient / L where 0 <= v <= L, 0 elsewhere (straight through)."""
 

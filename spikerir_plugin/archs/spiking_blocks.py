@@ -13,13 +13,14 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from spikingjelly.activation_based import base, layer
 
-from spikerir_plugin.archs.neurons import RateActivation, StatelessIFNode, StatelessLIFNode
+from spikerir_plugin.archs.neurons import QuantizedRateActivation, RateActivation, StatelessIFNode, StatelessLIFNode
 from spikerir_plugin.archs.arch_util import pad_to_multiple
 from spikerir_plugin.utils.snn import time_mean
 
 V_TH = 0.15
 TDBN_ALPHA = 1 / math.sqrt(2)
-NEURONS = ('lif', 'if', 'rate')  # 'rate': the analog twin (neurons.RateActivation), not spiking
+NEURONS = ('lif', 'if', 'rate', 'rate<N>')  # 'rate', 'rate<N>': the analog twin (neurons.RateActivation,
+#                                           QuantizedRateActivation at N levels), not spiking
 ATTENTIONS = ('fast', 'spikingjelly', 'none')
 SHORTCUTS = ('analog', 'spike')
 
@@ -29,12 +30,28 @@ def check_choice(name, value, valid):
         raise ValueError(f'{name}={value!r} is not supported; valid values: {list(valid)}')
 
 
+def rate_steps(kind):
+    """The N of a 'rate<N>' neuron (e.g. 'rate4' -> 4), else None."""
+    if isinstance(kind, str) and kind.startswith('rate') and kind[4:].isdigit() and int(kind[4:]) >= 1:
+        return int(kind[4:])
+    return None
+
+
+def check_neuron(kind, valid=NEURONS):
+    """``valid`` lists the kinds an arch supports; 'rate<N>' stands for 'rate1', 'rate2', ..."""
+    if kind in valid or ('rate<N>' in valid and rate_steps(kind) is not None):
+        return
+    check_choice('neuron', kind, valid)
+
+
 def make_neuron(kind='lif', v_threshold=V_TH):
-    check_choice('neuron', kind, NEURONS)
+    check_neuron(kind)
     if kind == 'lif':
         return StatelessLIFNode(tau=2.0, decay_input=False, v_threshold=v_threshold, step_mode='m')
     if kind == 'rate':
         return RateActivation(v_threshold)
+    if rate_steps(kind) is not None:
+        return QuantizedRateActivation(v_threshold, rate_steps(kind))
     return StatelessIFNode(v_threshold=v_threshold, step_mode='m')
 
 
@@ -286,7 +303,7 @@ class SpikingUNet(nn.Module):
         super().__init__()
         check_block_counts('encoder block counts', enc_blocks)
         check_block_counts('decoder block counts', dec_blocks)
-        check_choice('neuron', neuron, NEURONS)
+        check_neuron(neuron)
         check_choice('attention', attention, ATTENTIONS)
         check_choice('shortcut', shortcut, SHORTCUTS)
         if not isinstance(T, int) or T < 1:
