@@ -333,6 +333,15 @@ def train_teacher(workdir, iters, train_dir, val_dir, gt_size, device):
     return opt['network_g'], ckpt, info
 
 
+def step_cost_key(sets, steps, device):
+    """What the step costs depend on: the training options (not the held-out set, paths, names or logging)."""
+    def training_part(opt):
+        part = {k: v for k, v in opt.items() if k not in ('path', 'name', 'val', 'logger')}
+        part['datasets'] = {d: s for d, s in opt.get('datasets', {}).items() if not d.startswith('val')}
+        return part
+    return digest([training_part(opt) for opt in sets.values()] + [steps, device])
+
+
 def measured_step_costs(workdir, sets, steps, device):
     """Seconds per training step of each options set (step_costs), measured once per configuration and kept in
     step_costs.json, so that alone_eq's iteration count, and with it its run, stays the same across calls."""
@@ -343,8 +352,7 @@ def measured_step_costs(workdir, sets, steps, device):
     if os.path.isfile(path):
         with open(path) as f:
             cache = json.load(f)
-    key = digest([{k: v for k, v in opt.items() if k not in ('path', 'name', 'val', 'logger')}
-                  for opt in sets.values()] + [steps, device])
+    key = step_cost_key(sets, steps, device)
     if key not in cache:
         sets = copy.deepcopy(sets)
         for name, opt in sets.items():  # a chain's twin is not trained yet: an untrained one costs the same
