@@ -9,6 +9,7 @@ batch or ``total_iter: 0`` as a run that trains nothing and exits 0, a missing s
 plugin's models run ``check_launch`` in their first pipeline hook (before basicsr touches the experiment folder)
 and ``check_device`` / ``check_input_channels`` again when they are built.
 """
+import copy
 import glob
 import inspect
 import math
@@ -20,7 +21,9 @@ import torch
 from spikerir_plugin.archs.arch_util import INPUT_CHANNEL_ARGS, input_channels
 
 _COLOUR_DATASETS = ('PairedImageDataset', 'SingleImageDataset')
-_KNOWN_DATASETS = _COLOUR_DATASETS + ('GaussianDenoiseDataset',)  # their dataroots are folders (disk backend)
+_KNOWN_DATASETS = _COLOUR_DATASETS + ('GaussianDenoiseDataset',  # their dataroots are folders (disk backend)
+                                      'UnlabelledImageDataset')
+_NO_GT_DATASETS = ('UnlabelledImageDataset',)  # training sets with samples that have no ground truth
 
 
 def check_device(opt):
@@ -44,12 +47,24 @@ def _prepare_command(phase, dataset_opt, key):
     return f'spikerir-prepare folder-lmdb --src <folder of images> --out {path}'
 
 
-def check_dataset_paths(opt):
-    """Every dataroot exists; every LMDB one is a ``.lmdb`` folder with the meta_info.txt basicsr reads its keys
-    from."""
+def dataset_specs(opt):
+    """(section, dataset options) of every dataset of the options: each phase's, and the ``labelled`` dataset an
+    UnlabelledImageDataset mixes in (section '<phase>.labelled', with its parent's phase and scale)."""
     for phase, dataset_opt in (opt.get('datasets') or {}).items():
         if not isinstance(dataset_opt, dict):
             continue
+        yield phase, dataset_opt
+        nested = dataset_opt.get('labelled')
+        if dataset_opt.get('type') in _NO_GT_DATASETS and isinstance(nested, dict):
+            yield f'{phase}.labelled', {'io_backend': {'type': 'disk'}, **nested,
+                                        'phase': dataset_opt.get('phase', phase.split('_')[0]),
+                                        'scale': dataset_opt.get('scale', opt.get('scale', 1))}
+
+
+def check_dataset_paths(opt):
+    """Every dataroot exists; every LMDB one is a ``.lmdb`` folder with the meta_info.txt basicsr reads its keys
+    from."""
+    for phase, dataset_opt in dataset_specs(opt):
         backend = (dataset_opt.get('io_backend') or {}).get('type', 'disk')
         for key in ('dataroot_gt', 'dataroot_lq'):
             path = dataset_opt.get(key)
@@ -226,9 +241,11 @@ def check_datasets(opt):
     is set up later by the pipeline)."""
     from basicsr.utils.registry import DATASET_REGISTRY
     scale = opt.get('scale', 1)
-    for phase, dataset_opt in (opt.get('datasets') or {}).items():
-        if not isinstance(dataset_opt, dict) or dataset_opt.get('type') not in _BUILT_AT_LAUNCH:
+    for phase, dataset_opt in dataset_specs(opt):
+        if dataset_opt.get('type') not in _BUILT_AT_LAUNCH:
             continue
+        if '.labelled' in phase and dataset_opt['type'] not in _PAIRED:
+            continue  # built by its parent below; a paired one's files are paired and sized here
         dataset_opt = dict(dataset_opt, phase=dataset_opt.get('phase', phase.split('_')[0]),
                            scale=dataset_opt.get('scale', scale))
         where = f'datasets.{phase} ({dataset_opt.get("name")!r})'
@@ -237,14 +254,14 @@ def check_datasets(opt):
             if problem:
                 raise ValueError(f'{where}: the paired folders do not pair: {problem}')
         try:
-            dataset = DATASET_REGISTRY.get(dataset_opt['type'])(dataset_opt)
+            dataset = DATASET_REGISTRY.get(dataset_opt['type'])(copy.deepcopy(dataset_opt))
         except (AssertionError, KeyError, ValueError, FileNotFoundError) as error:
             raise ValueError(f'{where}: {dataset_opt["type"]} cannot be built: {error}') from error
         if dataset_opt['type'] in _PAIRED:
             problem = _pair_size_problem(dataset_opt['phase'], dataset, dataset_opt, scale)
             if problem:
                 raise ValueError(f'{where}: {problem}')
-        if dataset_opt['phase'] == 'train':
+        if dataset_opt['phase'] == 'train' and '.labelled' not in phase:
             _check_one_batch(where, dataset_opt, len(dataset), opt.get('world_size', 1))
 
 
@@ -262,12 +279,31 @@ def _check_one_batch(where, dataset_opt, size, world_size):
                      f'batch_size_per_gpu to at most {per_process}, raise dataset_enlarge_ratio, or add images')
 
 
+def check_ground_truth(opt):
+    """A training set with samples that have no ground truth needs a model whose teacher labels them (a model class
+    with ``labels_missing_gt`` and a ``network_t``)."""
+    from basicsr.utils.registry import MODEL_REGISTRY
+    model_type = opt.get('model_type')
+    model = MODEL_REGISTRY.get(model_type) if model_type in MODEL_REGISTRY else None
+    if getattr(model, 'labels_missing_gt', False) and opt.get('network_t'):
+        return
+    for phase, dataset_opt in (opt.get('datasets') or {}).items():
+        if isinstance(dataset_opt, dict) and dataset_opt.get('type') in _NO_GT_DATASETS and phase.startswith('train'):
+            why = 'has no network_t' if getattr(model, 'labels_missing_gt', False) else 'trains without a teacher'
+            raise ValueError(f'datasets.{phase}.type: {dataset_opt["type"]} yields images without ground truth '
+                             f'(no gt, or has_gt false), and {model_type} {why} to label them: use model_type: '
+                             'SpikerIRDistillModel with network_t and path.pretrain_network_t (the teacher\'s output '
+                             'becomes their target), or a dataset with ground truth (PairedImageDataset, '
+                             'GaussianDenoiseDataset)')
+
+
 def check_launch(opt):
     """What can be checked before basicsr creates (or moves aside) the experiment folder."""
     check_device(opt)
     check_dataset_paths(opt)
     if opt.get('is_train', True):
         check_total_iter(opt)
+        check_ground_truth(opt)
     check_datasets(opt)
 
 
@@ -275,7 +311,7 @@ def check_launch(opt):
 def dataset_channels(phase, dataset_opt):
     """(channels, the option that sets them) of the images a dataset yields, or (None, None) when unknown."""
     kind = dataset_opt.get('type')
-    if kind == 'GaussianDenoiseDataset':
+    if kind in ('GaussianDenoiseDataset', 'UnlabelledImageDataset'):
         value = dataset_opt.get('in_ch')
         return int(value if value is not None else 3), f'datasets.{phase}.in_ch: {value if value is not None else 3}'
     if kind in _COLOUR_DATASETS:

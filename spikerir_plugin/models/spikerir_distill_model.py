@@ -30,6 +30,11 @@ Plugin keys (everything else is SpikingSRModel's / SRModel's):
                                {type: noise, sigma: 25}: a fresh Gaussian noise draw (0-255 units) on the clean
                                crops, for synthetic-noise tasks; optional loss_weight (default 1.0)
 
+Training samples without ground truth (datasets.train of type UnlabelledImageDataset: a batch without ``gt``, or
+with ``has_gt`` false for some samples) take the teacher's output as their target in pixel_opt, perceptual_opt,
+fft_opt and kd_inputs' noise; hints and output KD apply to every sample as usual. Without network_t such batches are
+refused.
+
 The teacher and the adapters are built from a forked random stream, and kd_inputs draws from its own generator, so
 a run with a teacher sees exactly the batches (crops, flips, noise) of the same run without one
 (``student_alone_options``): the two differ only by the distillation.
@@ -81,6 +86,9 @@ def student_alone_options(opt, name=None):
 @MODEL_REGISTRY.register()
 class SpikerIRDistillModel(SpikingSRModel):
     """SNN student (network_g) distilled from a frozen teacher (network_t); see the module docstring."""
+
+    labels_missing_gt = True  # the launch checks accept a training set without ground truth when network_t is set
+    has_gt = None  # [B] bool of the last batch fed (None: every sample has its gt)
 
     def __init__(self, opt):
         self.net_t = self.net_hint = self.teacher_tap = self.student_tap = None
@@ -221,11 +229,42 @@ class SpikerIRDistillModel(SpikingSRModel):
         return params
 
     # ------------------------------------------------------------------ training step
+    def feed_data(self, data):
+        if 'gt' not in data and hasattr(self, 'gt'):
+            del self.gt  # basicsr's feed_data keeps the previous batch's gt when a batch has none
+        has_gt = data.get('has_gt')
+        self.has_gt = None if has_gt is None else torch.as_tensor(has_gt, dtype=torch.bool).to(self.device)
+        super().feed_data(data)
+
+    def targets(self, t_out):
+        """The reconstruction target of each sample: its gt, or the teacher's output where it has none.
+
+        The teacher's output rather than a mask: basicsr's losses reduce over the batch (a mask would need
+        per-sample terms that pixel_opt / perceptual_opt / fft_opt do not give, and would weight a labelled sample
+        by how many unlabelled ones share its batch), and with KD alone these samples would keep only the
+        kd_schedule's weight, which the recipe lowers to 0.1 as the ground truth takes over (there is none)."""
+        gt = getattr(self, 'gt', None)
+        if gt is None:
+            return t_out
+        if self.has_gt is None:
+            return gt
+        # no host synchronisation (a has_gt.all() shortcut would stall a GPU that could run ahead)
+        return torch.where(self.has_gt.view(-1, *([1] * (gt.dim() - 1))), gt, t_out)
+
+    def _refuse_missing_gt(self):
+        if getattr(self, 'gt', None) is None or (self.has_gt is not None and not bool(self.has_gt.all())):
+            raise ValueError('this training batch has samples without ground truth (datasets.train of type '
+                             'UnlabelledImageDataset: no gt, or has_gt false), and without network_t nothing labels '
+                             'them: add network_t and path.pretrain_network_t, or train on a dataset with ground '
+                             'truth')
+
     def compute_losses(self, current_iter):
         if self.net_t is None:
+            self._refuse_missing_gt()
             return super().compute_losses(current_iter)
         lq = train_speed.prepare_input(self.lq, self.speed)
         t_out, t_feats = self._teacher_forward(lq)
+        self.target = self.targets(t_out)
         with train_speed.autocast_context(self.device, self.speed):
             if self.teacher_tap is not None:
                 output, s_feats = self.student_tap.run(self.net_g_forward, lq)
@@ -234,7 +273,7 @@ class SpikerIRDistillModel(SpikingSRModel):
                 output = self.net_g_forward(lq)
         self.output = output.float()
 
-        losses = self.reconstruction_losses(self.output, self.gt)
+        losses = self.reconstruction_losses(self.output, self.target)
         l_total = sum(losses.values())
         weight = self._kd_weight = self.kd_schedule(current_iter)
         if self.cri_hint and t_feats is not None:
@@ -251,9 +290,10 @@ class SpikerIRDistillModel(SpikingSRModel):
 
     def extra_kd_input(self, lq):
         """A batch the reconstruction loss never sees (train.kd_inputs), drawn from the model's own generator."""
-        if self.kd_inputs['type'] == 'noise':
-            noise = torch.randn(self.gt.shape, generator=self.kd_generator).to(self.gt.device, self.gt.dtype)
-            return train_speed.prepare_input(self.gt + noise * (self.kd_inputs['sigma'] / 255.), self.speed)
+        if self.kd_inputs['type'] == 'noise':  # on the clean crops: the targets (the teacher's output where no gt)
+            clean = self.target
+            noise = torch.randn(clean.shape, generator=self.kd_generator).to(clean.device, clean.dtype)
+            return train_speed.prepare_input(clean + noise * (self.kd_inputs['sigma'] / 255.), self.speed)
         k, flip = torch.randint(0, 4, (), generator=self.kd_generator).item(), \
             torch.randint(0, 2, (), generator=self.kd_generator).item()
         if k == 0 and not flip:

@@ -55,6 +55,9 @@ BASICSR_DATASET_KEYS = ('name', 'type', 'phase', 'scale', 'io_backend', 'batch_s
 PLUGIN_DATASET_KEYS = {
     'GaussianDenoiseDataset': ('dataroot_gt', 'sigma', 'sigma_range', 'in_ch', 'clip', 'noise_seed',
                                'crop_to_multiple', 'gt_size', 'use_hflip', 'use_rot'),
+    # degraded images without ground truth, optionally mixed with a labelled dataset (data/unlabelled_image_dataset.py)
+    'UnlabelledImageDataset': ('dataroot_lq', 'in_ch', 'gt_size', 'use_hflip', 'use_rot', 'labelled',
+                               'labelled_repeat'),
 }
 
 
