@@ -89,8 +89,10 @@ def _first_charge_is_input(spec):
     return spec.rest == 0.0 and not spec.decay_input
 
 
-def _charge(v, x, spec, out):
-    """h = charge(v, x) written into ``out`` (``out`` may be ``v``)."""
+# The one Python copy of the update: the eager loops write into preallocated tensors (out=), the compiled loop
+# passes out=None and gets new tensors, which torch.compile fuses.
+def _charge(v, x, spec, out=None):
+    """h = charge(v, x), written into ``out`` when given (``out`` may be ``v``)."""
     if spec.tau is None:  # IF: v + x
         return torch.add(v, x, out=out)
     if _fast_lif(spec):  # round(x + v / 2), see the module docstring
@@ -101,8 +103,8 @@ def _charge(v, x, spec, out):
     return torch.add(v - below_rest / spec.tau, x, out=out)  # v - (v - r) / tau + x
 
 
-def _reset(h, spikes, spec, out):
-    """v after the spikes of this step, written into ``out`` (``out`` may be ``h``)."""
+def _reset(h, spikes, spec, out=None):
+    """v after the spikes of this step, written into ``out`` when given (``out`` may be ``h``)."""
     if spec.v_reset is None:  # soft: h - s * v_th
         return torch.add(h, spikes, alpha=-spec.v_threshold, out=out)
     if spec.v_reset == 0.0:  # s * 0 + (1 - s) * h
@@ -135,15 +137,10 @@ def _functional_spikes(x, spec):
     v = torch.full_like(x[0], spec.rest)
     steps = []
     for t in range(x.shape[0]):
-        if spec.tau is None:
-            h = v + x[t]
-        elif spec.decay_input:
-            h = v + (x[t] - (v - spec.rest)) / spec.tau
-        else:
-            h = v - (v - spec.rest) / spec.tau + x[t]
+        h = _charge(v, x[t], spec)
         s = (h >= spec.v_threshold).to(x.dtype)
         steps.append(s)
-        v = h - s * spec.v_threshold if spec.v_reset is None else s * spec.v_reset + (1.0 - s) * h
+        v = _reset(h, s, spec)
     return torch.stack(steps)
 
 
