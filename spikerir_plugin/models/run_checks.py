@@ -48,17 +48,18 @@ def _prepare_command(phase, dataset_opt, key):
 
 
 def dataset_specs(opt):
-    """(section, dataset options) of every dataset of the options: each phase's, and the ``labelled`` dataset an
-    UnlabelledImageDataset mixes in (section '<phase>.labelled', with its parent's phase and scale)."""
+    """(section, dataset options) of every dataset of the options: each phase's, preceded by the ``labelled``
+    dataset an UnlabelledImageDataset mixes in (section '<phase>.labelled', with its parent's phase and scale)."""
     for phase, dataset_opt in (opt.get('datasets') or {}).items():
         if not isinstance(dataset_opt, dict):
             continue
-        yield phase, dataset_opt
         nested = dataset_opt.get('labelled')
         if dataset_opt.get('type') in _NO_GT_DATASETS and isinstance(nested, dict):
-            yield f'{phase}.labelled', {'io_backend': {'type': 'disk'}, **nested,
+            yield f'{phase}.labelled', {'io_backend': {'type': 'disk'}, 'name': f'{dataset_opt.get("name")}.labelled',
+                                        **nested,
                                         'phase': dataset_opt.get('phase', phase.split('_')[0]),
                                         'scale': dataset_opt.get('scale', opt.get('scale', 1))}
+        yield phase, dataset_opt  # after its labelled dataset, whose pairing errors are the clearer ones
 
 
 def check_dataset_paths(opt):

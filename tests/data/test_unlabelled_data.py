@@ -387,6 +387,13 @@ def test_launch_checks_name_missing_folders_and_unknown_keys(tmp_path, folders, 
     missing['datasets']['train']['dataroot_lq'] = str(tmp_path / 'nowhere')
     with pytest.raises(FileNotFoundError, match=r"datasets.train.dataroot_lq: '.*nowhere' does not exist"):
         run_checks.check_launch(missing)
+    unpaired = copy.deepcopy(opt)
+    extra = _write(tmp_path / 'more_lq', _crops('coffee', 3, 4))  # a third LQ file that has no GT
+    unpaired['datasets']['train']['labelled'] = {'type': 'PairedImageDataset', 'dataroot_gt': folders['pair_gt'],
+                                                 'dataroot_lq': extra}
+    with pytest.raises(ValueError, match=r"datasets.train.labelled \('photos.labelled'\): the paired folders do not "
+                                         r"pair: 1 LQ file\(s\) in dataroot_lq .*more_lq' have no GT file .* \(002.png\)"):
+        run_checks.check_launch(unpaired)
     misspelt = copy.deepcopy(opt)
     misspelt['datasets']['train']['labelled_repeats'] = 2
     with pytest.raises(OptionKeyError, match=r'datasets.train.labelled_repeats \(did you mean labelled_repeat\?\)'):
