@@ -16,13 +16,26 @@ PTH_NAME = 'spikerir-autoload.pth'
 PTH_LINE = 'import spikerir_autoload; spikerir_autoload.install()\n'
 
 
+SHIPPED_OPTIONS = os.path.join(HERE, 'options')
+SHIPPED_OPTIONS_COPY = os.path.join('spikerir_plugin', 'shipped_options')  # spikerir_plugin/utils/recipes.py reads it
+
+
 class BuildPyWithHook(build_py):
-    """Normal wheels: put the .pth at the root of build_lib, i.e. into site-packages."""
+    """Normal wheels: put the .pth at the root of build_lib, i.e. into site-packages, and a copy of the shipped
+    options files (options/*.yml, not a package) into the package, where the demo finds its recipe."""
 
     def run(self):
         super().run()
         with open(os.path.join(self.build_lib, PTH_NAME), 'w') as f:
             f.write(PTH_LINE)
+        if not os.path.isdir(SHIPPED_OPTIONS):
+            raise FileNotFoundError(f'{SHIPPED_OPTIONS}: the shipped options files are missing from the source tree '
+                                    f'(spikerir-demo and spikerir_plugin.utils.recipes need them)')
+        target = os.path.join(self.build_lib, SHIPPED_OPTIONS_COPY)
+        os.makedirs(target, exist_ok=True)
+        for name in sorted(os.listdir(SHIPPED_OPTIONS)):
+            if name.endswith('.yml'):
+                self.copy_file(os.path.join(SHIPPED_OPTIONS, name), os.path.join(target, name))
 
 
 class EditableWheelWithHook(editable_wheel):

@@ -65,6 +65,8 @@ import yaml
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from spikerir_plugin.utils.recipes import rescale_iterations, resized, step_costs  # noqa: E402,F401
+
 SHIPPED_TWIN = 'options/train_SpikerIR_twin_GaussianDenoise_sigma25.yml'  # step 1
 SHIPPED_STUDENT = 'options/train_SpikerIR_GaussianDenoise_sigma25.yml'  # step 2
 SIGMA = 25
@@ -79,43 +81,6 @@ ARMS = ('twin', 'recipe', 'alone', 'alone_eq', 'twin_gt', 'chain_gt')
 def load_options(path):
     with open(os.path.join(REPO, path)) as f:
         return yaml.safe_load(f)
-
-
-def rescale_iterations(opt, iters):
-    """Set total_iter to ``iters`` and scale every iteration count of the LR and KD schedules with it."""
-    train = opt['train']
-    old = int(train['total_iter'])
-    scale = iters / old
-
-    def scaled(n):
-        return max(1, int(round(n * scale)))
-
-    train['total_iter'] = iters
-    sched = train.get('scheduler') or {}
-    for key in ('T_max',):
-        if key in sched:
-            sched[key] = scaled(sched[key])
-    for key in ('periods', 'milestones'):
-        if key in sched:
-            sched[key] = [scaled(n) for n in sched[key]]
-    for key in ('kd_schedule', 'hint_schedule'):
-        spec = train.get(key) or {}
-        for k in ('start_iter', 'end_iter'):
-            if spec.get(k) is not None:
-                spec[k] = int(round(spec[k] * scale))
-        if 'steps' in spec:
-            spec['steps'] = [scaled(n) for n in spec['steps']]
-    return opt
-
-
-def resized(opt, iters, train_dir, val_dir, val_name, gt_size, batch):
-    """A shipped options dict changed in size only: iterations (schedules scaled), training crops, batch, data
-    folders, workers (see the module docstring)."""
-    opt = rescale_iterations(copy.deepcopy(opt), iters)
-    opt['datasets']['train'].update(dataroot_gt=train_dir, gt_size=int(gt_size), batch_size_per_gpu=int(batch),
-                                    num_worker_per_gpu=0, persistent_workers=False)
-    opt['datasets']['val'].update(dataroot_gt=val_dir, name=val_name)
-    return opt
 
 
 def prepare_run_options(opt, name, seed, iters, curve_points, device):
@@ -154,35 +119,6 @@ def write_crops(folder, photos, grid):
     if os.path.isdir(folder) and os.listdir(folder):
         return folder
     return demo.write_demo_images(folder, photos, CROP, grid)
-
-
-def step_costs(option_sets, steps, device):
-    """Median seconds of one training step (the model's optimize_parameters on a random batch of the options'
-    batch and crop size) per options dict, the models stepped round-robin in this process so that the ratios
-    compare like with like on a busy machine."""
-    import statistics
-    import tempfile
-    import torch
-    from basicsr.models import build_model
-    from spikerir_plugin.utils.options import in_process_train_options
-    tmp = tempfile.mkdtemp(prefix='kd_step_cost_')
-    models, batches = {}, {}
-    for key, opt in option_sets.items():
-        opt = in_process_train_options(opt, tmp, device)
-        models[key] = build_model(opt)
-        ds = opt['datasets']['train']
-        shape = (int(ds['batch_size_per_gpu']), 3, int(ds['gt_size']), int(ds['gt_size']))
-        batches[key] = {'lq': torch.rand(shape), 'gt': torch.rand(shape)}
-    times = {key: [] for key in models}
-    for step in range(steps + 1):  # the first round warms up
-        for key, model in models.items():
-            model.feed_data(batches[key])
-            start = time.perf_counter()
-            model.optimize_parameters(step + 1)
-            if step:
-                times[key].append(time.perf_counter() - start)
-    return {key: statistics.median(values) for key, values in times.items()}
-
 
 
 def child_env(threads, device):

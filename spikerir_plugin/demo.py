@@ -2,18 +2,25 @@
 
 1. builds a small Gaussian-denoising set (sigma 25) from the photos bundled with scikit-image: clean training
    crops into an LMDB, held-out validation crops into a folder;
-2. trains a small NAFNet teacher with BasicSR's own SRModel and train pipeline;
-3. distils the student's analog twin from it (SpikerIR with rate neurons and one time step: an ANN with the
-   student's layers) with SpikerIRDistillModel;
-4. distils the spiking SpikerIR student from the twin: it starts from the twin's weights and matches its outputs
-   and features layer for layer (the recipe that won benchmarks/kd_ablation.py);
-5. trains the same student for the same iterations without a teacher (the "student alone" arm; it needs no
-   teacher, so it runs beside steps 2-4, each training on its share of the cores);
-6. validates PSNR/SSIM of the noisy input, the teacher, the twin and both students on the held-out crops, and
+2. times a few training steps of the twin, the distilled student and the student alone, round robin in one
+   process, for the comparison at equal compute (beside the teacher's training, so under the trainings' load);
+3. trains a small NAFNet teacher with BasicSR's own SRModel and train pipeline;
+4. step 1 of the recipe, the shipped options/train_SpikerIR_twin_GaussianDenoise_sigma25.yml: distils the student's
+   analog twin (SpikerIR with rate neurons and one time step: an ANN with the student's layers) from the teacher;
+5. step 2, the shipped options/train_SpikerIR_GaussianDenoise_sigma25.yml: the spiking SpikerIR student starts from
+   the twin's weights and is distilled from it, outputs and features layer for layer;
+6. trains the same student without a teacher for the recipe's compute (twin and distilled student: iterations x
+   the measured step times), the "student alone" arm; it needs no teacher, so it runs beside steps 2-5, each
+   training on its share of the cores;
+7. validates PSNR/SSIM of the noisy input, the teacher, the twin and both students on the held-out crops, and
    writes a comparison image (noisy | teacher | student | clean);
-7. measures the energy (SynOps, MACs, firing rates, mJ) of student and teacher.
+8. measures the energy (SynOps, MACs, firing rates, mJ) of student and teacher.
 
-    spikerir-demo [--workdir demo_work] [--teacher-iters 150] [--twin-iters 300] [--student-iters 120] [--verbose]
+Both steps train the shipped files changed in size only (iterations with their schedules scaled, 32x32 crops, batch
+8, the demo's data, no data workers, logging and validation frequency), with the demo's NAFNet as step 1's teacher.
+The teacher stands for the one a user has: its training is not charged to the recipe.
+
+    spikerir-demo [--workdir demo_work] [--teacher-iters 150] [--twin-iters 300] [--student-iters 100] [--verbose]
 
 The console shows one line per stage (with a progress bar) and the results; everything else (basicsr's options
 dumps and network printouts, the full energy report) goes to the log files under --workdir (--verbose: also to the
@@ -39,17 +46,15 @@ from spikerir_plugin.utils import console
 SIGMA = 25
 TRAIN_PHOTOS = ('astronaut', 'chelsea', 'rocket', 'immunohistochemistry')
 VAL_PHOTOS = ('coffee', 'camera')
-# Training crop side: 32 keeps the demo near 3 minutes on two cores (a spiking student's step costs about 0.6x, the
-# twin's 0.75x of one on 48x48 crops: small steps are dominated by per-layer overheads). The ablation harness,
-# benchmarks/kd_ablation.py, trains on 48x48 crops.
+# Training crop side: 32 keeps the demo near 3 minutes on two cores (small steps are dominated by per-layer
+# overheads: a 32x32 step costs more than (32/48)^2 of a 48x48 one). benchmarks/kd_ablation.py trains on 48x48.
 TRAIN_CROP = 32
+BATCH = 8
 TEACHER_NET = {'type': 'NAFNet', 'img_channel': 3, 'width': 16, 'middle_blk_num': 1, 'enc_blk_nums': [1, 1, 1],
                'dec_blk_nums': [1, 1, 1]}
-STUDENT_NET = {'type': 'SpikerIR', 'preset': 'tiny', 'T': 4}
-# The student's analog twin: the same layers and parameter names with rate neurons (no spikes) and one time step, an
-# ANN that trains about 4x faster per iteration and converges in fewer. The recipe: ANN teacher -> twin -> student.
-TWIN_NET = {'type': 'SpikerIR', 'preset': 'tiny', 'T': 1, 'reduction_t': 1, 'neuron': 'rate'}
-FROM_TWIN = {'init_from_teacher': True, 'hint_adapter': 'identity'}  # the student's keys when the twin teaches
+SHIPPED_TWIN = 'train_SpikerIR_twin_GaussianDenoise_sigma25.yml'  # step 1 of the recipe
+SHIPPED_STUDENT = 'train_SpikerIR_GaussianDenoise_sigma25.yml'  # step 2
+VAL_NAME = 'photos-val'
 
 
 def _photo(name):
@@ -100,41 +105,67 @@ def teacher_options(iters, train_lmdb, val_dir, gt_size=TRAIN_CROP):
     return opt
 
 
-def distill_options(name, iters, train_lmdb, val_dir, student_net, teacher_net, teacher_ckpt, gt_size):
-    """A SpikerIRDistillModel run of ``student_net`` from a frozen ``teacher_net``: L1 + 0.1 FFT to the ground truth,
-    feature hints (MSE) and output KD (L1), both weighted by a cosine schedule from 1 to 0.1."""
-    opt = base_options(name, iters, train_lmdb, val_dir, batch=8, gt_size=gt_size)
-    opt.update(model_type='SpikerIRDistillModel', network_g=dict(student_net), network_t=dict(teacher_net))
-    opt['path'].update(pretrain_network_t=teacher_ckpt, param_key_t='params', strict_load_t=True)
-    opt['train'] = {'ema_decay': 0, 'optim_g': {'type': 'AdamW', 'lr': 2e-3, 'weight_decay': 0.0,
-                                                'betas': [0.9, 0.99]},
-                    'scheduler': {'type': 'CosineAnnealingLR', 'T_max': iters, 'eta_min': 1e-6},
-                    'total_iter': iters, 'warmup_iter': -1,
-                    'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0},
-                    'fft_opt': {'type': 'FFTLoss', 'loss_weight': 0.1},
-                    'hint_opt': {'type': 'HintLoss', 'criterion': 'mse', 'loss_weight': 1.0},
-                    'kd_opt': {'type': 'L1Loss', 'loss_weight': 1.0},
-                    'kd_schedule': {'type': 'cosine', 'start': 1.0, 'end': 0.1, 'start_iter': 0, 'end_iter': iters}}
+def demo_run(opt, name, iters):
+    """The demo's run keys: its name, one validation and one checkpoint at the end, no tensorboard, and a progress
+    line every 1/25 of the run (the stage bars advance on those lines)."""
+    opt['name'] = name
+    opt['val'] = dict(opt.get('val') or {}, val_freq=iters, save_img=False)
+    opt['logger'] = dict(opt.get('logger') or {}, print_freq=max(1, iters // 25), save_checkpoint_freq=iters,
+                         use_tb_logger=False)
     return opt
 
 
-def twin_options(iters, train_lmdb, val_dir, teacher_ckpt, gt_size=TRAIN_CROP):
-    """Step 1 of the recipe: the student's analog twin (same layers, rate neurons, T=1) distilled from the ANN
-    teacher with output KD at a constant weight (no hints: the twin is 1/3 the teacher's width)."""
-    opt = distill_options('demo_twin_SpikerIR', iters, train_lmdb, val_dir, TWIN_NET, TEACHER_NET, teacher_ckpt,
-                          gt_size)
-    opt['train'].pop('hint_opt')
-    opt['train']['kd_schedule'] = {'type': 'constant', 'start': 1.0}
-    return opt
+def recipe_options(twin_iters, student_iters, train_lmdb, val_dir, teacher_ckpt, checkpoint):
+    """(step 1, step 2): the shipped files sized for the demo; step 1 learns from the demo's NAFNet teacher
+    instead of the shipped Restormer, step 2 from that twin's checkpoint (``checkpoint(options)``)."""
+    from spikerir_plugin.utils import recipes
+    size = dict(train_dir=train_lmdb, val_dir=val_dir, val_name=VAL_NAME, gt_size=TRAIN_CROP, batch=BATCH,
+                train_backend='lmdb')
+    twin = recipes.resized(recipes.load_shipped_options(SHIPPED_TWIN), twin_iters, **size)
+    twin['network_t'] = dict(TEACHER_NET)
+    twin['path']['pretrain_network_t'] = teacher_ckpt
+    student = recipes.resized(recipes.load_shipped_options(SHIPPED_STUDENT), student_iters, **size)
+    twin = demo_run(twin, 'demo_twin_SpikerIR', twin_iters)
+    student['path']['pretrain_network_t'] = checkpoint(twin)
+    return twin, demo_run(student, 'demo_student_SpikerIR', student_iters)
 
 
-def student_options(iters, train_lmdb, val_dir, twin_ckpt, gt_size=TRAIN_CROP):
-    """Step 2: the spiking student starts from its twin's weights and is distilled from it, layer for layer (the
-    hints need no adapter: the twin has the student's channels at every layer)."""
-    opt = distill_options('demo_student_SpikerIR', iters, train_lmdb, val_dir, STUDENT_NET, TWIN_NET, twin_ckpt,
-                          gt_size)
-    opt['train'].update(FROM_TWIN)
-    return opt
+def alone_options(student_opt, iters):
+    """The student alone (student_alone_options: no teacher, no distillation terms) for ``iters`` iterations."""
+    from spikerir_plugin.models.spikerir_distill_model import student_alone_options
+    from spikerir_plugin.utils.recipes import rescale_iterations
+    alone = rescale_iterations(student_alone_options(student_opt), iters)
+    return demo_run(alone, student_opt['name'] + '_alone', iters)
+
+
+def measure_compute(log, options, twin_iters, student_iters, steps, threads, folder):
+    """Stage 2: seconds per training step of the twin, the distilled student and the student alone (a few steps
+    each, round robin in this process, on the cores one training gets), and the student alone's iterations for the
+    recipe's compute (twin and distilled student). Returns the record written to ``folder``/compute.json."""
+    import torch
+    from spikerir_plugin.utils import recipes
+    started = time.time()
+    os.makedirs(folder, exist_ok=True)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with log.capture():
+            costs = recipes.step_costs(recipes.with_untrained_teachers(options, folder), steps, 'cpu')
+    finally:
+        torch.set_num_threads(before)
+    recipe = costs['twin'] * twin_iters + costs['student'] * student_iters
+    alone_iters = recipes.equal_compute_iterations(recipe, costs['alone'])
+    record = {'step_s': costs, 'timed_steps': steps, 'threads': threads,
+              'iters': {'twin': twin_iters, 'student': student_iters, 'alone': alone_iters},
+              'compute_s': {'twin': costs['twin'] * twin_iters, 'student': recipe,
+                            'alone': costs['alone'] * alone_iters}}
+    with open(os.path.join(folder, 'compute.json'), 'w') as f:
+        json.dump(record, f, indent=1)
+    log.write(f'step times (s, {steps} steps each, round robin): {json.dumps(costs)}; the student alone: '
+              f'{alone_iters} iterations for the recipe\'s {recipe:.1f} s\n')
+    stage_done(2, 'step times', started, f'twin {costs["twin"]:.2f} s, student {costs["student"]:.2f} s, alone '
+                                         f'{costs["alone"]:.2f} s a step: the student alone trains {alone_iters} it')
+    return record
 
 
 def write_yaml(path, opt):
@@ -144,19 +175,19 @@ def write_yaml(path, opt):
 
 
 # ------------------------------------------------------------------------------------------ console: one line per stage
-STAGES = 7
+STAGES = 8
 _ITER = re.compile(r'\biter:\s*([\d,]+)')
 
 
 def stage_bar(number, title, total, unit):
-    """A tqdm line `[n/6] title |bar| done/total unit elapsed` on stderr."""
+    """A tqdm line `[n/8] title |bar| done/total unit elapsed` on stderr."""
     return console.progress(total=total, desc=f'[{number}/{STAGES}] {title:<18s} ', dynamic_ncols=True,
                             bar_format='{desc}|{bar:24}| {n_fmt}/{total_fmt} ' + unit + ' {elapsed}',
                             mininterval=0.5)
 
 
 def stage_done(number, title, started, info):
-    """The line of a short stage without a count: `[n/6] title info (s)`."""
+    """The line of a short stage without a count: `[n/8] title info (s)`."""
     console.status(f'[{number}/{STAGES}] {title:<18s} {info} ({time.time() - started:.0f} s)')
 
 
@@ -184,12 +215,6 @@ class DemoLog:
 
     def flush(self):
         self.file.flush()
-
-
-def with_progress_lines(opt, iters):
-    """basicsr logs a progress line every print_freq iterations; the demo's bars advance on those lines."""
-    opt['logger']['print_freq'] = max(1, iters // 25)
-    return opt
 
 
 def _pump(stream, lines):
@@ -267,15 +292,19 @@ class Training:
 
 
 # ------------------------------------------------------------------------------------------------------ evaluation
-def load_demo_networks(teacher_ckpt, twin_ckpt, student_ckpt, alone_ckpt):
+ROWS = {'teacher (NAFNet)': 'teacher', 'analog twin (no spikes)': 'twin', 'student (SpikerIR)': 'student',
+        'student alone (SpikerIR)': 'alone'}  # the table's rows -> the runs
+
+
+def load_demo_networks(runs, checkpoint):
+    """The trained networks, as their options build them, with their raw weights (`params`, the weights the
+    benchmarks report), by table row."""
     from spikerir_plugin.utils.options import network_from_options
-    return {'teacher (NAFNet)': network_from_options(TEACHER_NET, 'network_t', teacher_ckpt, 'params', which='t'),
-            'analog twin (no spikes)': network_from_options(TWIN_NET, 'network_t', twin_ckpt, 'params', which='t'),
-            'student (SpikerIR)': network_from_options(STUDENT_NET, 'network_g', student_ckpt, 'params'),
-            'student alone (SpikerIR)': network_from_options(STUDENT_NET, 'network_g', alone_ckpt, 'params')}
+    return {row: network_from_options(runs[run]['network_g'], 'network_g', checkpoint(runs[run]), 'params')
+            for row, run in ROWS.items()}
 
 
-def evaluate(val_dir, nets, number=6):
+def evaluate(val_dir, nets, number=7):
     """PSNR/SSIM (RGB, basicsr's metrics on uint8 images) of the noisy input and each network; also returns the
     uint8 images (per crop: noisy, each network, clean) for the comparison image."""
     import torch
@@ -306,16 +335,23 @@ def evaluate(val_dir, nets, number=6):
     return {name: tuple(np.mean(vals, axis=0)) for name, vals in scores.items()}, len(dataset), images
 
 
-def print_table(scores, nets, count):
+def print_table(scores, nets, count, iters, compute):
+    """The results: PSNR/SSIM, parameters, iterations and training compute (s) of each run, and the gain of the
+    recipe over the student alone at equal compute."""
     params = {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()}
     console.info(f'\n== {count} held-out crops ({", ".join(VAL_PHOTOS)}), Gaussian noise sigma {SIGMA}')
-    console.info(f'{"":26s} {"PSNR dB":>8s} {"SSIM":>7s} {"params":>10s}')
+    console.info(f'{"":26s} {"PSNR dB":>8s} {"SSIM":>7s} {"params":>10s} {"iters":>6s} {"compute s":>10s}')
     for name, (psnr, ssim) in scores.items():
+        run = ROWS.get(name)
         count_str = f'{params[name]:,}' if name in params else ''
-        console.info(f'{name:26s} {psnr:8.2f} {ssim:7.4f} {count_str:>10s}')
+        iters_str = str(iters[run]) if run else ''
+        compute_str = f'{compute[run]:.1f}' if run in compute else ('given' if run else '')
+        console.info(f'{name:26s} {psnr:8.2f} {ssim:7.4f} {count_str:>10s} {iters_str:>6s} {compute_str:>10s}')
     gain = scores['student (SpikerIR)'][0] - scores['student alone (SpikerIR)'][0]
-    console.info(f'student: distilled (teacher -> analog twin -> student); student alone: the same student, data '
-                 f'and iterations without a teacher (distillation {gain:+.2f} dB)')
+    console.info('student: the shipped recipe, sized (teacher -> analog twin -> student); student alone: the same '
+                 "student's options without a teacher,\ntrained for the recipe's compute (s: iterations x the step "
+                 "time measured round robin at the start; the twin's included, the teacher given)")
+    console.info(f"distillation {gain:+.2f} dB over the student alone at equal compute (twin's training included)")
 
 
 def comparison_image(images, path, names=('noisy input', 'teacher (NAFNet)', 'student (SpikerIR)', 'clean'),
@@ -358,7 +394,7 @@ def energy_summary(report):
 
 
 def energy_stage(log, energy_dir, student_yml, student_ckpt, twin_yml, size):
-    """Stage 7: spikerir-energy on the distilled student against the twin; returns its report."""
+    """Stage 8: spikerir-energy on the distilled student against the twin; returns its report."""
     from spikerir_plugin.tools import energy_report
     started = time.time()
     with log.capture():
@@ -366,7 +402,7 @@ def energy_stage(log, energy_dir, student_yml, student_ckpt, twin_yml, size):
                             '--size', str(size), '--sigma', str(SIGMA), '--out', energy_dir])
     with open(os.path.join(energy_dir, 'energy.json')) as f:
         report = json.load(f)
-    stage_done(7, 'energy', started, f"student {report['student']['totals']['energy_mJ']:.3f} mJ, teacher "
+    stage_done(8, 'energy', started, f"student {report['student']['totals']['energy_mJ']:.3f} mJ, teacher "
                                      f"{report['teacher']['totals']['energy_mJ']:.3f} mJ per image")
     return report
 
@@ -376,16 +412,23 @@ def build_parser():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--workdir', default='demo_work')
     parser.add_argument('--teacher-iters', type=int, default=150)
-    parser.add_argument('--twin-iters', type=int, default=300, help="iterations of the student's analog twin (a step, "
-                        "the teacher's forward included, costs about half a spiking student's)")
-    parser.add_argument('--student-iters', type=int, default=120)
+    parser.add_argument('--twin-iters', type=int, default=300, help="step 1: iterations of the student's analog twin "
+                        "(3x the student's, the shipped files' ratio; a step, the teacher's forward included, costs "
+                        "about 0.4x a spiking student's)")
+    parser.add_argument('--student-iters', type=int, default=100, help='step 2: iterations of the distilled student')
+    parser.add_argument('--step-cost', type=int, default=5,
+                        help='timed training steps per run for the comparison at equal compute')
     parser.add_argument('--energy-size', type=int, default=128, help='input side for the energy report')
     parser.add_argument('--verbose', action='store_true', help='also print the logs (basicsr\'s console output)')
     return parser
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for flag in ('teacher_iters', 'twin_iters', 'student_iters', 'step_cost'):
+        if getattr(args, flag) < 1:
+            parser.error(f'--{flag.replace("_", "-")} must be at least 1, got {getattr(args, flag)}')
 
     start = time.time()
     workdir = os.path.abspath(args.workdir)
@@ -397,7 +440,6 @@ def main(argv=None):
     started = time.time()
     with log.capture():
         import spikerir_plugin  # noqa: F401
-        from spikerir_plugin.models.spikerir_distill_model import student_alone_options
         from spikerir_plugin.tools.prepare_data import prepare_folder_lmdb
         data = os.path.join(workdir, 'datasets')
         train_png = write_demo_images(os.path.join(data, 'photos_train_png'), TRAIN_PHOTOS, 96, 4)
@@ -408,43 +450,55 @@ def main(argv=None):
     stage_done(1, 'data', started, f'{len(os.listdir(train_png))} training crops (LMDB), {len(os.listdir(val_dir))} '
                                    f'validation crops')
 
-    # The student trained alone needs no teacher: it runs beside the teacher, the twin and the distillation, on its
-    # own share of the cores, and its line follows theirs.
     experiments = os.path.join(workdir, 'experiments')
 
     def checkpoint(opt):
         return os.path.join(experiments, opt['name'], 'models', 'net_g_latest.pth')
 
-    t_opt = with_progress_lines(teacher_options(args.teacher_iters, train_lmdb, val_dir), args.teacher_iters)
-    w_opt = with_progress_lines(twin_options(args.twin_iters, train_lmdb, val_dir, checkpoint(t_opt)),
-                                args.twin_iters)
-    s_opt = with_progress_lines(student_options(args.student_iters, train_lmdb, val_dir, checkpoint(w_opt)),
-                                args.student_iters)
-    a_opt = student_alone_options(s_opt, name=s_opt['name'] + '_alone')
-    student_yml = write_yaml(os.path.join(workdir, 'train_demo_student.yml'), s_opt)
-    twin_yml = write_yaml(os.path.join(workdir, 'train_demo_twin.yml'), w_opt)
+    runs = {'teacher': demo_run(teacher_options(args.teacher_iters, train_lmdb, val_dir), 'demo_teacher_NAFNet',
+                                args.teacher_iters)}
+    with log.capture():
+        runs['twin'], runs['student'] = recipe_options(args.twin_iters, args.student_iters, train_lmdb, val_dir,
+                                                       checkpoint(runs['teacher']), checkpoint)
     threads = threads_per_run(2)
-    alone = Training(write_yaml(os.path.join(workdir, 'train_demo_student_alone.yml'), a_opt), workdir, log,
-                     args.student_iters, threads)
+    files = {run: os.path.join(workdir, f'train_demo_{name}.yml') for run, name in (
+        ('teacher', 'teacher'), ('twin', 'twin'), ('student', 'student'), ('alone', 'student_alone'))}
+    trainings = []
     try:
-        Training(write_yaml(os.path.join(workdir, 'train_demo_teacher.yml'), t_opt), workdir, log, args.teacher_iters,
-                 threads).follow(2, 'teacher NAFNet')
-        Training(twin_yml, workdir, log, args.twin_iters, threads).follow(3, 'analog twin')
-        Training(student_yml, workdir, log, args.student_iters, threads).follow(4, 'student distilled')
-        alone.follow(5, 'student alone')
+        trainings.append(Training(write_yaml(files['teacher'], runs['teacher']), workdir, log, args.teacher_iters,
+                                  threads))
+        # The step times are taken beside the teacher's training, so under the same load as the trainings they
+        # price; the student alone needs no teacher and starts as soon as its iterations are known, on the other
+        # core, beside the teacher, the twin and the distillation.
+        timed = {'twin': runs['twin'], 'student': runs['student'],
+                 'alone': alone_options(runs['student'], args.student_iters)}
+        compute = measure_compute(log, timed, args.twin_iters, args.student_iters, args.step_cost, threads,
+                                  os.path.join(workdir, 'results'))
+        iters = dict(compute['iters'], teacher=args.teacher_iters)
+        runs['alone'] = alone_options(runs['student'], iters['alone'])
+        alone = Training(write_yaml(files['alone'], runs['alone']), workdir, log, iters['alone'], threads)
+        trainings.append(alone)
+        trainings[0].follow(3, 'teacher NAFNet')
+        Training(write_yaml(files['twin'], runs['twin']), workdir, log, args.twin_iters, threads).follow(
+            4, 'analog twin')
+        Training(write_yaml(files['student'], runs['student']), workdir, log, args.student_iters, threads).follow(
+            5, 'student distilled')
+        alone.follow(6, 'student alone')
     finally:
-        alone.stop()
+        for training in trainings:
+            training.stop()
 
     with log.capture():
-        nets = load_demo_networks(checkpoint(t_opt), checkpoint(w_opt), checkpoint(s_opt), checkpoint(a_opt))
+        nets = load_demo_networks(runs, checkpoint)
     scores, count, images = evaluate(val_dir, nets)
     results = os.path.join(workdir, 'results')
     comparison = comparison_image(images, os.path.join(results, 'comparison.png'))
 
     energy_dir = os.path.join(results, 'energy')
-    report = energy_stage(log, energy_dir, student_yml, checkpoint(s_opt), twin_yml, args.energy_size)
+    report = energy_stage(log, energy_dir, files['student'], checkpoint(runs['student']), files['twin'],
+                          args.energy_size)
 
-    print_table(scores, nets, count)
+    print_table(scores, nets, count, iters, compute['compute_s'])
     energy_summary(report)
     console.info(f'\ncomparison image (noisy | teacher | student | clean): {comparison}')
     console.info(f'energy plot: {os.path.join(energy_dir, "energy.png")} (full report: energy.txt, energy.json)')
