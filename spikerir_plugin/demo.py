@@ -142,15 +142,17 @@ def measure_compute(log, options, twin_iters, student_iters, steps, threads, fol
     """Stage 2: seconds per training step of the twin, the distilled student and the student alone (a few steps
     each, round robin in this process, on the cores one training gets), and the student alone's iterations for the
     recipe's compute (twin and distilled student). Returns the record written to ``folder``/compute.json."""
+    import tempfile
     import torch
     from spikerir_plugin.utils import recipes
+    from spikerir_plugin.utils.atomic import atomic_write_text
     started = time.time()
-    os.makedirs(folder, exist_ok=True)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        with log.capture():
-            costs = recipes.step_costs(recipes.with_untrained_teachers(options, folder), steps, 'cpu')
+        # the teachers are not trained yet: untrained ones cost the same per step
+        with log.capture(), tempfile.TemporaryDirectory(prefix='spikerir_demo_teachers_') as untrained:
+            costs = recipes.step_costs(recipes.with_untrained_teachers(options, untrained), steps, 'cpu')
     finally:
         torch.set_num_threads(before)
     recipe = costs['twin'] * twin_iters + costs['student'] * student_iters
@@ -159,8 +161,8 @@ def measure_compute(log, options, twin_iters, student_iters, steps, threads, fol
               'iters': {'twin': twin_iters, 'student': student_iters, 'alone': alone_iters},
               'compute_s': {'twin': costs['twin'] * twin_iters, 'student': recipe,
                             'alone': costs['alone'] * alone_iters}}
-    with open(os.path.join(folder, 'compute.json'), 'w') as f:
-        json.dump(record, f, indent=1)
+    os.makedirs(folder, exist_ok=True)
+    atomic_write_text(os.path.join(folder, 'compute.json'), json.dumps(record, indent=1))
     log.write(f'step times (s, {steps} steps each, round robin): {json.dumps(costs)}; the student alone: '
               f'{alone_iters} iterations for the recipe\'s {recipe:.1f} s\n')
     stage_done(2, 'step times', started, f'twin {costs["twin"]:.2f} s, student {costs["student"]:.2f} s, alone '
