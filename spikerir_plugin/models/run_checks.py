@@ -22,7 +22,7 @@ from spikerir_plugin.archs.arch_util import INPUT_CHANNEL_ARGS, input_channels
 
 _COLOUR_DATASETS = ('PairedImageDataset', 'SingleImageDataset')
 _KNOWN_DATASETS = _COLOUR_DATASETS + ('GaussianDenoiseDataset',  # their dataroots are folders (disk backend)
-                                      'UnlabelledImageDataset')
+                                      'UnlabelledImageDataset', 'RainStreakDataset')
 _NO_GT_DATASETS = ('UnlabelledImageDataset',)  # training sets with samples that have no ground truth
 
 
@@ -312,7 +312,7 @@ def check_launch(opt):
 def dataset_channels(phase, dataset_opt):
     """(channels, the option that sets them) of the images a dataset yields, or (None, None) when unknown."""
     kind = dataset_opt.get('type')
-    if kind in ('GaussianDenoiseDataset', 'UnlabelledImageDataset'):
+    if kind in ('GaussianDenoiseDataset', 'UnlabelledImageDataset', 'RainStreakDataset'):
         value = dataset_opt.get('in_ch')
         return int(value if value is not None else 3), f'datasets.{phase}.in_ch: {value if value is not None else 3}'
     if kind in _COLOUR_DATASETS:

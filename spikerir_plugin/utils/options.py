@@ -58,6 +58,9 @@ PLUGIN_DATASET_KEYS = {
     # degraded images without ground truth, optionally mixed with a labelled dataset (data/unlabelled_image_dataset.py)
     'UnlabelledImageDataset': ('dataroot_lq', 'in_ch', 'gt_size', 'use_hflip', 'use_rot', 'labelled',
                                'labelled_repeat'),
+    # rain streaks drawn on clean images (data/rain_streak_dataset.py)
+    'RainStreakDataset': ('dataroot_gt', 'density', 'length', 'angle', 'intensity', 'in_ch', 'rain_seed',
+                          'crop_to_multiple', 'gt_size', 'use_hflip', 'use_rot'),
 }
 
 

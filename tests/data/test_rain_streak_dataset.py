@@ -68,3 +68,16 @@ def test_streaks_follow_the_angle():
 def test_bad_ranges_are_refused(clean_dir, bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         dataset(clean_dir, **bad)
+
+
+def test_rain_streak_keys_are_checked_at_launch(tmp_path):
+    """A misspelt RainStreakDataset key is refused by the plugin's option schema, naming the key and the near one."""
+    from spikerir_plugin.utils.options import OptionKeyError, check_option_keys
+    opt = {'model_type': 'SpikingSRModel', 'network_g': {'type': 'SpikerIR', 'preset': 'tiny', 'T': 2},
+           'train': {}, 'path': {},
+           'datasets': {'train': {'type': 'RainStreakDataset', 'dataroot_gt': str(tmp_path), 'densty': [0.1, 0.2],
+                                  'io_backend': {'type': 'disk'}}}}
+    with pytest.raises(OptionKeyError, match=r'datasets\.train\.densty \(did you mean density\?\)'):
+        check_option_keys(opt)
+    opt['datasets']['train']['density'] = opt['datasets']['train'].pop('densty')
+    check_option_keys(opt)
