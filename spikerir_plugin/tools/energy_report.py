@@ -338,6 +338,30 @@ def format_report(student, teacher=None, title=''):
     return '\n'.join(out)
 
 
+def budget_line(energy_opt, student):
+    """The options' train.energy_opt against the measured network: the budget scaled to the report's image size and
+    the spike-driven part it constrains (e_ac x SynOps per image), or None without a budget."""
+    from spikerir_plugin.losses.energy_loss import check_energy_opt
+    if not energy_opt:
+        return None
+    spec = check_energy_opt(energy_opt)
+    batch, _, h, w = student['input_shape']
+    synops = student['totals']['synops'] / batch
+    e_ac = student['convention']['e_ac_pJ']
+    if spec.get('target_mj') is None and spec.get('target_synops') is None:
+        return (f"train.energy_opt: a penalty (loss_weight {spec.get('loss_weight', 1.0)}) on the spike-driven "
+                f"energy, here {synops * e_ac * 1e-9:.4f} mJ per image ({synops:,.0f} SynOps)")
+    scale = h * w / int(spec.get('image_size', 256)) ** 2
+    if spec.get('target_mj') is not None:
+        have, budget, unit = synops * e_ac * 1e-9, float(spec['target_mj']) * scale, 'mJ'
+    else:
+        have, budget, unit = synops, float(spec['target_synops']) * scale, 'SynOps'
+    verdict = 'under it' if have <= budget else f'{have / budget - 1:.0%} over it'
+    return (f"train.energy_opt budget: {budget:,.4g} {unit} of spike-driven energy per {h}x{w} image (the options' "
+            f"{spec.get('target_mj', spec.get('target_synops'))} per {spec.get('image_size', 256)}^2, scaled); "
+            f'this network: {have:,.4g} {unit}, {verdict}')
+
+
 def energy_ratio(student, teacher):
     s = student['totals']['energy_mJ']
     return teacher['totals']['energy_mJ'] / s if s else float('inf')
@@ -422,9 +446,13 @@ def main(argv=None):
     out_dir = a.out or os.path.join('results', 'energy', name)
     os.makedirs(out_dir, exist_ok=True)
     report = format_report(student, teacher, name)
+    budget = budget_line((opt.get('train') or {}).get('energy_opt'), student)
+    if budget:
+        report += '\n' + budget
     console.info(report)
     result = {'name': name, 'options': os.path.abspath(a.opt), 'student': student, 'teacher': teacher,
-              'ratio_teacher_over_student': energy_ratio(student, teacher) if teacher else None}
+              'ratio_teacher_over_student': energy_ratio(student, teacher) if teacher else None,
+              'budget': budget}
     atomic_write_text(os.path.join(out_dir, 'energy.json'), json.dumps(result, indent=2))
     atomic_write_text(os.path.join(out_dir, 'energy.txt'), report + '\n')
     plot_report(student, os.path.join(out_dir, 'energy.png'), name)

@@ -221,3 +221,25 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     with pytest.raises(SystemExit):
         energy_report.main(['-opt', str(bad)])
     assert "no network_g section; top-level keys: ['name', 'network_t']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('factor, verdict', [(2.0, 'under it'), (0.5, '100% over it')])
+def test_cli_shows_the_options_energy_budget(tmp_path, factor, verdict):
+    """With train.energy_opt a budget, the report names it at the report's size and whether the network is under it:
+    a budget set to twice / half the network's measured spike-driven energy at 64x64, given per 32x32 image."""
+    torch.manual_seed(3)
+    opt, _ = tiny_options(tmp_path, None)
+    trained = build_network(dict(opt['network_g']))
+    ckpt = str(tmp_path / 'net_g.pth')
+    torch.save({'params_ema': trained.state_dict()}, ckpt)
+    opt, opt_path = tiny_options(tmp_path, ckpt)
+    measured = measure_energy(trained, inputs=make_input(64, 1))
+    spike_mj = measured['totals']['synops'] * measured['convention']['e_ac_pJ'] * 1e-9
+    opt['train'] = {'energy_opt': {'type': 'SynOpsLoss', 'target_mj': factor * spike_mj / 4, 'image_size': 32}}
+    with open(opt_path, 'w') as f:
+        yaml.safe_dump(opt, f)
+    out = tmp_path / 'energy'
+    assert energy_report.main(['-opt', opt_path, '--size', '64', '--out', str(out), '--no-teacher']) == 0
+    text = (out / 'energy.txt').read_text()
+    assert 'train.energy_opt budget' in text and 'per 64x64 image' in text and text.rstrip().endswith(verdict)
+    assert json.loads((out / 'energy.json').read_text())['budget'] == text.rstrip().splitlines()[-1]
