@@ -150,7 +150,7 @@ def plan_runs(args, workdir, size, settings):
 
 def run_worker(args, results):
     """The function kd_ablation's run_all calls on each run: train it unless its result exists; score and measure a
-    student (once, cached in its result) into results[run.key]."""
+    student (once, cached in its result) into results[(preset-setting, seed)]."""
     lock = threading.Lock()
 
     def work(run):
@@ -176,9 +176,11 @@ def run_worker(args, results):
         ka.write_json(run.result_path, result)
         scores = result['scores'][args.eval]
         scores = scores.get('params_ema', scores)  # a run kd_ablation trained keeps both weight sets' scores
-        results[run.key] = dict(result, preset=run.preset, setting=run.setting, scores=scores, energy=result[key])
-        console.info(f'{time.strftime("%H:%M:%S")} {run.arm} seed {run.seed}: PSNR '
-                     f'{results[run.key]["scores"]["psnr"]:.2f}, {results[run.key]["energy"]["mJ_per_image"]:.4f} mJ')
+        # keyed by preset and setting: the shipped preset's unpenalised run carries kd_ablation's arm name
+        results[(f'{run.preset}-{run.setting}', run.seed)] = dict(result, preset=run.preset, setting=run.setting,
+                                                                   scores=scores, energy=result[key])
+        console.info(f'{time.strftime("%H:%M:%S")} {run.preset}-{run.setting} seed {run.seed}: PSNR '
+                     f'{scores["psnr"]:.2f}, {result[key]["mJ_per_image"]:.4f} mJ')
 
     return work
 
