@@ -24,7 +24,7 @@ import torch
 from spikingjelly.activation_based import neuron
 from torch import nn
 
-from spikerir_plugin.ops.neuron_loops import fused_cpu_eligible, fused_multi_step, neuron_spec
+from spikerir_plugin.ops.neuron_loops import fused_cpu_eligible, fused_multi_step, multi_step_spikes, neuron_spec
 
 
 _fused_cpu_loops = [True]
@@ -113,21 +113,15 @@ class RateActivation(nn.Module):
 
 
 class _LIFStaircase(torch.autograd.Function):
-    """Forward: the spike count / steps of the blocks' LIF neuron (tau 2, no input decay, hard reset to 0) driven
-    by x for ``steps`` steps from rest; backward: the gradient of RateActivation's ramp (straight through)."""
+    """Forward: the spike count / steps of the blocks' LIF neuron (``spec``) driven by x for ``steps`` steps from
+    rest, by the same neuron loop as the spiking layers (ops/neuron_loops.py); backward: the gradient of
+    RateActivation's ramp (straight through)."""
 
     @staticmethod
-    def forward(ctx, x, v_threshold, steps):
+    def forward(ctx, x, spec, steps):
         ctx.save_for_backward(x)
-        ctx.v_threshold = v_threshold
-        v = torch.zeros_like(x)
-        count = torch.zeros_like(x)
-        for _ in range(steps):
-            v = v * 0.5 + x
-            spike = v >= v_threshold
-            count += spike
-            v = v.masked_fill(spike, 0.0)
-        return count / steps
+        ctx.v_threshold = spec.v_threshold
+        return multi_step_spikes(x.expand(steps, *x.shape), spec).mean(0)
 
     @staticmethod
     def backward(ctx, grad):
@@ -150,9 +144,11 @@ class QuantizedRateActivation(RateActivation):
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f'the quantised rate needs steps >= 1, got {steps!r}')
         self.steps = steps
+        # the spiking layers' neuron (spiking_blocks.make_neuron) as a spec of the shared neuron loop
+        self.spec = neuron_spec(StatelessLIFNode(tau=2.0, decay_input=False, v_threshold=v_threshold))
 
     def forward(self, x):
-        return _LIFStaircase.apply(x, self.v_threshold, self.steps)
+        return _LIFStaircase.apply(x, self.spec, self.steps)
 
     def extra_repr(self):
         return f'v_threshold={self.v_threshold}, steps={self.steps}'

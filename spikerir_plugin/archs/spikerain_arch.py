@@ -4,7 +4,7 @@ review at WACV 2026; code github.com/inzamamulDU/SpikeRain, ``model/spikeRain.py
 The official repository has no license, so this is our own implementation of the network its code describes (no
 code taken from it). Its state_dict keys and shapes are those of the official ``SpikeRain`` module, so weights
 trained with the official code would load strictly (the repository releases none); the outputs were checked once
-against the official code (tests/test_zoo.py records the numbers). Differences from the official code, none of
+against the official code (tests/archs/test_zoo.py records the numbers). Differences from the official code, none of
 which changes the parameters: any device (no ``.cuda()``), the image conv runs once and its output is repeated
 over T (same values), any H, W (reflect-padded to multiples of 4, cropped back), neurons start each call at rest
 (archs/neurons.py), and ``neuron='rate'`` builds the analog twin (same layers and keys, rate activations).

@@ -3,7 +3,7 @@ arXiv 2512.02258; official code github.com/ChrisChen1023/VLIF, MIT license).
 
 State_dict keys and shapes equal the official ``model.py`` (``VLIFNet``), so its released checkpoints (Rain200H,
 Rain1200: ``use_refinement=False``; Rain200L: ``use_refinement=True``) load with strict=True; outputs equal the
-official network's (tests/test_zoo.py runs the MIT-licensed reference copy kept in tests/reference/). Differences
+official network's (tests/archs/test_zoo.py runs the MIT-licensed reference copy kept in tests/reference/). Differences
 from the official code, none of which changes the parameters:
 - runs on any device (no ``.cuda()``, no cupy backend); the image conv runs once and its output is repeated over T
   (the official code convolves the image repeated T times: same values, 1/T of the cost);
