@@ -92,6 +92,7 @@ def build_parser():
     p.add_argument('--eval-grid', type=int, default=3)
     p.add_argument('--eval', choices=('tune', 'report'), default='report')
     p.add_argument('--workdir', default='energy_front_work')
+    p.add_argument('--trained-only', action='store_true', help='train nothing: the table of the runs already trained')
     p.add_argument('--jobs', type=int, default=1)
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
@@ -214,6 +215,10 @@ def main(argv=None):
     _, size = ka.harness_data(args, workdir)
     settings = settings_of(args)
     runs, twin_iters = plan_runs(args, workdir, size, settings)
+    if args.trained_only:  # the table of what exists, e.g. one seed for the sweep and three at the chosen points
+        runs = {key: run for key, run in runs.items() if run.trained}
+        for run in runs.values():
+            run.deps = tuple(d for d in run.deps if d in runs)
     results = {}
     failed = ka.run_all(list(runs.values()), args.jobs, run_worker(args, results))
     return report(args, workdir, results, settings, twin_iters, failed)
