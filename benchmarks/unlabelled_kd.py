@@ -47,6 +47,7 @@ import kd_ablation as kd  # noqa: E402
 CHAINS = {'labelled': ('lab_twin', 'lab'), 'mixed': ('mix_twin', 'mix'), 'full': ('twin', 'recipe')}
 DIFFERENCES = (('mixed - labelled (the unlabelled photos, labelled by the teacher)', 'mix', 'lab'),
                ('full - mixed (ground truth for every photo instead)', 'recipe', 'mix'),
+               ('full - labelled (the other photos with their ground truth)', 'recipe', 'lab'),
                ('mix_twin - lab_twin (the same, step 1: the twin)', 'mix_twin', 'lab_twin'))
 
 
@@ -255,9 +256,16 @@ def main(argv=None):
         twin = next((t for t, a in CHAINS.values() if a == arm), None)
         walls.setdefault(arm, []).append(r['wall_s'] + (results[(twin, seed)]['wall_s'] if twin else 0.0))
     rows, diffs = summary(results, args.seeds, compute, walls)
+    # the labels' quality: the teacher on the noisy training crops, against their clean versions kept aside
+    labels_opt = copy.deepcopy(student_opt)
+    labels_opt['datasets']['val'] = {'name': 'unlabelled', 'type': 'PairedImageDataset', 'dataroot_lq': noisy_dir,
+                                     'dataroot_gt': noisy_dir + '.clean', 'io_backend': {'type': 'disk'}}
     fixed = [('noisy', kd.evaluate(student_opt, None, None, None, args.device)['psnr'], 'the input'),
              ('teacher', kd.evaluate(student_opt, teacher_net, teacher_ckpt, 'params', args.device)['psnr'],
-              f'NAFNet-w16, {args.teacher_iters} it on all 64 clean crops (given)')]
+              f'NAFNet-w16, {args.teacher_iters} it on all 64 clean crops (given)'),
+             ('its labels', kd.evaluate(labels_opt, teacher_net, teacher_ckpt, 'params', args.device)['psnr'],
+              f'the teacher on the {len(os.listdir(noisy_dir))} unlabelled crops, scored against their ground '
+              'truth (which training never reads)')]
     header = (f'Unlabelled photos labelled by the teacher: the shipped recipe ({kd.SHIPPED_TWIN} -> '
               f'{kd.SHIPPED_STUDENT}) sized: student {args.iters} it, twin {twin_opt["train"]["total_iter"]} it, '
               f'{args.gt_size}x{args.gt_size} crops, batch {args.batch}; labelled: {", ".join(args.labelled)} '
