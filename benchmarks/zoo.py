@@ -1,7 +1,7 @@
 """The SNN restoration zoo in one table: parameters, SynOps, MACs, energy and CPU time per image, and PSNR/SSIM on
 a common small task trained alone and distilled at equal compute, every arch through basicsr's training pipeline.
 
-    python benchmarks/zoo.py --workdir /work/kd_runs --jobs 2      # benchmarks/zoo.md (runs under <workdir>/zoo/)
+    python benchmarks/zoo.py --workdir /tmp/kd_runs --jobs 2      # benchmarks/zoo.md (runs under <workdir>/zoo/)
     python benchmarks/zoo.py --no-train                             # the static columns only (random-init weights)
 
 Rows (--archs; the trained rows are narrow where the arch's default cannot train on one CPU core in the budget):
