@@ -2,7 +2,7 @@
 images that the teacher labels (datasets.train of type UnlabelledImageDataset), every run through basicsr's
 training pipeline.
 
-    python benchmarks/unlabelled_kd.py --seeds 0 1 2 --jobs 1 --workdir /work/kd_runs   # benchmarks/unlabelled_kd.md
+    python benchmarks/unlabelled_kd.py --seeds 0 1 2 --jobs 1 --workdir /tmp/kd_runs   # benchmarks/unlabelled_kd.md
 
 It reuses benchmarks/kd_ablation.py (its data, its NAFNet-w16 teacher, trained once and cached under --workdir, its
 sizing of the shipped options files, its runs and scoring). Both arms are the shipped two-step recipe
