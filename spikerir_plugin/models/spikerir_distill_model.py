@@ -230,8 +230,6 @@ class SpikerIRDistillModel(SpikingSRModel):
 
     # ------------------------------------------------------------------ training step
     def feed_data(self, data):
-        if 'gt' not in data and hasattr(self, 'gt'):
-            del self.gt  # basicsr's feed_data keeps the previous batch's gt when a batch has none
         has_gt = data.get('has_gt')
         self.has_gt = None if has_gt is None else torch.as_tensor(has_gt, dtype=torch.bool).to(self.device)
         super().feed_data(data)

@@ -269,6 +269,8 @@ class SpikingSRModel(SRModel):
 
     def feed_data(self, data):
         check_pair_sizes(data, self.opt.get('scale', 1), self._fed_dataset)  # names the files and the dataset
+        if 'gt' not in data and hasattr(self, 'gt'):
+            del self.gt  # basicsr's feed_data keeps the previous batch's gt when a batch has none
         super().feed_data(data)
 
     @property

@@ -279,6 +279,19 @@ def test_a_distillation_model_without_teacher_refuses_a_batch_without_gt(tmp_pat
         model.optimize_parameters(1)
 
 
+def test_a_batch_without_gt_drops_the_previous_batchs_gt_in_both_models(tmp_path, teacher_ckpt):
+    """basicsr's feed_data keeps self.gt from the batch before; the plugin's models do not."""
+    from spikerir_plugin.models.spikerir_distill_model import student_alone_options
+    opt = model_opt(tmp_path, teacher_ckpt)
+    for options in (opt, student_alone_options(opt)):
+        model = build_model(options)
+        lq, gt = _batch()
+        model.feed_data({'lq': lq, 'gt': gt})
+        assert hasattr(model, 'gt')
+        model.feed_data({'lq': lq})
+        assert not hasattr(model, 'gt')
+
+
 # ---------------------------------------------------------------------------------------------- the pipeline
 def _pipeline_yaml(root, folders, teacher_ckpt, name, train_set, total_iter=3, save_freq=3, model='SpikerIRDistillModel'):
     val = {'name': 'val', 'type': 'PairedImageDataset', 'dataroot_gt': folders['pair_gt'],
