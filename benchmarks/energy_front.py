@@ -126,12 +126,12 @@ def plan_runs(args, workdir, size, settings):
             twin_opt = with_preset(ka.resized(shipped_twin, twin_iters, **size), preset)
             twin_opt['network_t'] = copy.deepcopy(teacher_net)
             twin_opt['path']['pretrain_network_t'] = teacher_ckpt
+        # the shipped preset's runs carry kd_ablation's arm names, so that the twins and unpenalised students it
+        # trained are reused
+        shipped = twin_opt is not None and preset == shipped_student['network_g'].get('preset')
         for seed in args.seeds:
-            deps, shipped = (), False
+            deps = ()
             if twin_opt is not None:
-                # the shipped preset's runs carry kd_ablation's arm names, so that the twins and unpenalised
-                # students it trained are reused
-                shipped = preset == shipped_student['network_g'].get('preset')
                 twin = ka.Run(workdir, 'twin' if shipped else f'twin-{preset}', seed, twin_opt, 1, args.device)
                 runs[twin.key] = twin
                 deps = (twin.key,)
@@ -142,7 +142,7 @@ def plan_runs(args, workdir, size, settings):
                     opt['train']['energy_opt'] = spec
                 if deps:
                     opt['path']['pretrain_network_t'] = runs[deps[0]].ckpt
-                arm = 'recipe' if shipped and spec is None and deps else f'{preset}-{setting_name(kind, value)}'
+                arm = 'recipe' if shipped and spec is None else f'{preset}-{setting_name(kind, value)}'
                 run = ka.Run(workdir, arm, seed, opt, 1, args.device, deps)
                 run.preset, run.setting = preset, setting_name(kind, value)
                 runs[run.key] = run

@@ -61,14 +61,11 @@ options: a stopped call resumes, a second call trains nothing.
 """
 import argparse
 import copy
-import json
 import os
 import statistics
 import sys
 import threading
 import time
-
-import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -151,26 +148,13 @@ def plan_runs(zoo_dir, archs, teacher_ckpt, args, size):
 
 
 # ---------------------------------------------------------------------------------------------- static columns
-def with_batch_statistics(net, x):
-    """Running statistics of one training forward on x (cumulative), so an untrained net fires in eval mode."""
-    import torch
-    from torch import nn
-    for m in net.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.momentum = None
-            m.reset_running_stats()
-    net.train()
-    with torch.no_grad():
-        net(x)
-    return net.eval()
-
-
 def static_networks(archs, runs, seeds):
     """{arch: (network, which weights)}: seed 0's EMA weights of the arm alone where trained, else random init with
     one batch's statistics."""
     import torch
     from spikerir_plugin.tools.energy_report import make_input
     from spikerir_plugin.utils.options import network_from_options
+    from spikerir_plugin.utils.snn import with_batch_statistics
     nets = {}
     for a in archs:
         run = runs.get((f'{a}-alone', seeds[0]))
@@ -262,8 +246,8 @@ def _g(n):
 
 def static_table(static, times, size):
     ref = times.get(REFERENCE, {}).get('eval_s')
-    lines = [f'| arch | weights | params | SynOps (G) | MACs (G) | energy (mJ) | CPU eval (ms) | CPU fast (ms) | '
-             f'eval / NAFNet | fast / NAFNet |', '|---|---|---|---|---|---|---|---|---|---|']
+    lines = ['| arch | weights | params | SynOps (G) | MACs (G) | energy (mJ) | CPU eval (ms) | CPU fast (ms) | '
+             'eval / NAFNet | fast / NAFNet |', '|---|---|---|---|---|---|---|---|---|---|']
     for a, s in static.items():
         t = times.get(a)
         if t:

@@ -32,6 +32,25 @@ from basicsr.utils.registry import DATASET_REGISTRY
 _IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 
 
+def decode_image(content, in_ch):
+    """HWC float32 BGR (or HW1 grey for in_ch 1) of an image file's bytes, as basicsr's imfrombytes reads them."""
+    img = imfrombytes(content, flag='grayscale' if in_ch == 1 else 'color', float32=True)
+    return img[..., None] if img.ndim == 2 else img
+
+
+def flip_rotate(img, rng, use_hflip, use_rot):
+    """basicsr's augment (hflip; with use_rot vflip and a transpose, each with probability 1/2), drawn from rng."""
+    hflip, vflip, transpose = rng.random(3) < 0.5
+    if use_hflip and hflip:
+        img = img[:, ::-1]
+    if use_rot:
+        if vflip:
+            img = img[::-1]
+        if transpose:
+            img = img.transpose(1, 0, 2)
+    return np.ascontiguousarray(img)
+
+
 @DATASET_REGISTRY.register()
 class GaussianDenoiseDataset(data.Dataset):
 
@@ -103,8 +122,7 @@ class GaussianDenoiseDataset(data.Dataset):
         content = self.file_client.get(path, 'gt')
         if content is None:
             raise KeyError(f'image {path!r} not found in {self.gt_root!r}')
-        img = imfrombytes(content, flag='grayscale' if self.in_ch == 1 else 'color', float32=True)
-        return img[..., None] if img.ndim == 2 else img
+        return decode_image(content, self.in_ch)
 
     def _random_crop(self, img, path, rng):
         size = self.opt['gt_size']
@@ -115,16 +133,7 @@ class GaussianDenoiseDataset(data.Dataset):
         return img[y:y + size, x:x + size]
 
     def _flip_rotate(self, img, rng):
-        """basicsr's augment (hflip; with use_rot vflip and a transpose, each with probability 1/2), drawn from rng."""
-        hflip, vflip, transpose = rng.random(3) < 0.5
-        if self.opt.get('use_hflip', False) and hflip:
-            img = img[:, ::-1]
-        if self.opt.get('use_rot', False):
-            if vflip:
-                img = img[::-1]
-            if transpose:
-                img = img.transpose(1, 0, 2)
-        return np.ascontiguousarray(img)
+        return flip_rotate(img, rng, self.opt.get('use_hflip', False), self.opt.get('use_rot', False))
 
     def __getitem__(self, index):
         path = self.paths[index]

@@ -38,10 +38,10 @@ import torch
 from torch.utils import data
 
 from basicsr.data.data_util import paths_from_folder, paths_from_lmdb
-from basicsr.utils import FileClient, imfrombytes, img2tensor
+from basicsr.utils import FileClient, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 
-from .gaussian_denoise_dataset import _IMAGE_EXTENSIONS
+from .gaussian_denoise_dataset import _IMAGE_EXTENSIONS, decode_image, flip_rotate
 
 # keys the labelled dataset takes from this one (a different crop size would break the collate of mixed batches)
 _INHERITED = ('phase', 'scale', 'gt_size')
@@ -157,8 +157,7 @@ class UnlabelledImageDataset(data.Dataset):
         content = self.file_client.get(path, 'lq')
         if content is None:
             raise KeyError(f'image {path!r} not found in dataroot_lq {self.lq_root!r}')
-        img = imfrombytes(content, flag='grayscale' if self.in_ch == 1 else 'color', float32=True)
-        return img[..., None] if img.ndim == 2 else img
+        return decode_image(content, self.in_ch)
 
     def _crop_and_flip(self, img, path, rng):
         size = self.gt_size // self.scale
@@ -167,16 +166,8 @@ class UnlabelledImageDataset(data.Dataset):
             raise ValueError(f'{self.where}: image {path!r} is {w}x{h}, smaller than the crop {size} (gt_size '
                              f'{self.gt_size} / scale {self.scale})')
         y, x = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
-        img = img[y:y + size, x:x + size]
-        hflip, vflip, transpose = rng.random(3) < 0.5  # basicsr's augment, drawn from rng
-        if self.opt.get('use_hflip', False) and hflip:
-            img = img[:, ::-1]
-        if self.opt.get('use_rot', False):
-            if vflip:
-                img = img[::-1]
-            if transpose:
-                img = img.transpose(1, 0, 2)
-        return np.ascontiguousarray(img)
+        return flip_rotate(img[y:y + size, x:x + size], rng, self.opt.get('use_hflip', False),
+                           self.opt.get('use_rot', False))
 
     def __getitem__(self, index):
         if index < self.num_labelled:

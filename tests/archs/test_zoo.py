@@ -27,6 +27,7 @@ from spikerir_plugin.archs.spikerain_arch import SpikeRain
 from spikerir_plugin.archs.spiking_blocks import make_neuron
 from spikerir_plugin.archs.vlif_arch import VLIF, PixelShuffleLIF
 from spikerir_plugin.models.feature_hints import declared_hint_layers
+from spikerir_plugin.utils.snn import with_batch_statistics
 from spikerir_plugin.inference import tiled_forward
 from spikerir_plugin.tools.energy_report import measure_energy
 from spikerir_plugin.inference import inference_network
@@ -63,19 +64,6 @@ def deterministic_state(state, seed=1):
         else:
             out[k] = 0.1 * torch.randn(v.shape, generator=g)
     return out
-
-
-def live(net, x):
-    """Batch-norm running statistics of one training forward on x (cumulative, momentum None), so that an untrained
-    net fires in eval mode as it does in training; returns the net in eval mode."""
-    for m in net.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.momentum = None
-            m.reset_running_stats()
-    net.train()
-    with torch.no_grad():
-        net(x)
-    return net.eval()
 
 
 def image(h, w, seed=0):
@@ -289,7 +277,7 @@ def test_spikerain_rate_twin_has_the_spiking_layout_and_no_spikes():
     spiking, twin = SpikeRain(neuron='lif', **TINY_SPIKERAIN), SpikeRain(neuron='rate', **TINY_SPIKERAIN)
     assert {k: v.shape for k, v in twin.state_dict().items()} == {k: v.shape for k, v in spiking.state_dict().items()}
     x = image(16, 16)
-    live(spiking, x)
+    with_batch_statistics(spiking, x)
     twin.load_state_dict(spiking.state_dict(), strict=True)
     with torch.no_grad():
         out, spiking_out = twin.eval()(x), spiking(x)
@@ -305,7 +293,7 @@ def test_spikerain_rate_twin_has_the_spiking_layout_and_no_spikes():
 def test_stateless_any_size_any_T_and_hint_levels(arch):
     net = build_network(dict(TINY[arch], type=arch))
     x = image(13, 21)  # not a multiple of the nets' downsampling: padded and cropped back
-    live(net, image(16, 24, seed=5))
+    with_batch_statistics(net, image(16, 24, seed=5))
     with torch.no_grad():
         first = net(x)
         net(image(13, 21, seed=9))  # another input in between changes nothing
@@ -335,7 +323,7 @@ def test_stateless_any_size_any_T_and_hint_levels(arch):
 def test_inference_copies(arch):
     """exact=True: the same bits as eval mode. exact=False: VLIF's multi-level neurons stay float tensors read by
     dense convolutions (no spike tables, which pack binary spikes); close to eval either way."""
-    net = live(build_network(dict(TINY[arch], type=arch, **({'adjust_before_upsample': True}
+    net = with_batch_statistics(build_network(dict(TINY[arch], type=arch, **({'adjust_before_upsample': True}
                                                              if arch == 'VLIF' else {}))), image(32, 32, seed=4))
     x = image(32, 32)
     with torch.no_grad():
@@ -391,7 +379,7 @@ def test_energy_counts_a_level_k_spike_as_k_accumulates():
 
 
 def test_vlif_energy_report_shows_levels_and_spike_driven_channel_mix():
-    net = live(VLIF(adjust_before_upsample=True, **TINY_VLIF), image(32, 32, seed=4))
+    net = with_batch_statistics(VLIF(adjust_before_upsample=True, **TINY_VLIF), image(32, 32, seed=4))
     res = measure_energy(net, inputs=image(32, 32))
     rows = {r['name']: r for r in res['layers']}
     mixes = [r for n, r in rows.items() if n.endswith('lif_2.channel_adjust')]
@@ -460,7 +448,7 @@ def test_activation_checkpointing_changes_nothing_but_memory(arch):
 @pytest.mark.parametrize('arch', TINY)
 def test_restore_and_energy_commands(arch, tmp_path, capsys):
     from spikerir_plugin.tools import energy_report, restore
-    net = live(build_network(dict(TINY[arch], type=arch)), image(32, 32, seed=4))
+    net = with_batch_statistics(build_network(dict(TINY[arch], type=arch)), image(32, 32, seed=4))
     ckpt = tmp_path / 'net.pth'
     torch.save({'params': net.state_dict()}, ckpt)
     src = tmp_path / 'in'

@@ -185,13 +185,19 @@ def tiny_options(tmp_path, ckpt):
     return opt, str(path)
 
 
-def test_cli_on_spikerir_student_and_nafnet_teacher(tmp_path):
+def saved_student(tmp_path):
+    """(options, their file, the network) of a tiny student whose checkpoint the options name."""
     torch.manual_seed(3)
     opt, _ = tiny_options(tmp_path, None)
     trained = build_network(dict(opt['network_g']))
     ckpt = str(tmp_path / 'net_g.pth')
     torch.save({'params_ema': trained.state_dict()}, ckpt)
-    _, opt_path = tiny_options(tmp_path, ckpt)
+    opt, opt_path = tiny_options(tmp_path, ckpt)
+    return opt, opt_path, trained
+
+
+def test_cli_on_spikerir_student_and_nafnet_teacher(tmp_path):
+    _, opt_path, trained = saved_student(tmp_path)
     out = tmp_path / 'energy'
     assert energy_report.main(['-opt', opt_path, '--size', '32', '--out', str(out)]) == 0
     for f in ('energy.json', 'energy.png', 'energy.txt'):
@@ -227,12 +233,7 @@ def test_cli_errors_are_clear(tmp_path, capsys):
 def test_cli_shows_the_options_energy_budget(tmp_path, factor, verdict):
     """With train.energy_opt a budget, the report names it at the report's size and whether the network is under it:
     a budget set to twice / half the network's measured spike-driven energy at 64x64, given per 32x32 image."""
-    torch.manual_seed(3)
-    opt, _ = tiny_options(tmp_path, None)
-    trained = build_network(dict(opt['network_g']))
-    ckpt = str(tmp_path / 'net_g.pth')
-    torch.save({'params_ema': trained.state_dict()}, ckpt)
-    opt, opt_path = tiny_options(tmp_path, ckpt)
+    opt, opt_path, trained = saved_student(tmp_path)
     measured = measure_energy(trained, inputs=make_input(64, 1))
     spike_mj = measured['totals']['synops'] * measured['convention']['e_ac_pJ'] * 1e-9
     opt['train'] = {'energy_opt': {'type': 'SynOpsLoss', 'target_mj': factor * spike_mj / 4, 'image_size': 32}}
