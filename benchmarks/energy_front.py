@@ -158,9 +158,8 @@ def run_worker(args, results):
         if not run.trained:
             os.makedirs(run.dir, exist_ok=True)
             console.info(f'{time.strftime("%H:%M:%S")} training {run.arm} seed {run.seed}')
-            start = time.time()
-            ka.train(run.opt, run.dir, args.threads, args.device)
-            result = {'arm': run.arm, 'seed': run.seed, 'wall_s': time.time() - start, 'scores': {}}
+            wall_s = ka.train(run.opt, run.dir, args.threads, args.device)
+            result = {'arm': run.arm, 'seed': run.seed, 'wall_s': wall_s, 'scores': {}}
         else:
             with open(run.result_path) as f:
                 result = json.load(f)

@@ -46,7 +46,7 @@ raw weights `params` and the EMA weights `params_ema`, mean +- std over seeds, p
 curves.png (validation PSNR against compute: the validations of each run's log, the chains shifted by their twin's
 compute) and per run its options file, training log and scores. Trained runs are kept (a run's folder is named by a
 digest of everything its training depends on): a second call, e.g. with more seeds or another --eval, trains only
-what is missing.
+what is missing, and a run stopped part-way resumes from its last checkpoint (one at every validation).
 """
 import argparse
 import copy
@@ -88,8 +88,10 @@ def prepare_run_options(opt, name, seed, iters, curve_points, device):
     opt['name'] = name
     opt['manual_seed'] = int(seed)
     opt['num_gpu'] = 1 if device == 'cuda' else 0
-    opt['val'] = dict(opt.get('val') or {}, val_freq=max(iters // curve_points, 1), save_img=False)
-    opt['logger'] = dict(opt.get('logger') or {}, print_freq=max(iters // 50, 1), save_checkpoint_freq=iters,
+    val_freq = max(iters // curve_points, 1)
+    opt['val'] = dict(opt.get('val') or {}, val_freq=val_freq, save_img=False)
+    # a checkpoint at every validation: a stopped run resumes (--auto_resume) from its last one
+    opt['logger'] = dict(opt.get('logger') or {}, print_freq=max(iters // 50, 1), save_checkpoint_freq=val_freq,
                          use_tb_logger=False, wandb={'project': None, 'resume_id': None})
     opt['path'] = dict(opt.get('path') or {}, resume_state=None)
     return opt
@@ -131,17 +133,34 @@ def child_env(threads, device):
 
 
 def train(opt, run_dir, threads, device):
-    """One training run through basicsr's pipeline (spikerir_plugin.train) in ``run_dir``; log in train.log."""
+    """One training run through basicsr's pipeline (spikerir_plugin.train) in ``run_dir``; log in train.log.
+
+    A run stopped part-way (the harness killed, the machine gone) continues from its last checkpoint on the next
+    call (basicsr's --auto_resume, exact in the plugin's models); its log is appended to, and the seconds spent in
+    each piece are summed in wall_s.json. Returns the measured wall time of the whole run."""
     options = os.path.join(run_dir, 'options.yml')
     with open(options, 'w') as f:
         yaml.safe_dump(opt, f, sort_keys=False)
-    with open(os.path.join(run_dir, 'train.log'), 'w') as log:
-        proc = subprocess.run([sys.executable, '-m', 'spikerir_plugin.train', '-opt', options], cwd=run_dir,
-                              env=child_env(threads, device), stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    wall_path = os.path.join(run_dir, 'wall_s.json')
+    earlier = 0.0
+    if os.path.isfile(wall_path):
+        with open(wall_path) as f:
+            earlier = float(json.load(f))
+    start = time.time()
+    with open(os.path.join(run_dir, 'train.log'), 'a') as log:
+        proc = subprocess.Popen([sys.executable, '-m', 'spikerir_plugin.train', '-opt', options, '--auto_resume'],
+                                cwd=run_dir, env=child_env(threads, device), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            proc.wait()
+        finally:
+            if proc.poll() is None:  # the harness itself was stopped: stop the child too, keep its checkpoints
+                proc.terminate()
+                proc.wait()
+            write_json(wall_path, earlier + time.time() - start)
     if proc.returncode != 0:
         raise RuntimeError(f'training failed (exit {proc.returncode}); see {os.path.join(run_dir, "train.log")}')
-    return os.path.join(run_dir, 'experiments', opt['name'], 'models', 'net_g_latest.pth')
+    return earlier + time.time() - start
 
 
 _VALID = re.compile(r'Validation (\S+)\n\s+# psnr: ([\d.]+)')
@@ -261,9 +280,8 @@ def train_teacher(workdir, iters, train_dir, val_dir, gt_size, device):
         opt = prepare_run_options(opt, name, 0, iters, 1, device)
         os.makedirs(run_dir, exist_ok=True)
         print(f'training the teacher NAFNet-w16 for {iters} iterations -> {run_dir}', flush=True)
-        start = time.time()
-        train(opt, run_dir, 1, device)
-        write_json(info_path, {'iters': iters, 'wall_s': time.time() - start, 'checkpoint': ckpt})
+        wall_s = train(opt, run_dir, 1, device)
+        write_json(info_path, {'iters': iters, 'wall_s': wall_s, 'checkpoint': ckpt})
     with open(info_path) as f:
         info = json.load(f)
     return opt['network_g'], ckpt, info
@@ -499,9 +517,8 @@ def train_and_score(run, args, eval_lock, results):
     else:
         os.makedirs(run.dir, exist_ok=True)
         print(f'{time.strftime("%H:%M:%S")} training {run.arm} seed {run.seed} ({iters} it)', flush=True)
-        start = time.time()
-        train(run.opt, run.dir, args.threads, args.device)
-        result = {'arm': run.arm, 'seed': run.seed, 'iters': iters, 'wall_s': time.time() - start,
+        wall_s = train(run.opt, run.dir, args.threads, args.device)
+        result = {'arm': run.arm, 'seed': run.seed, 'iters': iters, 'wall_s': wall_s,
                   'checkpoint': run.ckpt, 'scores': {},
                   'curve': validation_curve(os.path.join(run.dir, 'train.log'), run.opt['val']['val_freq'],
                                             iters), 'curve_set': args.eval}

@@ -1,11 +1,12 @@
 """benchmarks/kd_ablation.py end to end on a tiny configuration of the shipped options files (4 student iterations,
 16x16 crops, batch 2, one crop a photo): every arm trains through basicsr's pipeline with its own model, from the
 shipped file changed only in the documented size keys; the chains start from their own twin; the compute-matched
-student alone gets the recipe's compute; a second call trains nothing again."""
+student alone gets the recipe's compute; a second call trains nothing again; a stopped run resumes."""
 import copy
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -112,6 +113,27 @@ def test_harness_trains_the_shipped_recipe_and_its_controls_at_equal_compute(tmp
     assert '6 runs (6 already trained)' in again.stdout
     assert not re.search(r'^[\d:]+ training ', again.stdout, re.M) and 'training the teacher' not in again.stdout
     assert json.loads((workdir / 'results.json').read_text())['alone_eq_iters'] == result['alone_eq_iters']
+
+    # a run stopped part-way continues from its last checkpoint (one at every validation) to the same weights
+    import torch
+    opt, _, done, run_dir = runs['alone']
+    stopped = tmp_path / 'stopped'
+    shutil.copytree(run_dir, stopped)
+    exp = stopped / 'experiments' / opt['name']
+    last = opt['train']['total_iter']
+    assert (exp / 'training_states' / f'{opt["val"]["val_freq"]}.state').is_file()
+    for path in (exp / 'training_states' / f'{last}.state', exp / 'models' / f'net_g_{last}.pth',
+                 exp / 'models' / 'net_g_latest.pth'):
+        path.unlink()
+    (stopped / 'wall_s.json').write_text('100.0')
+    wall_s = kd_ablation.train(opt, str(stopped), 1, 'cpu')
+    assert wall_s > 100.0
+    assert 'Resuming training from epoch' in (stopped / 'train.log').read_text()
+    resumed = torch.load(exp / 'models' / 'net_g_latest.pth', map_location='cpu')
+    original = torch.load(done['checkpoint'], map_location='cpu')
+    for key in ('params', 'params_ema'):
+        for name, value in original[key].items():
+            assert torch.equal(resumed[key][name], value), (key, name)
 
 
 class FakeRun:
