@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import spikerir_plugin  # noqa: F401
 from spikerir_plugin.archs.esdnet_arch import ESDNet
 from spikerir_plugin.models import speed as train_speed
+from spikerir_plugin.utils import console
 
 PATHS = {
     'fast_fp32': ('fast', {}),
@@ -61,10 +62,10 @@ def main(argv=None):
         train_speed.prepare_model(net, speed)
         out, gx, g = step(net, x, gt, speed)
         errors = [rel(g[k], ref_g[k]) for k in ref_g if ref_g[k].abs().sum() > 0]
-        print(json.dumps({'path': name, 'device': str(device), 'batch': batch, 'size': side,
-                          'output_rel_err': rel(out, ref_out), 'input_grad_rel_err': rel(gx, ref_gx),
-                          'param_grad_rel_err_median': statistics.median(errors),
-                          'param_grad_rel_err_max': max(errors)}), flush=True)
+        console.info(json.dumps({'path': name, 'device': str(device), 'batch': batch, 'size': side,
+                                 'output_rel_err': rel(out, ref_out), 'input_grad_rel_err': rel(gx, ref_gx),
+                                 'param_grad_rel_err_median': statistics.median(errors),
+                                 'param_grad_rel_err_max': max(errors)}))
         del net
 
 

@@ -53,6 +53,7 @@ from spikerir_plugin.archs.spikerir_arch import SpikerIR  # noqa: E402
 from spikerir_plugin.tools.energy_report import make_input  # noqa: E402
 from spikerir_plugin.inference.cpu_memory import keep_freed_memory  # noqa: E402
 from spikerir_plugin.inference import inference_network  # noqa: E402
+from spikerir_plugin.utils import console  # noqa: E402
 
 BASELINE = 'nafnet32'
 BUILDERS = {
@@ -138,8 +139,8 @@ def cpu_peak_memory(args, sink):
                 child = subprocess.run([sys.executable, __file__, '--memory-child', f'{case}:{mode}:{size}'],
                                        capture_output=True, text=True, check=True)
                 record = json.loads(child.stdout.strip().splitlines()[-1])
-                print(f"{case:9s} {mode:13s} {size:4d} peak memory growth {record['peak_rss_growth_mib']:.0f} MiB",
-                      flush=True)
+                console.status(f"{case:9s} {mode:13s} {size:4d} peak memory growth "
+                               f"{record['peak_rss_growth_mib']:.0f} MiB")
                 if sink:
                     sink.write(json.dumps(record) + '\n')
 
@@ -155,7 +156,8 @@ def memory_child(spec):
     with torch.no_grad():
         fn(x)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({'memory': case, 'mode': mode, 'size': int(size), 'peak_rss_growth_mib': (after - before) / 1024}))
+    console.info(json.dumps({'memory': case, 'mode': mode, 'size': int(size),
+                             'peak_rss_growth_mib': (after - before) / 1024}))
 
 
 def run_config(args, device, threads, size, sink):
@@ -232,8 +234,8 @@ def run_config(args, device, threads, size, sink):
     if args.profile:
         for case, mode, fn, *_ in runs:
             if f'{case}:{mode}' in args.profile:
-                print(f'-- top operators, {case} {mode}, {size}x{size}, {threads} thread(s)')
-                print(profile_table(fn, x, device, args.profile_rows))
+                console.status(f'-- top operators, {case} {mode}, {size}x{size}, {threads} thread(s)')
+                console.info(profile_table(fn, x, device, args.profile_rows))
     return records
 
 
@@ -289,7 +291,7 @@ def numerics(args, device, size, sink):
                        'pixels_off_1e-5': int((diff > 1e-5).sum()), 'pixels': diff.numel(), 'spike_flips': flips,
                        'spikes_total': total, 'psnr_vs_eval_db': 10 * torch.log10(torch.tensor(1 / mse)).item()
                        if mse else float('inf')}
-            print(json.dumps(record_), flush=True)
+            console.info(json.dumps(record_))
             if sink:
                 sink.write(json.dumps(record_) + '\n')
 
@@ -317,10 +319,10 @@ def emit(record, sink):
     conv = f"{record['conv_ms']:.0f}" if 'conv_ms' in record else '-'
     diff = f"{record['max_abs_diff_vs_eval']:.1e}" if 'max_abs_diff_vs_eval' in record else '-'
     mem = f"mem {record['peak_mem_mib']:.0f} MiB  " if 'peak_mem_mib' in record else ''
-    print(f"{record['case']:9s} {record['mode']:13s} {record['size']:4d} thr {record['threads'] or '-'}  "
-          f"{record['ms_median']:9.1f} ms (min {record['ms_min']:.1f}, max {record['ms_max']:.1f})  "
-          f"vs nafnet32 {ratio}  conv {conv} ms  sys {record.get('system_ms', 0):.0f} ms  {mem}diff {diff}  "
-          f"load {record['load_avg_1min'][0]:.1f}/{record['load_avg_1min'][1]:.1f}", flush=True)
+    console.info(f"{record['case']:9s} {record['mode']:13s} {record['size']:4d} thr {record['threads'] or '-'}  "
+                 f"{record['ms_median']:9.1f} ms (min {record['ms_min']:.1f}, max {record['ms_max']:.1f})  "
+                 f"vs nafnet32 {ratio}  conv {conv} ms  sys {record.get('system_ms', 0):.0f} ms  {mem}diff {diff}  "
+                 f"load {record['load_avg_1min'][0]:.1f}/{record['load_avg_1min'][1]:.1f}")
 
 
 def allocator_env():
@@ -374,8 +376,8 @@ def main(argv=None):
         raise SystemExit('--keep-freed-memory: this C library is not glibc; set its allocator options instead')
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise SystemExit('--device cuda: no CUDA device is visible to torch')
-    print(json.dumps({'torch': torch.__version__, 'device': device_name(device), 'cpu_count': os.cpu_count(),
-                      'allocator_env': allocator_env(), 'keep_freed_memory': args.keep_freed_memory}), flush=True)
+    console.info(json.dumps({'torch': torch.__version__, 'device': device_name(device), 'cpu_count': os.cpu_count(),
+                             'allocator_env': allocator_env(), 'keep_freed_memory': args.keep_freed_memory}))
     sink = open(args.out, 'w') if args.out else None
     records = []
     try:

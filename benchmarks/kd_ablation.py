@@ -66,6 +66,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from spikerir_plugin.utils.recipes import rescale_iterations, resized, step_costs  # noqa: E402,F401
+from spikerir_plugin.utils import console  # noqa: E402
 
 SHIPPED_TWIN = 'options/train_SpikerIR_twin_GaussianDenoise_sigma25.yml'  # step 1
 SHIPPED_STUDENT = 'options/train_SpikerIR_GaussianDenoise_sigma25.yml'  # step 2
@@ -239,7 +240,7 @@ def run_all(runs, jobs, work):
                     for run in [r for r in pending if any(d in failed for d in r.deps)]:
                         pending.remove(run)
                         failed.add(run.key)
-                        print(f'skipped {run.arm} seed {run.seed}: a run it needs failed', flush=True)
+                        console.status(f'skipped {run.arm} seed {run.seed}: a run it needs failed')
                     ready = [r for r in pending if all(d in done for d in r.deps)]
                     if ready or not pending:
                         break
@@ -253,7 +254,7 @@ def run_all(runs, jobs, work):
                 work(run)
                 ok = True
             except Exception as exc:  # keep the other runs going; reported at the end
-                print(f'FAILED {run.arm} seed {run.seed}: {exc}', flush=True)
+                console.status(f'FAILED {run.arm} seed {run.seed}: {exc}')
                 ok = False
             with cond:
                 (done if ok else failed).add(run.key)
@@ -279,7 +280,7 @@ def train_teacher(workdir, iters, train_dir, val_dir, gt_size, device):
     if not os.path.isfile(info_path):
         opt = prepare_run_options(opt, name, 0, iters, 1, device)
         os.makedirs(run_dir, exist_ok=True)
-        print(f'training the teacher NAFNet-w16 for {iters} iterations -> {run_dir}', flush=True)
+        console.status(f'training the teacher NAFNet-w16 for {iters} iterations -> {run_dir}')
         wall_s = train(opt, run_dir, 1, device)
         write_json(info_path, {'iters': iters, 'wall_s': wall_s, 'checkpoint': ckpt})
     with open(info_path) as f:
@@ -316,7 +317,7 @@ def measured_step_costs(workdir, sets, steps, device):
                 state = build_network(copy.deepcopy(opt['network_t'])).state_dict()
                 torch.save({'params': state, 'params_ema': state}, twin)
                 opt['path']['pretrain_network_t'] = twin
-        print(f'timing {steps} training steps of {", ".join(sets)} (round robin)', flush=True)
+        console.status(f'timing {steps} training steps of {", ".join(sets)} (round robin)')
         cache[key] = step_costs(sets, steps, device)
         write_json(path, cache)
     return cache[key]
@@ -516,7 +517,7 @@ def train_and_score(run, args, eval_lock, results):
             result = json.load(f)
     else:
         os.makedirs(run.dir, exist_ok=True)
-        print(f'{time.strftime("%H:%M:%S")} training {run.arm} seed {run.seed} ({iters} it)', flush=True)
+        console.status(f'{time.strftime("%H:%M:%S")} training {run.arm} seed {run.seed} ({iters} it)')
         wall_s = train(run.opt, run.dir, args.threads, args.device)
         result = {'arm': run.arm, 'seed': run.seed, 'iters': iters, 'wall_s': wall_s,
                   'checkpoint': run.ckpt, 'scores': {},
@@ -528,9 +529,9 @@ def train_and_score(run, args, eval_lock, results):
                                                          args.device) for key in PARAM_KEYS}
         write_json(run.result_path, result)
     results[run.key] = dict(result, scores=result['scores'][args.eval])
-    print(f'{time.strftime("%H:%M:%S")} done {run.arm} seed {run.seed}: PSNR '
-          f'{results[run.key]["scores"]["params"]["psnr"]:.2f} (params) '
-          f'{results[run.key]["scores"]["params_ema"]["psnr"]:.2f} (params_ema)', flush=True)
+    console.status(f'{time.strftime("%H:%M:%S")} done {run.arm} seed {run.seed}: PSNR '
+                   f'{results[run.key]["scores"]["params"]["psnr"]:.2f} (params) '
+                   f'{results[run.key]["scores"]["params_ema"]["psnr"]:.2f} (params_ema)')
 
 
 def build_parser():
@@ -582,13 +583,13 @@ def main(argv=None):
 
     twin_iters, student_opt, options, costs, compute, recipe_compute, eq_iters = arm_options(
         args, workdir, teacher_net, teacher_ckpt, size, extra)
-    print('step s: ' + ', '.join(f'{k} {v:.3f}' for k, v in costs.items()) +
-          f'; alone_eq: {eq_iters} iterations (the recipe\'s {recipe_compute:.0f} s)', flush=True)
+    console.status('step s: ' + ', '.join(f'{k} {v:.3f}' for k, v in costs.items()) +
+                   f'; alone_eq: {eq_iters} iterations (the recipe\'s {recipe_compute:.0f} s)')
 
     runs = plan_runs(workdir, options, needed, extra, args)
     todo = [r for r in runs.values() if not r.trained]
-    print(f'{len(runs)} runs ({len(runs) - len(todo)} already trained); student {args.iters} it, twin {twin_iters} '
-          f'it; logs under {os.path.join(workdir, "runs")}', flush=True)
+    console.status(f'{len(runs)} runs ({len(runs) - len(todo)} already trained); student {args.iters} it, '
+                   f'twin {twin_iters} it; logs under {os.path.join(workdir, "runs")}')
     eval_lock = threading.Lock()
     results = {}
 
@@ -609,7 +610,7 @@ def main(argv=None):
               + ''.join(f'; {flag} {value}' for flag, value in (('preset', args.preset),
                                                                  ('twin neuron', args.twin_neuron)) if value))
     table = format_table(rows, diffs, fixed, header)
-    print('\n' + table)
+    console.info('\n' + table)
     out = {'iters': args.iters, 'twin_iters': twin_iters, 'alone_eq_iters': eq_iters, 'seeds': args.seeds,
            'eval': args.eval, 'step_s': costs, 'compute_s': compute, 'teacher': teacher_info, 'fixed': fixed,
            'arms': rows, 'differences': diffs, 'table': table, 'failed': sorted(map(list, failed)),
@@ -620,7 +621,7 @@ def main(argv=None):
     write_json(results_path, out)
     if rows:
         plot_curves(rows, curves_path)
-    print(f'\nresults: {results_path}; curves: {curves_path}')
+    console.info(f'\nresults: {results_path}; curves: {curves_path}')
     if failed:
         raise SystemExit(f'{len(failed)} run(s) failed or skipped: {sorted(failed)}')
     return out

@@ -23,6 +23,7 @@ try:  # the public entry point, wherever the layout keeps it
 except ImportError:
     from spikerir_plugin.inference import inference_network
 from spikerir_plugin.tools.energy_report import measure_energy
+from spikerir_plugin.utils import console
 
 ARCHS = {  # small configurations of every registered arch (CPU, seconds)
     'SpikerIR-tiny': {'type': 'SpikerIR', 'preset': 'tiny', 'T': 4},
@@ -84,11 +85,11 @@ def main(argv=None):
     current = {name: measure(spec) for name, spec in ARCHS.items()}
     if args.save:
         torch.save(current, args.save)
-        print(f'saved {sum(len(v) for v in current.values())} figures of {len(current)} archs to {args.save}')
+        console.info(f'saved {sum(len(v) for v in current.values())} figures of {len(current)} archs to {args.save}')
         return 0
     reference = torch.load(args.compare, weights_only=True)
     failed = 0
-    print(f'{"arch":<18} {"quantity":<22} {"max |diff|":>12}  verdict')
+    console.info(f'{"arch":<18} {"quantity":<22} {"max |diff|":>12}  verdict')
     for name in ARCHS:
         for key, value in reference[name].items():
             now = current[name].get(key)
@@ -98,8 +99,8 @@ def main(argv=None):
                 diff = (now.double() - value.double()).abs().max().item()
                 ok = diff <= (FAST_TOLERANCE if key == 'inference_fast' else 0.0)
             failed += not ok
-            print(f'{name:<18} {key:<22} {diff:>12.3g}  {"equal" if ok else "DIFFERENT"}')
-    print('all equal' if not failed else f'{failed} figure(s) differ')
+            console.info(f'{name:<18} {key:<22} {diff:>12.3g}  {"equal" if ok else "DIFFERENT"}')
+    console.info('all equal' if not failed else f'{failed} figure(s) differ')
     return 1 if failed else 0
 
 

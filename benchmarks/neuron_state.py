@@ -19,6 +19,7 @@ from spikingjelly.activation_based import functional, neuron
 import spikerir_plugin  # noqa: F401
 from spikerir_plugin.archs.neurons import StatelessLIFNode
 from spikerir_plugin.archs.spikerir_arch import SpikerIR
+from spikerir_plugin.utils import console
 
 
 def with_stateful_neurons(net):
@@ -87,7 +88,7 @@ def main(argv=None):
         a, b = (statistics.median(times[(kind, name)]) for name in nets)
         result[f'{kind}_ms_stateless'], result[f'{kind}_ms_stateful_reset'] = round(a, 2), round(b, 2)
         result[f'{kind}_ratio'] = round(a / b, 3)
-    print(json.dumps(result))
+    console.info(json.dumps(result))
     return result
 
 

@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_step  # noqa: E402  (the benchmark's case definitions)
 from basicsr.models import build_model  # noqa: E402
 from basicsr.utils import get_root_logger  # noqa: E402
+from spikerir_plugin.utils import console  # noqa: E402
 
 
 def profile_case(args):
@@ -76,7 +77,7 @@ def main(argv=None):
     p.add_argument('--out', help='also write the table to this file')
     args = p.parse_args(argv)
     text = profile_case(args)
-    print(text)
+    console.info(text)
     if args.out:
         from spikerir_plugin.utils.atomic import atomic_write_text
         atomic_write_text(args.out, text)

@@ -23,6 +23,7 @@ sys.path.insert(0, REPO_ROOT)
 from spikerir_plugin.ops import spike_conv  # noqa: E402
 from spikerir_plugin.ops.neuron_loops import NeuronSpec, multi_step_spikes  # noqa: E402
 from spikerir_plugin.inference.cpu_memory import keep_freed_memory  # noqa: E402
+from spikerir_plugin.utils import console  # noqa: E402
 
 LIF = NeuronSpec(tau=2.0, decay_input=False, v_threshold=0.15, v_reset=0.0, alpha=4.0, detach_reset=False)
 # (input channels, output channels, side of the input, kernel, stride): the spike-reading convolutions of the
@@ -53,8 +54,8 @@ def main():
     keep_freed_memory()  # as the restore command does: no page faults for fresh outputs
     if spike_conv.kernels() is None:
         sys.exit('the spike-driven convolution kernels could not be built (a C compiler is needed)')
-    print(f'{args.threads} thread(s), median of {args.repeats}; ms of neuron + convolution; ratio vs dense')
-    print(f'{"layer":>22} {"slices":>6} {"dense":>7} {"table":>7} {"ratio":>6} {"whole":>7} {"ratio":>6}')
+    console.status(f'{args.threads} thread(s), median of {args.repeats}; ms of neuron + convolution; ratio vs dense')
+    console.info(f'{"layer":>22} {"slices":>6} {"dense":>7} {"table":>7} {"ratio":>6} {"whole":>7} {"ratio":>6}')
     torch.manual_seed(0)
     for cin, cout, side, k, stride in LAYERS:
         x = (torch.randn(4, 1, side, side, cin) * 0.3 + 0.05).permute(0, 1, 4, 2, 3)  # channels-last steps
@@ -71,11 +72,11 @@ def main():
                 table = spike_conv.SpikeTable(conv.weight, conv.bias)
                 sliced = median_ms(lambda: spike_conv.table_conv(spike_conv.pack_spikes(x, LIF), table, stride,
                                                                k // 2), args.repeats)
-                print(f'{row:>22} {len(table.slices):>6} {dense:7.2f} {sliced:7.2f} {sliced / dense:6.2f} '
-                      f'{whole_ms:7.2f} {whole_ms / dense:6.2f}', flush=True)
+                console.info(f'{row:>22} {len(table.slices):>6} {dense:7.2f} {sliced:7.2f} {sliced / dense:6.2f} '
+                             f'{whole_ms:7.2f} {whole_ms / dense:6.2f}')
             else:
-                print(f'{row:>22} {"-":>6} {dense:7.2f} {"dense":>7} {"":>6} {whole_ms:7.2f} {whole_ms / dense:6.2f}',
-                      flush=True)
+                console.info(f'{row:>22} {"-":>6} {dense:7.2f} {"dense":>7} {"":>6} {whole_ms:7.2f} '
+                             f'{whole_ms / dense:6.2f}')
 
 
 if __name__ == '__main__':

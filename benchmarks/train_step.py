@@ -34,6 +34,7 @@ from basicsr.models import build_model
 from basicsr.utils import get_root_logger
 from spikerir_plugin.models import speed as train_speed
 from spikerir_plugin.utils.options import in_process_train_options
+from spikerir_plugin.utils import console
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE_OPTIONS = os.path.join(REPO_ROOT, 'options', 'train_SpikerIR_SIDD.yml')
@@ -442,7 +443,7 @@ def print_table(records, file):
 
 def emit(record, sink):
     line = json.dumps(record)
-    print(line, flush=True)
+    console.info(line)
     if sink:
         sink.write(line + '\n')
 

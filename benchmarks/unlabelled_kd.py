@@ -43,6 +43,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import kd_ablation as kd  # noqa: E402
+from spikerir_plugin.utils import console  # noqa: E402
 
 CHAINS = {'labelled': ('lab_twin', 'lab'), 'mixed': ('mix_twin', 'mix'), 'full': ('twin', 'recipe')}
 DIFFERENCES = (('mixed - labelled (the unlabelled photos, labelled by the teacher)', 'mix', 'lab'),
@@ -146,7 +147,7 @@ def step_seconds(workdir, twin_opt, student_opt, args):
         state = build_network(copy.deepcopy(student_opt['network_t'])).state_dict()
         torch.save({'params': state, 'params_ema': state}, twin)
         student_opt['path']['pretrain_network_t'] = twin
-        print(f'timing {args.step_cost} training steps of the twin and the student (round robin)', flush=True)
+        console.status(f'timing {args.step_cost} training steps of the twin and the student (round robin)')
         cache[key] = kd.step_costs({'twin': twin_opt, 'recipe': student_opt}, args.step_cost, args.device)
         kd.write_json(path, cache)
     return cache[key]
@@ -245,9 +246,9 @@ def main(argv=None):
         compute[twin_arm] = costs['twin'] * int(twin_opt['train']['total_iter'])
         compute[arm] = compute[twin_arm] + costs['recipe'] * args.iters
     todo = [r for r in runs.values() if not r.trained]
-    print(f'{len(runs)} runs ({len(runs) - len(todo)} already trained); labelled {", ".join(args.labelled)} '
-          f'({len(os.listdir(labelled_dir))} crops), unlabelled {", ".join(unlabelled)} '
-          f'({len(os.listdir(noisy_dir))} noisy crops); logs under {os.path.join(workdir, "runs")}', flush=True)
+    console.status(f'{len(runs)} runs ({len(runs) - len(todo)} already trained); labelled {", ".join(args.labelled)} '
+                   f'({len(os.listdir(labelled_dir))} crops), unlabelled {", ".join(unlabelled)} '
+                   f'({len(os.listdir(noisy_dir))} noisy crops); logs under {os.path.join(workdir, "runs")}')
     results, lock = {}, threading.Lock()
     failed = kd.run_all(list(runs.values()), args.jobs, lambda run: kd.train_and_score(run, args, lock, results))
 
@@ -275,7 +276,7 @@ def main(argv=None):
               f'time (twin {costs["twin"]:.3f} s, student {costs["recipe"]:.3f} s), a student\'s twin included; '
               'wall s: the same, measured, mean over seeds')
     text = table(rows, diffs, fixed, header)
-    print('\n' + text)
+    console.info('\n' + text)
     kd.write_json(os.path.join(workdir, 'unlabelled_kd.json'),
                   {'rows': rows, 'differences': diffs, 'fixed': fixed, 'table': text, 'step_s': costs,
                    'labelled': args.labelled, 'unlabelled': unlabelled, 'seeds': args.seeds,

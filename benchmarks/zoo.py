@@ -70,6 +70,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import kd_ablation as ka  # noqa: E402  (the harness data, teacher, runs, step costs and evaluation)
+from spikerir_plugin.utils import console  # noqa: E402
 
 SIGMA = ka.SIGMA
 TEACHER_NET = {'type': 'NAFNet', 'img_channel': 3, 'width': 16, 'middle_blk_num': 1, 'enc_blk_nums': [1, 1, 1],
@@ -178,7 +179,7 @@ def energy_columns(nets, size):
         out[a] = {'params': sum(p.numel() for p in net.parameters()), 'synops': t['synops'], 'macs': t['macs'],
                   'mJ': t['energy_mJ_per_image'], 'mean_firing_rate': t['mean_firing_rate'],
                   'measure_s': time.time() - start}
-        print(f'{time.strftime("%H:%M:%S")} energy {ZOO[a][0]}: {out[a]["mJ"]:.3f} mJ', flush=True)
+        console.status(f'{time.strftime("%H:%M:%S")} energy {ZOO[a][0]}: {out[a]["mJ"]:.3f} mJ')
     return out
 
 
@@ -345,9 +346,9 @@ def main(argv=None):
         _, teacher_ckpt, info = ka.train_teacher(workdir, args.teacher_iters, size['train_dir'], size['val_dir'],
                                                  args.teacher_gt_size, args.device)
         runs, costs, iters = plan_runs(zoo_dir, archs, teacher_ckpt, args, size)
-        print('step s: ' + ', '.join(f'{k} {v:.3f}' for k, v in costs.items()), flush=True)
+        console.status('step s: ' + ', '.join(f'{k} {v:.3f}' for k, v in costs.items()))
         todo = [r for r in runs.values() if not r.trained]
-        print(f'{len(runs)} runs ({len(runs) - len(todo)} already trained); logs under {zoo_dir}/runs', flush=True)
+        console.status(f'{len(runs)} runs ({len(runs) - len(todo)} already trained); logs under {zoo_dir}/runs')
         lock = threading.Lock()
         failed = ka.run_all(list(runs.values()), args.jobs,
                             lambda run: ka.train_and_score(run, args, lock, results))
@@ -383,12 +384,12 @@ def main(argv=None):
     with open(args.out + '.tmp', 'w') as f:
         f.write(md)
     os.replace(args.out + '.tmp', args.out)
-    print('\n' + static_table(static, times, args.size) + '\n\n' + quality_table(rows, fixed))
+    console.info('\n' + static_table(static, times, args.size) + '\n\n' + quality_table(rows, fixed))
     out = {'args': vars(args), 'static': static, 'cpu_times': times, 'step_s': costs, 'iters': iters,
            'rows': rows, 'fixed': fixed, 'failed': sorted(map(list, failed)), 'command': command,
            'networks': {a: ZOO[a][1] for a in archs}}
     ka.write_json(os.path.join(zoo_dir, 'results.json'), out)
-    print(f'\ntables: {args.out}; results: {os.path.join(zoo_dir, "results.json")}')
+    console.info(f'\ntables: {args.out}; results: {os.path.join(zoo_dir, "results.json")}')
     if failed:
         raise SystemExit(f'{len(failed)} run(s) failed: {sorted(failed)}')
     return out

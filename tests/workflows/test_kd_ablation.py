@@ -107,11 +107,12 @@ def test_harness_trains_the_shipped_recipe_and_its_controls_at_equal_compute(tmp
                          re.M), table
     assert (workdir / 'curves.png').stat().st_size > 0
 
+    assert re.search(r'^[\d:]+ training twin seed 0', proc.stderr, re.M) and 'training the teacher' in proc.stderr
     # a second call reuses every trained run and the measured step times
     again = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert '6 runs (6 already trained)' in again.stdout
-    assert not re.search(r'^[\d:]+ training ', again.stdout, re.M) and 'training the teacher' not in again.stdout
+    assert '6 runs (6 already trained)' in again.stderr  # progress lines: stderr; the table: stdout
+    assert not re.search(r'^[\d:]+ training ', again.stderr, re.M) and 'training the teacher' not in again.stderr
     assert json.loads((workdir / 'results.json').read_text())['alone_eq_iters'] == result['alone_eq_iters']
 
     # a run stopped part-way continues from its last checkpoint (one at every validation) to the same weights
