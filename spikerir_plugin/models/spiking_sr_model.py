@@ -26,14 +26,15 @@ logged, not in every step (a per-step host synchronisation would stall a GPU tha
 Subclasses extend the training step through ``compute_losses`` and the saved state through
 ``extra_training_state`` / ``load_extra_training_state``.
 """
-import types
+import os.path as osp
 from collections import OrderedDict
 
 import torch
 from basicsr.losses import build_loss
 from basicsr.models import lr_scheduler as bsr_lr
 from basicsr.models.sr_model import SRModel
-from basicsr.utils import get_root_logger
+from basicsr.metrics import calculate_metric
+from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch.optim import lr_scheduler as torch_lr
@@ -43,6 +44,7 @@ from spikerir_plugin.models import speed as train_speed
 from spikerir_plugin.utils.atomic import atomic_torch_save, basicsr_imwrite
 from spikerir_plugin.utils.checkpoint import load_weights
 from spikerir_plugin.inference import inference_network
+from spikerir_plugin.utils import console
 from spikerir_plugin.utils.options import check_network_opt, check_option_keys
 from spikerir_plugin.losses.energy_loss import check_energy_opt
 from . import exact_resume, run_checks
@@ -58,22 +60,9 @@ SCHEDULERS = {
 }
 
 
-def _with_atomic_image_writes(function):
-    """basicsr's own ``function`` run with its module's ``imwrite`` replaced by an atomic writer: the same code,
-    metrics and file names, and basicsr's SRModel itself (used by runs without the plugin) stays untouched."""
-    namespace = dict(function.__globals__, imwrite=basicsr_imwrite)
-    copy = types.FunctionType(function.__code__, namespace, function.__name__, function.__defaults__,
-                              function.__closure__)
-    copy.__kwdefaults__, copy.__doc__ = function.__kwdefaults__, function.__doc__
-    return copy
-
-
 @MODEL_REGISTRY.register()
 class SpikingSRModel(SRModel):
     """SRModel for spiking (and any other) restoration networks; see the module docstring."""
-
-    # validation/test images are written atomically: a killed run never leaves a truncated PNG
-    nondist_validation = _with_atomic_image_writes(SRModel.nondist_validation)
 
     reads_distillation_keys = False  # train.kd_opt, network_t, ... (utils/options.py)
     cri_energy = energy_schedule = None  # train.energy_opt (build_energy_loss)
@@ -282,6 +271,52 @@ class SpikingSRModel(SRModel):
     # ------------------------------------------------------------------ inference
     def inference_network(self):
         return self.net_g_ema if hasattr(self, 'net_g_ema') else self.bare_net_g()
+
+    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        """SRModel's validation (the same metrics, best-metric records, log lines and image names), with the images
+        written atomically: a run killed while it validates never leaves a truncated PNG."""
+        dataset_name = dataloader.dataset.opt['name']
+        metrics = self.opt['val'].get('metrics')
+        if metrics is not None:
+            self._initialize_best_metric_results(dataset_name)
+            self.metric_results = {name: 0 for name in metrics}
+        bar = console.progress(total=len(dataloader), unit='image') if self.opt['val'].get('pbar', False) else None
+        count = 0
+        for val_data in dataloader:
+            img_name = osp.splitext(osp.basename(val_data['lq_path'][0]))[0]
+            self.feed_data(val_data)
+            self.test()
+            visuals = self.get_current_visuals()
+            metric_data = {'img': tensor2img([visuals['result']])}
+            if 'gt' in visuals:
+                metric_data['img2'] = tensor2img([visuals['gt']])
+                del self.gt
+            del self.lq, self.output  # free the images before the next one (as SRModel does)
+            torch.cuda.empty_cache()
+            if save_img:
+                basicsr_imwrite(metric_data['img'], self.validation_image_path(img_name, dataset_name, current_iter))
+            for name, metric_opt in (metrics or {}).items():
+                self.metric_results[name] += calculate_metric(metric_data, metric_opt)
+            count += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_description(f'Test {img_name}')
+        if bar is not None:
+            bar.close()
+        if metrics is not None and count:
+            for name in self.metric_results:
+                self.metric_results[name] /= count
+                self._update_best_metric_result(dataset_name, name, self.metric_results[name], current_iter)
+            self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+
+    def validation_image_path(self, img_name, dataset_name, current_iter):
+        """Where SRModel puts a validation image: per image and iteration in training, per dataset with the
+        val.suffix (else the run's name) in testing."""
+        folder = self.opt['path']['visualization']
+        if self.opt['is_train']:
+            return osp.join(folder, img_name, f'{img_name}_{current_iter}.png')
+        suffix = self.opt['val'].get('suffix') or self.opt['name']
+        return osp.join(folder, dataset_name, f'{img_name}_{suffix}.png')
 
     def test(self):
         """The bare (never DDP) network: rank-0-only validation through DDP would sync buffers and hang; tiled when

@@ -82,3 +82,46 @@ def test_srmodel_trains_validates_and_tests_a_spiking_arch(tmp_path, monkeypatch
         if _ == 0:
             first = contents
     assert contents == first
+
+
+class _Pairs(torch.utils.data.Dataset):
+    opt = {'name': 'pairs'}
+
+    def __len__(self):
+        return 3
+
+    def __getitem__(self, index):
+        gt = torch.rand(3, 24, 24, generator=torch.Generator().manual_seed(index))
+        lq = (gt + 0.1 * torch.randn(3, 24, 24, generator=torch.Generator().manual_seed(10 + index))).clamp(0, 1)
+        return {'lq': lq, 'gt': gt, 'lq_path': f'photo{index}.png'}
+
+
+@pytest.mark.parametrize('is_train', [True, False])
+def test_spiking_sr_model_validates_as_srmodel_does(tmp_path, is_train):
+    """SpikingSRModel's own validation loop (atomic image writes) gives SRModel's metrics, best-metric records and
+    image files, in training (per image and iteration) and in testing (per dataset, with val.suffix)."""
+    from basicsr.models import build_model
+    runs = {}
+    for model_type in ('SRModel', 'SpikingSRModel'):
+        root = tmp_path / model_type
+        opt = {'name': 'same', 'model_type': model_type, 'num_gpu': 0, 'is_train': is_train, 'dist': False,
+               'rank': 0, 'world_size': 1, 'scale': 1, 'network_g': dict(SPIKING_ARCHS['SpikerIR']),
+               'path': {'visualization': str(root / 'vis'), 'models': str(root), 'training_states': str(root)},
+               'train': {'optim_g': {'type': 'Adam', 'lr': 1e-3}, 'pixel_opt': {'type': 'L1Loss'},
+                         'scheduler': {'type': 'MultiStepLR', 'milestones': [10], 'gamma': 0.5}},
+               'val': {'suffix': 'run1', 'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0},
+                                                     'ssim': {'type': 'calculate_ssim', 'crop_border': 0}}}}
+        torch.manual_seed(0)
+        model = build_model(opt)
+        if runs:  # the same weights in both models
+            model.net_g.load_state_dict(runs['SRModel'][0].net_g.state_dict())
+        model.validation(torch.utils.data.DataLoader(_Pairs(), batch_size=1), 7, None, save_img=True)
+        files = {p.relative_to(root / 'vis').as_posix(): p.read_bytes() for p in (root / 'vis').rglob('*.png')}
+        runs[model_type] = (model, files)
+    (base, base_files), (ours, our_files) = runs['SRModel'], runs['SpikingSRModel']
+    assert ours.metric_results == base.metric_results and base.metric_results['psnr'] > 0
+    assert ours.best_metric_results == base.best_metric_results
+    expected = ({f'photo{i}/photo{i}_7.png' for i in range(3)} if is_train
+                else {f'pairs/photo{i}_run1.png' for i in range(3)})
+    assert set(our_files) == set(base_files) == expected
+    assert our_files == base_files
