@@ -70,11 +70,10 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import kd_ablation as ka  # noqa: E402  (the harness data, teacher, runs, step costs and evaluation)
+from spikerir_plugin.demo import TEACHER_NET  # noqa: E402  (the teacher of the demo and the harness)
 from spikerir_plugin.utils import console  # noqa: E402
 
 SIGMA = ka.SIGMA
-TEACHER_NET = {'type': 'NAFNet', 'img_channel': 3, 'width': 16, 'middle_blk_num': 1, 'enc_blk_nums': [1, 1, 1],
-               'dec_blk_nums': [1, 1, 1]}  # spikerir_plugin.demo.TEACHER_NET (checked at start-up)
 ONE = [1, 1, 1, 1]
 # id: (row name, network_g, trained here, distilled arm)
 ZOO = {
@@ -110,9 +109,7 @@ def arm_options(network_g, teacher_ckpt, iters, size):
 
 def check_shipped_training_keys(size):
     """The alone arm, made from the twin (output-KD) file, has exactly the student file's training keys."""
-    from spikerir_plugin import demo
     from spikerir_plugin.models.spikerir_distill_model import student_alone_options
-    assert demo.TEACHER_NET == TEACHER_NET, 'the teacher here is the demo teacher'
     ours, _ = arm_options(ZOO['tiny'][1], 'teacher.pth', 10, size)
     shipped = student_alone_options(ka.resized(ka.load_options(ka.SHIPPED_STUDENT), 10, **size))
     for key in set(ours) | set(shipped):

@@ -45,13 +45,14 @@ from torch import nn
 
 from basicsr.utils.registry import LOSS_REGISTRY
 
-E_AC_PJ = 0.9  # pJ per SynOp, the 45 nm constant of tools/energy_report.py (E_AC_PJ there)
+E_AC_PJ = 0.9  # pJ per SynOp (45 nm), the figure spikerir-energy reports with too
 UNITS = ('mJ', 'synops')
 _CONVS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3, nn.ConvTranspose1d: 1, nn.ConvTranspose2d: 2,
           nn.ConvTranspose3d: 3}
 
 
-def _neuron_types():
+def spiking_neuron_types():
+    """The module types whose outputs are spikes (counted by this loss and by spikerir-energy)."""
     from spikingjelly.activation_based.neuron import BaseNode
     from spikerir_plugin.archs.neurons import MultiLevelSpikeNode
     from spikerir_plugin.inference.layers import InferenceNeuron
@@ -164,7 +165,7 @@ class SynOpsLoss(nn.Module):
         self.net = net
         self._names = {m: n for n, m in net.named_modules()}
         self._modules_by_name = dict(net.named_modules())
-        neurons = _neuron_types()
+        neurons = spiking_neuron_types()
         self._neurons = {n: m for n, m in net.named_modules() if isinstance(m, neurons)}
         if not self._neurons:
             raise ValueError(f'train.energy_opt: {type(net).__name__} has no spiking neurons (spikingjelly nodes or '

@@ -34,24 +34,18 @@ import torch
 from torch import nn
 
 from spikerir_plugin.archs.neurons import check_stateless
+from spikerir_plugin.losses.energy_loss import E_AC_PJ, spiking_neuron_types
 from spikerir_plugin.utils import console
 from spikerir_plugin.utils.atomic import atomic_savefig, atomic_write_text
 from spikerir_plugin.inference import inference_network, keep_freed_memory
 
-E_MAC_PJ, E_AC_PJ = 4.6, 0.9
+E_MAC_PJ = 4.6  # pJ per MAC (45 nm); E_AC_PJ, per SynOp, is the energy loss's: one figure for both
 _WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
                   nn.Linear)
 
 
 def _is_binary(t):
     return t.dtype == torch.bool or bool(((t == 0) | (t == 1)).all())
-
-
-def _spiking_neuron_types():
-    from spikingjelly.activation_based.neuron import BaseNode
-    from spikerir_plugin.archs.neurons import MultiLevelSpikeNode
-    from spikerir_plugin.inference.layers import InferenceNeuron
-    return (BaseNode, InferenceNeuron, MultiLevelSpikeNode)
 
 
 def _spike_levels(t, levels):
@@ -234,7 +228,7 @@ def measure_energy(net, input_shape=(1, 3, 256, 256), inputs=None, e_mac=E_MAC_P
     x = inputs if inputs is not None else make_input((h, w), b, channels=c)
     net = net.cpu()
     runner = inference_network(net) if inference_copy else net.eval()
-    neuron_types = _spiking_neuron_types()
+    neuron_types = spiking_neuron_types()
     spiking = any(isinstance(m, neuron_types) for m in runner.modules())
     with torch.no_grad():
         occupancy = {}
@@ -293,7 +287,7 @@ def measure_energy(net, input_shape=(1, 3, 256, 256), inputs=None, e_mac=E_MAC_P
 
 
 def convention_text(first_name, passes, spiking, levels=()):
-    lines = [f'E = e_mac*MAC + e_ac*SynOp; SynOps are exact spike-driven accumulations (spikingjelly SynOpCounter), '
+    lines = ['E = e_mac*MAC + e_ac*SynOp; SynOps are exact spike-driven accumulations (spikingjelly SynOpCounter), '
              'MACs are conv/linear/matmul with non-binary operands (BN assumed folded, element-wise ops not counted).']
     if levels:
         lines.append(f'Multi-level spikes k/L (L = {", ".join(map(str, levels))}) are counted as k accumulates: '
