@@ -22,12 +22,22 @@ from spikerir_plugin.archs.spikerir_arch import SpikerIR
 from spikerir_plugin.utils import console
 
 
+def stateful_like(node):
+    """spikingjelly's own LIFNode with the arguments of ``node`` (a StatelessLIFNode; neither has parameters)."""
+    twin = neuron.LIFNode(tau=node.tau, decay_input=node.decay_input, v_threshold=node.v_threshold,
+                          v_reset=node.v_reset, surrogate_function=node.surrogate_function,
+                          detach_reset=node.detach_reset, step_mode=node.step_mode, store_v_seq=node.store_v_seq)
+    return twin.train(node.training)
+
+
 def with_stateful_neurons(net):
-    """A copy of ``net`` whose neurons are spikingjelly's own LIFNode (same arguments; no parameters to move)."""
+    """A copy of ``net`` whose neurons are spikingjelly's own LIFNode (same arguments), each set on its parent."""
     net = copy.deepcopy(net)
-    for module in net.modules():
-        if isinstance(module, StatelessLIFNode):
-            module.__class__ = neuron.LIFNode
+    names = [name for name, module in net.named_modules() if isinstance(module, StatelessLIFNode)]
+    for name in names:
+        parent, _, child = name.rpartition('.')
+        owner = net.get_submodule(parent)
+        setattr(owner, child, stateful_like(getattr(owner, child)))
     return net
 
 

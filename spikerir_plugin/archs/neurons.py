@@ -46,34 +46,40 @@ def fused_cpu_loops_active():
     return _fused_cpu_loops[-1]
 
 
-class _RestingStateMixin:
-    """Multi-step forward from the resting potential, without leaving state behind."""
-
-    def _rest(self):
-        # the registered reset values of LIF/IF are Python floats (v_reset, or 0.0 for a soft reset): assigning
-        # them is what spikingjelly's reset() does, without its deepcopy, so it also traces under torch.compile
-        for key, value in self._memories_rv.items():
-            self._memories[key] = value
-
-    def multi_step_forward(self, x_seq, *args, **kwargs):
-        self._rest()
-        try:
-            plain_call = not (args or kwargs or self.store_v_seq or self._neuron_precision is not None)
-            if fused_cpu_loops_active() and plain_call:
-                spec = neuron_spec(self)
-                if fused_cpu_eligible(spec, x_seq):
-                    return fused_multi_step(x_seq, spec)
-            return super().multi_step_forward(x_seq, *args, **kwargs)
-        finally:
-            self._rest()
+def _rest(node):
+    # the registered reset values of LIF/IF are Python floats (v_reset, or 0.0 for a soft reset): assigning them is
+    # what spikingjelly's reset() does, without its deepcopy, so it also traces under torch.compile
+    for key, value in node._memories_rv.items():
+        node._memories[key] = value
 
 
-class StatelessLIFNode(_RestingStateMixin, neuron.LIFNode):
+def multi_step_from_rest(node, spikingjelly_forward, x_seq, *args, **kwargs):
+    """``node``'s multi-step forward from the resting potential, without leaving state behind: the fused CPU loops
+    where they apply, else ``spikingjelly_forward`` (the spikingjelly class's own ``multi_step_forward``)."""
+    _rest(node)
+    try:
+        plain_call = not (args or kwargs or node.store_v_seq or node._neuron_precision is not None)
+        if fused_cpu_loops_active() and plain_call:
+            spec = neuron_spec(node)
+            if fused_cpu_eligible(spec, x_seq):
+                return fused_multi_step(x_seq, spec)
+        return spikingjelly_forward(x_seq, *args, **kwargs)
+    finally:
+        _rest(node)
+
+
+class StatelessLIFNode(neuron.LIFNode):
     """spikingjelly's LIFNode; each multi-step call starts at rest (see the module docstring)."""
 
+    def multi_step_forward(self, x_seq, *args, **kwargs):
+        return multi_step_from_rest(self, super().multi_step_forward, x_seq, *args, **kwargs)
 
-class StatelessIFNode(_RestingStateMixin, neuron.IFNode):
+
+class StatelessIFNode(neuron.IFNode):
     """spikingjelly's IFNode; each multi-step call starts at rest (see the module docstring)."""
+
+    def multi_step_forward(self, x_seq, *args, **kwargs):
+        return multi_step_from_rest(self, super().multi_step_forward, x_seq, *args, **kwargs)
 
 
 def check_stateless(net):

@@ -27,8 +27,8 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
 from spikerir_plugin.archs.arch_util import pad_to_multiple
-from spikerir_plugin.archs.spiking_blocks import PatchEmbed, check_block_counts, check_choice, conv, make_neuron
-from spikerir_plugin.archs.vlif_arch import recomputed
+from spikerir_plugin.archs.spiking_blocks import (PatchEmbed, check_block_counts, check_choice, conv, make_neuron,
+                                                  recomputed)
 
 # The official SpikeRainFactory variants; 'M' is the one its train.py and test.py use (the published model).
 PRESETS = {
@@ -103,7 +103,7 @@ class DSRB(nn.Module):
         return self.attn(self.lff(torch.cat(features, dim=2))) + x
 
 
-class DownSampling(nn.Module):
+class SpikeRainDownSampling(nn.Module):
     def __init__(self, dim, neuron='lif'):
         super().__init__()
         self.maxpool_conv = nn.Sequential(make_neuron(neuron), conv(dim, dim * 2, stride=2), SeqBatchNorm(dim * 2))
@@ -112,7 +112,7 @@ class DownSampling(nn.Module):
         return self.maxpool_conv(x)
 
 
-class UpSampling(nn.Module):
+class SpikeRainUpSampling(nn.Module):
     def __init__(self, dim, neuron='lif'):
         super().__init__()
         self.up = nn.Sequential(make_neuron(neuron), conv(dim, dim // 2), SeqBatchNorm(dim // 2))
@@ -191,16 +191,16 @@ class SpikeRain(nn.Module):
 
         self.patch_embed = PatchEmbed(inp_channels, dim)
         self.encoder_level1 = stage(dim, enc[0])
-        self.downsample_1_to_2 = DownSampling(dim, neuron)
+        self.downsample_1_to_2 = SpikeRainDownSampling(dim, neuron)
         self.encoder_level2 = stage(dim * 2, enc[1])
-        self.downsample_2_to_3 = DownSampling(dim * 2, neuron)
+        self.downsample_2_to_3 = SpikeRainDownSampling(dim * 2, neuron)
         self.encoder_level3 = stage(dim * 4, enc[2])
         self.decoder_level3 = stage(dim * 4, dec[2])
-        self.upsample_3_to_2 = UpSampling(dim * 4, neuron)
+        self.upsample_3_to_2 = SpikeRainUpSampling(dim * 4, neuron)
         self.reduce_channels_2 = nn.Sequential(make_neuron(neuron), conv(dim * 4, dim * 2, 1, bias=bias),
                                                SeqBatchNorm(dim * 2))
         self.decoder_level2 = stage(dim * 2, dec[1])
-        self.upsample_2_to_1 = UpSampling(dim * 2, neuron)
+        self.upsample_2_to_1 = SpikeRainUpSampling(dim * 2, neuron)
         self.decoder_level1 = stage(dim * 2, dec[0])
         self.temporal_fusion = TemporalFusion(T)
         self.refinement = ARFE(dim * 2, reduction=8)

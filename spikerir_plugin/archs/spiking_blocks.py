@@ -109,15 +109,21 @@ class FastMultiDimensionalAttention(nn.Module, base.MultiStepModule):
       mask-and-count backward (several passes over the full tensor). On exactly tied maxima the gradient goes to
       one element, as with the library's max pooling.
     The MLPs run as matrix products on the pooled vectors.
+
+    ``fuses_residual`` changes nothing here: it tells the inference conversion whether the block around this
+    attention adds its residual through the attention (ESDNet's residual block) or after a plain call (VLIF).
     """
 
     def __init__(self, T, C, reduction_t=16, reduction_c=16, kernel_size=3,
-                 use_temporal=True, use_channel=True, use_spatial=True):
+                 use_temporal=True, use_channel=True, use_spatial=True, fuses_residual=True):
         super().__init__()
         if not (use_temporal or use_channel or use_spatial):
             raise ValueError('at least one of use_temporal, use_channel, use_spatial must be True')
         check_attention_sizes(T, C, reduction_t, reduction_c, kernel_size, use_temporal, use_channel)
         self.T = T
+        # whether the inference copy may fuse the enclosing block's residual into this attention
+        # (inference.InferenceAttention, called as attn(y, residual)); False keeps it a plain attn(y) call
+        self.fuses_residual = fuses_residual
         self.ta = _PooledGate(T, reduction_t) if use_temporal else None
         self.ca = _PooledGate(C, reduction_c) if use_channel else None
         self.sa = _SpatialGate(kernel_size) if use_spatial else None
@@ -185,6 +191,21 @@ def frozen_batchnorm_statistics(module):
             m.num_batches_tracked.copy_(count)
 
 
+
+def recomputed(module, forward, x):
+    """forward(x); with ``module.activation_checkpoint`` (``speed.checkpoint``) and gradients on, recomputed in
+    backward instead of storing its activations, the recomputation leaving batch-norm statistics untouched."""
+    if not (module.activation_checkpoint and torch.is_grad_enabled()):
+        return forward(x)
+    calls = []
+
+    def run(inp):  # the second call is the recomputation during backward
+        calls.append(None)
+        with frozen_batchnorm_statistics(module) if len(calls) > 1 else contextlib.nullcontext():
+            return forward(inp)
+
+    return checkpoint(run, x, use_reentrant=False, preserve_rng_state=False)
+
 class SpikingResidualBlock(nn.Module):
     """ESDNet's SRB: attn(residual(x) + shortcut(.)) + x, residual = [neuron, conv, tdBN] x 2.
 
@@ -205,16 +226,7 @@ class SpikingResidualBlock(nn.Module):
         self.activation_checkpoint = False  # speed.checkpoint: recompute in backward instead of storing
 
     def forward(self, x):
-        if self.activation_checkpoint and torch.is_grad_enabled():
-            calls = []
-
-            def block(inp):  # the second call is the recomputation during backward
-                calls.append(None)
-                with frozen_batchnorm_statistics(self) if len(calls) > 1 else contextlib.nullcontext():
-                    return self._forward(inp)
-
-            return checkpoint(block, x, use_reentrant=False, preserve_rng_state=False)
-        return self._forward(x)
+        return recomputed(self, self._forward, x)
 
     def _forward(self, x):
         if self.spike_shortcut:

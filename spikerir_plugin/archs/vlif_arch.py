@@ -29,57 +29,28 @@ of after it: the same function (both are linear; equal up to float rounding), 1/
 then reads the multi-level spikes themselves (counted as spike-driven SynOps by the energy report). Not the
 official order, so off by default.
 """
-import contextlib
-
 import torch
 import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from spikingjelly.activation_based import layer
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from spikerir_plugin.archs.neurons import MultiLevelSpikeNode
 from spikerir_plugin.archs.arch_util import pad_to_multiple
-from spikerir_plugin.archs.spiking_blocks import (V_TH, FastMultiDimensionalAttention, _PooledGate, _SpatialGate,
-                                                  check_attention_sizes, check_block_counts, conv,
-                                                  PatchEmbed, frozen_batchnorm_statistics, make_neuron, tdbn)
+from spikerir_plugin.archs.spiking_blocks import (V_TH, FastMultiDimensionalAttention, PatchEmbed,
+                                                  check_attention_sizes, check_block_counts, conv, make_neuron,
+                                                  recomputed, tdbn)
 from spikerir_plugin.utils.snn import time_mean
 
 PATCH = 2  # the visual LIF's pixel-unshuffle factor (r); r * r = 4 sub-steps per time step
 
 
-def recomputed(module, forward, x):
-    """forward(x); with ``module.activation_checkpoint`` (``speed.checkpoint``) and gradients on, recomputed in
-    backward instead of storing its activations, the recomputation leaving batch-norm statistics untouched."""
-    if not (module.activation_checkpoint and torch.is_grad_enabled()):
-        return forward(x)
-    calls = []
-
-    def run(inp):  # the second call is the recomputation during backward
-        calls.append(None)
-        with frozen_batchnorm_statistics(module) if len(calls) > 1 else contextlib.nullcontext():
-            return forward(inp)
-
-    return checkpoint(run, x, use_reentrant=False, preserve_rng_state=False)
-
-
-class VLIFAttention(nn.Module):
-    """spikingjelly's ``MultiDimensionalAttention`` (temporal -> channel -> spatial gates, ReLU) with its parameter
-    names, computed as ``FastMultiDimensionalAttention``; a class of its own so the inference copy keeps it a plain
-    ``attn(x)`` call (the plugin's residual-block copy fuses the Fast class with its block's residual)."""
-
-    forward = FastMultiDimensionalAttention.forward
-
-    def __init__(self, T, C, reduction_t=4, reduction_c=16, kernel_size=3):
-        super().__init__()
-        check_attention_sizes(T, C, reduction_t, reduction_c, kernel_size)
-        self.T = T
-        self.ta, self.ca, self.sa = _PooledGate(T, reduction_t), _PooledGate(C, reduction_c), _SpatialGate(kernel_size)
-
-
-def make_attention(kind, T, C, reduction_t, reduction_c):
+def make_vlif_attention(kind, T, C, reduction_t, reduction_c):
+    """spikingjelly's ``MultiDimensionalAttention`` (temporal -> channel -> spatial gates, ReLU), or its fast
+    equivalent with the same parameter names. VLIF adds its residuals after a plain ``attn(y)`` call, so the fast
+    one is built with ``fuses_residual=False``: its inference copy stays that plain call."""
     if kind == 'fast':
-        return VLIFAttention(T, C, reduction_t, reduction_c)
+        return FastMultiDimensionalAttention(T, C, reduction_t, reduction_c, kernel_size=3, fuses_residual=False)
     if kind == 'spikingjelly':
         check_attention_sizes(T, C, reduction_t, reduction_c)
         return layer.MultiDimensionalAttention(T=T, C=C, reduction_t=reduction_t, reduction_c=reduction_c,
@@ -141,7 +112,7 @@ class PixelShuffleLIF(nn.Module):
         return self.channel_adjust(upsample2(spikes, (h, w)))
 
 
-class SpikingResidualBlock(nn.Module):
+class VLIFResidualBlock(nn.Module):
     """VLIF's spiking residual block: two [neuron -> decompose -> conv -> tdBN] stages (a LIF, then the visual LIF),
     a conv/tdBN shortcut on the block input, attention, and the block input added back."""
 
@@ -158,7 +129,7 @@ class SpikingResidualBlock(nn.Module):
         self.high_freq_scale_2 = nn.Parameter(torch.ones(1))
         self.low_freq_scale_2 = nn.Parameter(torch.ones(1))
         self.shortcut = nn.Sequential(conv(dim, dim), tdbn(dim))
-        self.attn = make_attention(attention, T, dim, reduction_t, reduction_c)
+        self.attn = make_vlif_attention(attention, T, dim, reduction_t, reduction_c)
         self.activation_checkpoint = False  # speed.checkpoint: recompute in backward instead of storing
 
     @staticmethod
@@ -184,8 +155,8 @@ class SUNetLevel1Block(nn.Module):
 
     def __init__(self, dim, T=4, reduction_t=4, reduction_c=16, adjust_before_upsample=False, attention='fast'):
         super().__init__()
-        self.initial_residual = SpikingResidualBlock(dim, T, reduction_t, reduction_c, adjust_before_upsample,
-                                                     attention)
+        self.initial_residual = VLIFResidualBlock(dim, T, reduction_t, reduction_c, adjust_before_upsample,
+                                                  attention)
         self.lif_node = MultiLevelSpikeNode(levels=4, decay=0.25)
         self.time_attention = TimeGate(T * PATCH * PATCH, ratio=4)
         self.temporal_compress = nn.Sequential(
@@ -195,8 +166,8 @@ class SUNetLevel1Block(nn.Module):
             setattr(self, f'lif_{i}', make_neuron('lif'))
             setattr(self, f'conv_{i}', conv(dim, dim))
             setattr(self, f'bn_{i}', tdbn(dim))
-            setattr(self, f'attn_{i}', make_attention(attention, T, dim, reduction_t, reduction_c))
-        self.final_attn = make_attention(attention, T, dim, reduction_t, reduction_c)
+            setattr(self, f'attn_{i}', make_vlif_attention(attention, T, dim, reduction_t, reduction_c))
+        self.final_attn = make_vlif_attention(attention, T, dim, reduction_t, reduction_c)
 
     def forward(self, x):
         skip = self.initial_residual(x)
@@ -209,7 +180,7 @@ class SUNetLevel1Block(nn.Module):
         return self.final_attn(upsample2(y) + skip)
 
 
-class DownSampling(nn.Module):
+class VLIFDownSampling(nn.Module):
     def __init__(self, dim):
         super().__init__()
         self.lif = make_neuron('lif')
@@ -220,7 +191,7 @@ class DownSampling(nn.Module):
         return self.bn(self.conv(self.lif(x)))
 
 
-class UpSampling(nn.Module):
+class VLIFUpSampling(nn.Module):
     def __init__(self, dim):
         super().__init__()
         self.lif = make_neuron('lif')
@@ -266,25 +237,25 @@ class VLIF(nn.Module):
         args = dict(T=T, reduction_t=reduction_t, reduction_c=reduction_c, attention=attention)
 
         def stage(channels, count):
-            return nn.Sequential(*[SpikingResidualBlock(channels, adjust_before_upsample=adjust_before_upsample,
-                                                        **args) for _ in range(count)])
+            return nn.Sequential(*[VLIFResidualBlock(channels, adjust_before_upsample=adjust_before_upsample,
+                                                     **args) for _ in range(count)])
 
         def unit(channels):
             return SUNetLevel1Block(channels, adjust_before_upsample=adjust_before_upsample, **args)
 
         self.patch_embed = PatchEmbed(inp_channels, dim)
         self.encoder_level1 = unit(dim)
-        self.down1_2 = DownSampling(dim)
+        self.down1_2 = VLIFDownSampling(dim)
         self.encoder_level2 = stage(dim * 2, en_num_blocks[1])
-        self.down2_3 = DownSampling(dim * 2)
+        self.down2_3 = VLIFDownSampling(dim * 2)
         self.encoder_level3 = stage(dim * 4, en_num_blocks[2])
         self.decoder_level3 = stage(dim * 4, de_num_blocks[2])
-        self.up3_2 = UpSampling(dim * 4)
+        self.up3_2 = VLIFUpSampling(dim * 4)
         self.lif_level2 = make_neuron('lif')
         self.reduce_conv_level2 = conv(dim * 4, dim * 2, 1, bias=bias)
         self.reduce_bn_level2 = tdbn(dim * 2)
         self.decoder_level2 = stage(dim * 2, de_num_blocks[1])
-        self.up2_1 = UpSampling(dim * 2)
+        self.up2_1 = VLIFUpSampling(dim * 2)
         self.lif_level1 = make_neuron('lif')
         self.reduce_conv_level1 = conv(dim * 2, dim, 1, bias=bias)
         self.reduce_bn_level1 = tdbn(dim)

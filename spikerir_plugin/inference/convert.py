@@ -82,7 +82,9 @@ class _Converter:
             return InferenceNeuron(module, self.compiled, self.exact) if neuron_spec(module) else module
         if isinstance(module, SpikingResidualBlock):
             return InferenceResidualBlock(module, self)
-        if isinstance(module, FastMultiDimensionalAttention):
+        # an attention whose block adds the residual after a plain attn(y) call (fuses_residual=False: VLIF) is
+        # left a plain module below, its convs converted
+        if isinstance(module, FastMultiDimensionalAttention) and getattr(module, 'fuses_residual', True):
             return InferenceAttention(module, self.compiled, self.exact)
         if _is_plain_conv(module):
             return InferenceConv2d.from_conv(module, channels_last=not self.exact)

@@ -179,6 +179,8 @@ class InferenceAttention(nn.Module):
             return compiled_for(_gates_relu_residual_, y.device.type)(y, gate, spatial, residual)
         if gate is not None:  # the spatial statistics read y after the temporal/channel gates
             y.mul_(gate)
+        # the training module's pixel statistics, kept apart on purpose: one amax without indices (the training
+        # side takes maxima with indices for its backward), plus channels-last and compiled variants; same values
         stats = _nhwc_pixel_stats(y) if nhwc else torch.stack((y.mean((0, 2)), y.amax((0, 2))), dim=1)
         return tail(y, torch.sigmoid(self.sa.conv(stats))[None], residual)
 

@@ -269,7 +269,8 @@ class SpikingSRModel(SRModel):
             'name')
 
     # ------------------------------------------------------------------ inference
-    def inference_network(self):
+    def validated_network(self):
+        """The network validation and testing run: the EMA copy when there is one, else the bare net_g."""
         return self.net_g_ema if hasattr(self, 'net_g_ema') else self.bare_net_g()
 
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
@@ -321,7 +322,7 @@ class SpikingSRModel(SRModel):
     def test(self):
         """The bare (never DDP) network: rank-0-only validation through DDP would sync buffers and hang; tiled when
         val.tile is set."""
-        net = self.inference_network()
+        net = self.validated_network()
         was_training = net.training
         runner = inference_network(net)
         with torch.no_grad():
