@@ -53,7 +53,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 
 from spikerir_plugin.models import speed as train_speed
 from spikerir_plugin.utils.checkpoint import load_weights, read_checkpoint
-from spikerir_plugin.utils.options import DISTILL_PATH_KEYS, DISTILL_TRAIN_KEYS, check_network_opt
+from spikerir_plugin.utils.options import DISTILL_PATH_KEYS, DISTILL_TRAIN_KEYS, check_network_opt, network_checkpoint
 from spikerir_plugin.utils.snn import time_mean
 from .feature_hints import FeatureTap, HintAdapters, default_hint_layers, parse_hint_layers, probe_shapes
 from . import run_checks
@@ -121,10 +121,8 @@ class SpikerIRDistillModel(SpikingSRModel):
         super().init_training_settings()
 
     def build_teacher(self):
-        path_opt = self.opt['path']
         teacher = build_network(dict(self.opt['network_t']))
-        load_weights(teacher, path_opt.get('pretrain_network_t'), path_opt.get('param_key_t', 'params'),
-                     path_opt.get('strict_load_t', True), net_opt=self.opt['network_t'])
+        load_weights(teacher, *network_checkpoint(self.opt, 't'), net_opt=self.opt['network_t'])
         teacher = teacher.to(self.device).eval()  # never DDP-wrapped: it is frozen and identical on every rank
         teacher.requires_grad_(False)
         train_speed.prepare_model(teacher, self.speed)
@@ -377,8 +375,7 @@ def check_teacher(opt):
     teacher = run_checks.meta_network(opt['network_t'], 'network_t')
     if teacher is None:
         return
-    load_weights(teacher, path, path_opt.get('param_key_t', 'params'), path_opt.get('strict_load_t', True),
-                 net_opt=opt['network_t'], check_only=True)
+    load_weights(teacher, *network_checkpoint(opt, 't'), net_opt=opt['network_t'], check_only=True)
     run_checks.check_input_channels(opt, {'network_t': teacher}, 'cpu')
     student = run_checks.meta_network(opt['network_g'], 'network_g')
     if student is not None and (train_opt.get('hint_opt') or train_opt.get('hint_layers')):

@@ -135,6 +135,9 @@ def check_option_keys(opt, distill=False):
 
 # ---------------------------------------------------------------------------------------------- networks
 DEFAULT_PARAM_KEY = 'params_ema'  # what validation reports; a file without it gives params (checkpoint.load_weights)
+# per network of the options: the trained network is read as validation reports it; a teacher (path.param_key_t)
+# as basicsr reads a pretrained network
+DEFAULT_PARAM_KEYS = {'g': DEFAULT_PARAM_KEY, 't': 'params'}
 
 
 def check_network_opt(net_opt, key):
@@ -151,11 +154,12 @@ def check_network_opt(net_opt, key):
 
 def network_checkpoint(opt, which='g'):
     """(checkpoint, param key, strict) of ``network_<which>`` from the options' ``path`` section: its
-    ``pretrain_network_<which>``, its ``param_key_<which>`` (``~``: a raw state dict; absent: DEFAULT_PARAM_KEY) and
-    ``strict_load_<which>`` (default true)."""
+    ``pretrain_network_<which>``, its ``param_key_<which>`` (``~``: a raw state dict; absent: DEFAULT_PARAM_KEYS) and
+    ``strict_load_<which>`` (default true). The one reading of these keys, for the models and the tools."""
     path_opt = opt.get('path') or {}
     key = f'param_key_{which}'
-    return (path_opt.get(f'pretrain_network_{which}'), path_opt[key] if key in path_opt else DEFAULT_PARAM_KEY,
+    default = DEFAULT_PARAM_KEYS.get(which, DEFAULT_PARAM_KEY)
+    return (path_opt.get(f'pretrain_network_{which}'), path_opt[key] if key in path_opt else default,
             path_opt.get(f'strict_load_{which}', True))
 
 

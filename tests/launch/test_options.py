@@ -137,3 +137,15 @@ def test_teacher_test_options_build_basicsr_srmodel_with_local_statistics(monkey
     model.feed_data({'lq': torch.rand(1, 3, 24, 40)})
     model.test()
     assert model.output.shape == (1, 3, 24, 40) and torch.isfinite(model.output).all()
+
+
+def test_network_checkpoint_reads_each_networks_keys_with_its_own_default():
+    """The models and the tools read path.* through one function: the student's weights as validation reports them
+    (params_ema), a teacher's as basicsr reads a pretrained network (params); ~ means a raw state dict."""
+    from spikerir_plugin.utils.options import network_checkpoint
+    opt = {'path': {'pretrain_network_g': 'g.pth', 'pretrain_network_t': 't.pth'}}
+    assert network_checkpoint(opt, 'g') == ('g.pth', 'params_ema', True)
+    assert network_checkpoint(opt, 't') == ('t.pth', 'params', True)
+    opt['path'].update(param_key_t=None, strict_load_t=False, param_key_g='params')
+    assert network_checkpoint(opt, 't') == ('t.pth', None, False)
+    assert network_checkpoint(opt, 'g') == ('g.pth', 'params', True)
