@@ -425,20 +425,8 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    for flag in ('teacher_iters', 'twin_iters', 'student_iters', 'step_cost'):
-        if getattr(args, flag) < 1:
-            parser.error(f'--{flag.replace("_", "-")} must be at least 1, got {getattr(args, flag)}')
-
-    start = time.time()
-    workdir = os.path.abspath(args.workdir)
-    log = DemoLog(workdir, args.verbose)
-    console.info(f'spikerir-demo: NAFNet teacher -> SpikerIR student, Gaussian denoising (sigma {SIGMA}) on photos '
-                 f'bundled with scikit-image; logs in {os.path.join(workdir, "logs")} and '
-                 f'{os.path.join(workdir, "experiments")}')
-
+def prepare_demo_data(workdir, log):
+    """Stage 1: the training crops (as an LMDB) and the validation crops under workdir/datasets."""
     started = time.time()
     with log.capture():
         import spikerir_plugin  # noqa: F401
@@ -451,12 +439,13 @@ def main(argv=None):
             prepare_folder_lmdb(train_png, train_lmdb)
     stage_done(1, 'data', started, f'{len(os.listdir(train_png))} training crops (LMDB), {len(os.listdir(val_dir))} '
                                    f'validation crops')
+    return train_lmdb, val_dir
 
-    experiments = os.path.join(workdir, 'experiments')
 
-    def checkpoint(opt):
-        return os.path.join(experiments, opt['name'], 'models', 'net_g_latest.pth')
-
+def train_demo_runs(args, workdir, log, train_lmdb, val_dir, checkpoint):
+    """Stages 2-6: the teacher, the twin and the distilled student one after the other on one core, the student
+    alone for the recipe's measured compute on the other. Returns (options of each run, their option files,
+    iterations of each run, the measured compute)."""
     runs = {'teacher': demo_run(teacher_options(args.teacher_iters, train_lmdb, val_dir), 'demo_teacher_NAFNet',
                                 args.teacher_iters)}
     with log.capture():
@@ -489,13 +478,35 @@ def main(argv=None):
     finally:
         for training in trainings:
             training.stop()
+    return runs, files, iters, compute
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for flag in ('teacher_iters', 'twin_iters', 'student_iters', 'step_cost'):
+        if getattr(args, flag) < 1:
+            parser.error(f'--{flag.replace("_", "-")} must be at least 1, got {getattr(args, flag)}')
+
+    start = time.time()
+    workdir = os.path.abspath(args.workdir)
+    log = DemoLog(workdir, args.verbose)
+    console.info(f'spikerir-demo: NAFNet teacher -> SpikerIR student, Gaussian denoising (sigma {SIGMA}) on photos '
+                 f'bundled with scikit-image; logs in {os.path.join(workdir, "logs")} and '
+                 f'{os.path.join(workdir, "experiments")}')
+    train_lmdb, val_dir = prepare_demo_data(workdir, log)
+    experiments = os.path.join(workdir, 'experiments')
+
+    def checkpoint(opt):
+        return os.path.join(experiments, opt['name'], 'models', 'net_g_latest.pth')
+
+    runs, files, iters, compute = train_demo_runs(args, workdir, log, train_lmdb, val_dir, checkpoint)
 
     with log.capture():
         nets = load_demo_networks(runs, checkpoint)
     scores, count, images = evaluate(val_dir, nets)
     results = os.path.join(workdir, 'results')
     comparison = comparison_image(images, os.path.join(results, 'comparison.png'))
-
     energy_dir = os.path.join(results, 'energy')
     report = energy_stage(log, energy_dir, files['student'], checkpoint(runs['student']), files['twin'],
                           args.energy_size)
