@@ -24,13 +24,14 @@ from basicsr.archs import build_network
 from basicsr.models import build_model
 from spikerir_plugin.archs.neurons import MultiLevelSpikeNode, check_stateless
 from spikerir_plugin.archs.spikerain_arch import SpikeRain
-from spikerir_plugin.archs.spiking_blocks import make_neuron
+from spikerir_plugin.archs.spiking_blocks import FastMultiDimensionalAttention, make_neuron
 from spikerir_plugin.archs.vlif_arch import VLIF, PixelShuffleLIF
 from spikerir_plugin.models.feature_hints import declared_hint_layers
 from spikerir_plugin.utils.snn import with_batch_statistics
 from spikerir_plugin.inference import tiled_forward
 from spikerir_plugin.tools.energy_report import measure_energy
 from spikerir_plugin.inference import inference_network
+from spikerir_plugin.inference.layers import InferenceAttention
 from conftest import REFERENCE_DIR
 
 sys.path.insert(0, REFERENCE_DIR)
@@ -338,6 +339,11 @@ def test_inference_copies(arch):
         neurons = [m for m in fast.modules() if isinstance(m, MultiLevelSpikeNode)]
         assert len(neurons) == len([m for m in net.modules() if isinstance(m, MultiLevelSpikeNode)]) > 0
         assert all(getattr(m, 'spike_table', None) is None for m in fast.modules())
+        # VLIF adds its residuals after a plain attn(y) call: its attentions are not fused with a residual
+        for copy_ in (exact, fast):
+            assert not any(isinstance(m, InferenceAttention) for m in copy_.modules())
+            assert sum(isinstance(m, FastMultiDimensionalAttention) for m in copy_.modules()) == \
+                sum(isinstance(m, FastMultiDimensionalAttention) for m in net.modules()) > 0
         assert float(((fast(x) - expected).abs() <= 1e-4).double().mean()) > 0.99  # up to rare flipped spikes
 
 
