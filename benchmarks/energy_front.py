@@ -107,6 +107,18 @@ def settings_of(args):
     return settings
 
 
+class FrontRun(ka.Run):
+    """kd_ablation's Run, keyed by its preset too (every preset has a 'twin' and a 'recipe' of each seed)."""
+
+    def __init__(self, preset, setting, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.preset, self.setting = preset, setting
+
+    @property
+    def key(self):
+        return (self.preset, self.arm, self.seed)
+
+
 def plan_runs(args, workdir, size, settings):
     """{key: kd_ablation Run} of every twin and student run, and the twin's iterations."""
     from spikerir_plugin.models.spikerir_distill_model import student_alone_options
@@ -126,13 +138,13 @@ def plan_runs(args, workdir, size, settings):
             twin_opt = with_preset(ka.resized(shipped_twin, twin_iters, **size), preset)
             twin_opt['network_t'] = copy.deepcopy(teacher_net)
             twin_opt['path']['pretrain_network_t'] = teacher_ckpt
-        # the shipped preset's runs carry kd_ablation's arm names, so that the twins and unpenalised students it
-        # trained are reused
-        shipped = twin_opt is not None and preset == shipped_student['network_g'].get('preset')
+        # the twins and unpenalised students carry kd_ablation's arm names (its --preset runs are the same options,
+        # the preset in their digest), so that the runs it trained are reused
+        chain = twin_opt is not None
         for seed in args.seeds:
             deps = ()
             if twin_opt is not None:
-                twin = ka.Run(workdir, 'twin' if shipped else f'twin-{preset}', seed, twin_opt, 1, args.device)
+                twin = FrontRun(preset, None, workdir, 'twin', seed, twin_opt, 1, args.device)
                 runs[twin.key] = twin
                 deps = (twin.key,)
             for kind, value in settings:
@@ -142,9 +154,8 @@ def plan_runs(args, workdir, size, settings):
                     opt['train']['energy_opt'] = spec
                 if deps:
                     opt['path']['pretrain_network_t'] = runs[deps[0]].ckpt
-                arm = 'recipe' if shipped and spec is None else f'{preset}-{setting_name(kind, value)}'
-                run = ka.Run(workdir, arm, seed, opt, 1, args.device, deps)
-                run.preset, run.setting = preset, setting_name(kind, value)
+                arm = 'recipe' if chain and spec is None else f'{preset}-{setting_name(kind, value)}'
+                run = FrontRun(preset, setting_name(kind, value), workdir, arm, seed, opt, 1, args.device, deps)
                 runs[run.key] = run
     return runs, twin_iters
 
@@ -157,13 +168,14 @@ def run_worker(args, results):
     def work(run):
         if not run.trained:
             os.makedirs(run.dir, exist_ok=True)
-            console.info(f'{time.strftime("%H:%M:%S")} training {run.arm} seed {run.seed}')
+            console.status(f'{time.strftime("%H:%M:%S")} training {run.arm} seed {run.seed}')
             wall_s = ka.train(run.opt, run.dir, args.threads, args.device)
-            result = {'arm': run.arm, 'seed': run.seed, 'wall_s': wall_s, 'scores': {}}
+            result = {'arm': run.arm, 'seed': run.seed, 'iters': int(run.opt['train']['total_iter']),
+                      'wall_s': wall_s, 'checkpoint': run.ckpt, 'scores': {}}
         else:
             with open(run.result_path) as f:
                 result = json.load(f)
-        if not hasattr(run, 'preset'):  # a twin: trained for the students, not on the front
+        if run.setting is None:  # a twin: trained for the students, not on the front
             ka.write_json(run.result_path, result)
             return
         with lock:
@@ -176,11 +188,11 @@ def run_worker(args, results):
         ka.write_json(run.result_path, result)
         scores = result['scores'][args.eval]
         scores = scores.get('params_ema', scores)  # a run kd_ablation trained keeps both weight sets' scores
-        # keyed by preset and setting: the shipped preset's unpenalised run carries kd_ablation's arm name
+        # keyed by preset and setting: the unpenalised run carries kd_ablation's arm name
         results[(f'{run.preset}-{run.setting}', run.seed)] = dict(result, preset=run.preset, setting=run.setting,
                                                                    scores=scores, energy=result[key])
-        console.info(f'{time.strftime("%H:%M:%S")} {run.preset}-{run.setting} seed {run.seed}: PSNR '
-                     f'{scores["psnr"]:.2f}, {result[key]["mJ_per_image"]:.4f} mJ')
+        console.status(f'{time.strftime("%H:%M:%S")} {run.preset}-{run.setting} seed {run.seed}: PSNR '
+                       f'{scores["psnr"]:.2f}, {result[key]["mJ_per_image"]:.4f} mJ')
 
     return work
 
