@@ -17,7 +17,7 @@ PTH_LINE = 'import spikerir_autoload; spikerir_autoload.install()\n'
 
 
 SHIPPED_OPTIONS = os.path.join(HERE, 'options')
-SHIPPED_OPTIONS_COPY = os.path.join('spikerir_plugin', 'shipped_options')  # spikerir_plugin/utils/recipes.py reads it
+SHIPPED_OPTIONS_COPY = os.path.join('spikerir_plugin', 'shipped_options')  # spikerir_plugin/recipes.py reads it
 
 
 class BuildPyWithHook(build_py):
@@ -30,7 +30,7 @@ class BuildPyWithHook(build_py):
             f.write(PTH_LINE)
         if not os.path.isdir(SHIPPED_OPTIONS):
             raise FileNotFoundError(f'{SHIPPED_OPTIONS}: the shipped options files are missing from the source tree '
-                                    f'(spikerir-demo and spikerir_plugin.utils.recipes need them)')
+                                    f'(spikerir-demo and spikerir_plugin.recipes need them)')
         target = os.path.join(self.build_lib, SHIPPED_OPTIONS_COPY)
         os.makedirs(target, exist_ok=True)
         for name in sorted(os.listdir(SHIPPED_OPTIONS)):

@@ -63,10 +63,11 @@ def with_preset(opt, preset):
 
 def measure(net_spec, ckpt, size):
     """spikerir-energy's totals for the trained EMA weights, per image of size x size."""
+    from spikerir_plugin.archs.arch_util import input_channels
     from spikerir_plugin.tools.energy_report import make_input, measure_energy
     from spikerir_plugin.utils.options import network_from_options
     net = network_from_options(copy.deepcopy(net_spec), checkpoint=ckpt, param_key='params_ema')
-    x = make_input(size, 4, channels=int(net_spec.get('in_channels', 3)))
+    x = make_input(size, 4, channels=input_channels(net, net_spec))
     totals = measure_energy(net, inputs=x)['totals']
     return {'mJ_per_image': totals['energy_mJ_per_image'], 'synops_per_image': totals['synops'] / x.shape[0],
             'macs_per_image': totals['macs'] / x.shape[0], 'mean_firing_rate': totals['mean_firing_rate']}
@@ -121,7 +122,7 @@ class FrontRun(ka.Run):
 
 def plan_runs(args, workdir, size, settings):
     """{key: kd_ablation Run} of every twin and student run, and the twin's iterations."""
-    from spikerir_plugin.models.spikerir_distill_model import student_alone_options
+    from spikerir_plugin.utils.options import student_alone_options
     train_dir, val_dir = size['train_dir'], size['val_dir']
     shipped_twin, shipped_student = ka.load_options(ka.SHIPPED_TWIN), ka.load_options(ka.SHIPPED_STUDENT)
     twin_iters = ka.twin_iterations(args, shipped_twin, shipped_student)

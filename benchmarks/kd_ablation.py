@@ -65,7 +65,8 @@ import yaml
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from spikerir_plugin.utils.recipes import rescale_iterations, resized, step_costs  # noqa: E402,F401
+from spikerir_plugin.recipes import (rescale_iterations, resized, step_costs,  # noqa: E402,F401
+                                     with_untrained_teachers)
 from spikerir_plugin.utils import console  # noqa: E402
 
 SHIPPED_TWIN = 'options/train_SpikerIR_twin_GaussianDenoise_sigma25.yml'  # step 1
@@ -180,19 +181,18 @@ def evaluate(opt, net_spec, ckpt, param_key, device):
     """Mean PSNR/SSIM of a checkpoint's ``param_key`` weights (or of the noisy input, net_spec None) on the options'
     validation set, with the options' metrics, as the model's own validation computes them."""
     import torch
-    from basicsr.archs import build_network
     from basicsr.data import build_dataset
     from basicsr.metrics import calculate_metric
     from basicsr.utils import tensor2img
-    from spikerir_plugin.utils.checkpoint import load_weights
     from spikerir_plugin.inference import inference_network
+    from spikerir_plugin.utils.options import network_from_options
 
     dataset = build_dataset(dict(opt['datasets']['val'], phase='val', scale=opt.get('scale', 1)))
     metrics = opt['val']['metrics']
     net = None
     if net_spec is not None:
-        net = inference_network(load_weights(build_network(copy.deepcopy(net_spec)), ckpt, param_key, True,
-                                             which='g').to(device))
+        net = inference_network(network_from_options(copy.deepcopy(net_spec), checkpoint=ckpt,
+                                                     param_key=param_key).to(device))
     scores = {name: [] for name in metrics}
     with torch.no_grad():
         for i in range(len(dataset)):
@@ -300,8 +300,6 @@ def step_cost_key(sets, steps, device):
 def measured_step_costs(workdir, sets, steps, device):
     """Seconds per training step of each options set (step_costs), measured once per configuration and kept in
     step_costs.json, so that alone_eq's iteration count, and with it its run, stays the same across calls."""
-    import torch
-    from basicsr.archs import build_network
     path = os.path.join(workdir, 'step_costs.json')
     cache = {}
     if os.path.isfile(path):
@@ -309,14 +307,8 @@ def measured_step_costs(workdir, sets, steps, device):
             cache = json.load(f)
     key = step_cost_key(sets, steps, device)
     if key not in cache:
-        sets = copy.deepcopy(sets)
-        for name, opt in sets.items():  # a chain's twin is not trained yet: an untrained one costs the same
-            if opt.get('train', {}).get('init_from_teacher'):
-                twin = os.path.join(workdir, f'untrained_twin_{name}.pth')
-                torch.manual_seed(0)
-                state = build_network(copy.deepcopy(opt['network_t'])).state_dict()
-                torch.save({'params': state, 'params_ema': state}, twin)
-                opt['path']['pretrain_network_t'] = twin
+        # the teachers (a chain's twin among them) need not be trained yet: an untrained one costs the same
+        sets = with_untrained_teachers(sets, workdir)
         console.status(f'timing {steps} training steps of {", ".join(sets)} (round robin)')
         cache[key] = step_costs(sets, steps, device)
         write_json(path, cache)
@@ -459,7 +451,7 @@ def arm_options(args, workdir, teacher_net, teacher_ckpt, size, extra):
     """Each arm's options (the shipped files sized by ``size``), the measured step costs and each arm's compute:
     (twin iterations, the student's options, {arm: options}, {arm: step s}, {arm: compute s}, the recipe's compute,
     alone_eq's iterations)."""
-    from spikerir_plugin.models.spikerir_distill_model import student_alone_options
+    from spikerir_plugin.utils.options import student_alone_options
     shipped_twin, shipped_student = load_options(SHIPPED_TWIN), load_options(SHIPPED_STUDENT)
     twin_iters = twin_iterations(args, shipped_twin, shipped_student)
     twin_opt = resized(shipped_twin, twin_iters, **size)

@@ -131,8 +131,6 @@ def step_seconds(workdir, twin_opt, student_opt, args):
     and kept in unlabelled_kd_step_costs.json (a file of this benchmark's own: kd_ablation's step_costs.json is
     rewritten by its own calls)."""
     import tempfile
-    import torch
-    from basicsr.archs import build_network
     path = os.path.join(workdir, 'unlabelled_kd_step_costs.json')
     cache = {}
     if os.path.isfile(path):
@@ -141,14 +139,11 @@ def step_seconds(workdir, twin_opt, student_opt, args):
     key = kd.digest([{k: v for k, v in o.items() if k not in ('path', 'name', 'val', 'logger')}
                      for o in (twin_opt, student_opt)] + [args.step_cost, args.device])
     if key not in cache:
-        student_opt = copy.deepcopy(student_opt)  # its twin is not trained yet: an untrained one costs the same
-        twin = os.path.join(tempfile.mkdtemp(prefix='unlabelled_kd_'), 'twin.pth')
-        torch.manual_seed(0)
-        state = build_network(copy.deepcopy(student_opt['network_t'])).state_dict()
-        torch.save({'params': state, 'params_ema': state}, twin)
-        student_opt['path']['pretrain_network_t'] = twin
+        # the teachers (the student's twin among them) need not be trained yet: an untrained one costs the same
+        sets = kd.with_untrained_teachers({'twin': twin_opt, 'recipe': student_opt},
+                                          tempfile.mkdtemp(prefix='unlabelled_kd_'))
         console.status(f'timing {args.step_cost} training steps of the twin and the student (round robin)')
-        cache[key] = kd.step_costs({'twin': twin_opt, 'recipe': student_opt}, args.step_cost, args.device)
+        cache[key] = kd.step_costs(sets, args.step_cost, args.device)
         kd.write_json(path, cache)
     return cache[key]
 

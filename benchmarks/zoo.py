@@ -99,7 +99,7 @@ ARMS = ('alone', 'distilled')
 # ---------------------------------------------------------------------------------------------- options
 def arm_options(network_g, teacher_ckpt, iters, size):
     """(alone, distilled) options for one arch: the shipped files changed in network_g / network_t and size only."""
-    from spikerir_plugin.models.spikerir_distill_model import student_alone_options
+    from spikerir_plugin.utils.options import student_alone_options
     distilled = ka.resized(ka.load_options(ka.SHIPPED_TWIN), iters, **size)
     distilled['network_g'] = copy.deepcopy(network_g)
     distilled['network_t'] = copy.deepcopy(TEACHER_NET)
@@ -109,7 +109,7 @@ def arm_options(network_g, teacher_ckpt, iters, size):
 
 def check_shipped_training_keys(size):
     """The alone arm, made from the twin (output-KD) file, has exactly the student file's training keys."""
-    from spikerir_plugin.models.spikerir_distill_model import student_alone_options
+    from spikerir_plugin.utils.options import student_alone_options
     ours, _ = arm_options(ZOO['tiny'][1], 'teacher.pth', 10, size)
     shipped = student_alone_options(ka.resized(ka.load_options(ka.SHIPPED_STUDENT), 10, **size))
     for key in set(ours) | set(shipped):

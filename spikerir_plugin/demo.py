@@ -118,7 +118,7 @@ def demo_run(opt, name, iters):
 def recipe_options(twin_iters, student_iters, train_lmdb, val_dir, teacher_ckpt, checkpoint):
     """(step 1, step 2): the shipped files sized for the demo; step 1 learns from the demo's NAFNet teacher
     instead of the shipped Restormer, step 2 from that twin's checkpoint (``checkpoint(options)``)."""
-    from spikerir_plugin.utils import recipes
+    from spikerir_plugin import recipes
     size = dict(train_dir=train_lmdb, val_dir=val_dir, val_name=VAL_NAME, gt_size=TRAIN_CROP, batch=BATCH,
                 train_backend='lmdb')
     twin = recipes.resized(recipes.load_shipped_options(SHIPPED_TWIN), twin_iters, **size)
@@ -132,8 +132,8 @@ def recipe_options(twin_iters, student_iters, train_lmdb, val_dir, teacher_ckpt,
 
 def alone_options(student_opt, iters):
     """The student alone (student_alone_options: no teacher, no distillation terms) for ``iters`` iterations."""
-    from spikerir_plugin.models.spikerir_distill_model import student_alone_options
-    from spikerir_plugin.utils.recipes import rescale_iterations
+    from spikerir_plugin.utils.options import student_alone_options
+    from spikerir_plugin.recipes import rescale_iterations
     alone = rescale_iterations(student_alone_options(student_opt), iters)
     return demo_run(alone, student_opt['name'] + '_alone', iters)
 
@@ -144,7 +144,7 @@ def measure_compute(log, options, twin_iters, student_iters, steps, threads, fol
     recipe's compute (twin and distilled student). Returns the record written to ``folder``/compute.json."""
     import tempfile
     import torch
-    from spikerir_plugin.utils import recipes
+    from spikerir_plugin import recipes
     from spikerir_plugin.utils.atomic import atomic_write_text
     started = time.time()
     before = torch.get_num_threads()

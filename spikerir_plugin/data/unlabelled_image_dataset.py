@@ -196,8 +196,8 @@ def labelled_channels(spec):
 
 def check_labelled_keys(spec, where):
     """Unknown keys of a labelled spec of one of the plugin's datasets (basicsr would ignore them)."""
-    from spikerir_plugin.utils.options import BASICSR_DATASET_KEYS, PLUGIN_DATASET_KEYS, _unknown
+    from spikerir_plugin.utils.options import BASICSR_DATASET_KEYS, PLUGIN_DATASET_KEYS, unknown_keys
     if spec.get('type') in PLUGIN_DATASET_KEYS:
-        problems = _unknown('labelled', spec, list(BASICSR_DATASET_KEYS) + list(PLUGIN_DATASET_KEYS[spec['type']]))
+        problems = unknown_keys('labelled', spec, list(BASICSR_DATASET_KEYS) + list(PLUGIN_DATASET_KEYS[spec['type']]))
         if problems:
             raise ValueError(f'{where}: unknown key{"s" if len(problems) > 1 else ""} {"; ".join(problems)}')

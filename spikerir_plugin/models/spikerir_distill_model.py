@@ -37,13 +37,12 @@ refused.
 
 The teacher and the adapters are built from a forked random stream, and kd_inputs draws from its own generator, so
 a run with a teacher sees exactly the batches (crops, flips, noise) of the same run without one
-(``student_alone_options``): the two differ only by the distillation.
+(``utils.options.student_alone_options``): the two differ only by the distillation.
 
 Checkpoints: net_g_<iter>.pth holds the bare student under ``params`` (and ``params_ema``), so it loads strictly
 into the student arch; the hint adapters go under ``adapters`` in the same file, the KD schedule into the training
 state. The teacher is never saved: resume keeps loading it from its own checkpoint.
 """
-import copy
 import random
 
 import torch
@@ -53,7 +52,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 
 from spikerir_plugin.models import speed as train_speed
 from spikerir_plugin.utils.checkpoint import load_weights, read_checkpoint
-from spikerir_plugin.utils.options import DISTILL_PATH_KEYS, DISTILL_TRAIN_KEYS, check_network_opt, network_checkpoint
+from spikerir_plugin.utils.options import check_network_opt, network_checkpoint
 from spikerir_plugin.utils.snn import time_mean
 from .feature_hints import FeatureTap, HintAdapters, default_hint_layers, parse_hint_layers, probe_shapes
 from . import run_checks
@@ -63,24 +62,6 @@ from .spiking_sr_model import SpikingSRModel
 # Option keys that exist only for distillation (utils/options.py): removing them (and network_t) gives the same run
 # without a teacher.
 KD_INPUT_TYPES = {'transform': {'type', 'loss_weight'}, 'noise': {'type', 'sigma', 'loss_weight'}}
-
-
-def student_alone_options(opt, name=None):
-    """A copy of distillation options for the same student trained alone: same data, seed, optimizer, schedule,
-    iterations and reconstruction losses; no teacher and no distillation term (model SpikingSRModel)."""
-    alone = copy.deepcopy(opt)
-    alone.pop('network_t', None)
-    alone['model_type'] = 'SpikingSRModel'
-    for key in DISTILL_TRAIN_KEYS:
-        (alone.get('train') or {}).pop(key, None)
-    for key in DISTILL_PATH_KEYS:
-        (alone.get('path') or {}).pop(key, None)
-    ignored = [n for n in (alone.get('path') or {}).get('ignore_resume_networks') or [] if n != 'network_t']
-    if 'path' in alone and 'ignore_resume_networks' in alone['path']:
-        alone['path']['ignore_resume_networks'] = ignored or None
-    if name is not None:
-        alone['name'] = name
-    return alone
 
 
 @MODEL_REGISTRY.register()

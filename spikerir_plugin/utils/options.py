@@ -68,7 +68,7 @@ class OptionKeyError(ValueError):
     """Unknown option keys; the message names each with its section and the nearest valid keys."""
 
 
-def _unknown(section, keys, valid):
+def unknown_keys(section, keys, valid):
     """'section.key' lines for the keys of ``keys`` not in ``valid``, each with its nearest valid keys."""
     lines = []
     valid = list(dict.fromkeys(str(v) for v in valid))
@@ -101,26 +101,26 @@ def unknown_option_keys(opt, distill=False):
     problems = []
     train_valid = list(BASICSR_TRAIN_KEYS) + list(PLUGIN_TRAIN_KEYS) + (list(DISTILL_TRAIN_KEYS) if distill else [])
     if isinstance(opt.get('train'), dict):
-        problems += _unknown('train', opt['train'], train_valid)
+        problems += unknown_keys('train', opt['train'], train_valid)
     networks = [k[len('network_'):] for k in opt if k.startswith('network_')]
     if isinstance(opt.get('path'), dict):
         path_valid = list(BASICSR_PATH_KEYS) + [p + n for n in networks for p in NETWORK_PATH_PREFIXES] + (
             list(DISTILL_PATH_KEYS) if distill else [])  # (without network_t the model says that it needs one)
-        problems += _unknown('path', opt['path'], path_valid)
+        problems += unknown_keys('path', opt['path'], path_valid)
     for key in ('network_g', 'network_t'):
         arguments = _arch_arguments(opt.get(key))
         if arguments is not None:
             problems += [f'{line} (not an argument of {opt[key]["type"]})' if '(did you mean' not in line else line
-                         for line in _unknown(key, opt[key], arguments)]
+                         for line in unknown_keys(key, opt[key], arguments)]
     tile = (opt.get('val') or {}).get('tile') if isinstance(opt.get('val'), dict) else None
     if isinstance(tile, dict):
-        problems += _unknown('val.tile', tile, list(TILE_KEYS))
+        problems += unknown_keys('val.tile', tile, list(TILE_KEYS))
     if isinstance(opt.get('speed'), dict):
-        problems += _unknown('speed', opt['speed'], list(SPEED_KEYS))
+        problems += unknown_keys('speed', opt['speed'], list(SPEED_KEYS))
     for phase, dataset_opt in (opt.get('datasets') or {}).items():
         if isinstance(dataset_opt, dict) and dataset_opt.get('type') in PLUGIN_DATASET_KEYS:
             valid = list(BASICSR_DATASET_KEYS) + list(PLUGIN_DATASET_KEYS[dataset_opt['type']])
-            problems += _unknown(f'datasets.{phase}', dataset_opt, valid)
+            problems += unknown_keys(f'datasets.{phase}', dataset_opt, valid)
     return problems
 
 
@@ -131,6 +131,24 @@ def check_option_keys(opt, distill=False):
     if problems:
         raise OptionKeyError(f'unknown option key{"s" if len(problems) > 1 else ""} for {opt.get("model_type")}: '
                              f'{"; ".join(problems)}. basicsr would ignore them silently; fix or remove them')
+
+
+def student_alone_options(opt, name=None):
+    """A copy of distillation options for the same student trained alone: same data, seed, optimizer, schedule,
+    iterations and reconstruction losses; no teacher and no distillation term (model SpikingSRModel)."""
+    alone = copy.deepcopy(opt)
+    alone.pop('network_t', None)
+    alone['model_type'] = 'SpikingSRModel'
+    for key in DISTILL_TRAIN_KEYS:
+        (alone.get('train') or {}).pop(key, None)
+    for key in DISTILL_PATH_KEYS:
+        (alone.get('path') or {}).pop(key, None)
+    ignored = [n for n in (alone.get('path') or {}).get('ignore_resume_networks') or [] if n != 'network_t']
+    if 'path' in alone and 'ignore_resume_networks' in alone['path']:
+        alone['path']['ignore_resume_networks'] = ignored or None
+    if name is not None:
+        alone['name'] = name
+    return alone
 
 
 # ---------------------------------------------------------------------------------------------- networks

@@ -281,7 +281,7 @@ def test_a_distillation_model_without_teacher_refuses_a_batch_without_gt(tmp_pat
 
 def test_a_batch_without_gt_drops_the_previous_batchs_gt_in_both_models(tmp_path, teacher_ckpt):
     """basicsr's feed_data keeps self.gt from the batch before; the plugin's models do not."""
-    from spikerir_plugin.models.spikerir_distill_model import student_alone_options
+    from spikerir_plugin.utils.options import student_alone_options
     opt = model_opt(tmp_path, teacher_ckpt)
     for options in (opt, student_alone_options(opt)):
         model = build_model(options)

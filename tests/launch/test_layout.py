@@ -8,7 +8,7 @@ from conftest import REPO_ROOT
 
 PACKAGE = os.path.join(REPO_ROOT, 'spikerir_plugin')
 LEVELS = {'utils': 0, 'ops': 1, 'archs': 2, 'inference': 3, 'data': 4, 'losses': 4, 'models': 5, 'tools': 6,
-          'launch': 6, 'demo': 7, 'train': 7, 'test': 7, '__init__': 8}
+          'launch': 6, 'recipes': 6, 'demo': 7, 'train': 7, 'test': 7, '__init__': 8}
 
 
 def module_name(path):

@@ -20,7 +20,7 @@ from basicsr.models import build_model
 from spikingjelly.activation_based.neuron import BaseNode
 from spikerir_plugin.models.feature_hints import FeatureTap, default_hint_layers
 from spikerir_plugin.models.kd_schedule import KDSchedule
-from spikerir_plugin.models.spikerir_distill_model import student_alone_options
+from spikerir_plugin.utils.options import student_alone_options
 from spikerir_plugin.inference.tiled import tiled_forward
 
 from conftest import LogLines

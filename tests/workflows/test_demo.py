@@ -52,8 +52,8 @@ def without_size_keys(opt, teacher_replaced=False):
 
 
 def test_demo_trains_the_shipped_recipe_and_the_student_alone_at_equal_compute(tmp_path):
-    from spikerir_plugin.models.spikerir_distill_model import student_alone_options
-    from spikerir_plugin.utils.recipes import load_shipped_options
+    from spikerir_plugin.utils.options import student_alone_options
+    from spikerir_plugin.recipes import load_shipped_options
     workdir = tmp_path / 'demo'
     proc = subprocess.run([PYTHON, '-m', 'spikerir_plugin.demo', '--workdir', str(workdir), '--teacher-iters', '4',
                            '--twin-iters', '6', '--student-iters', '2', '--step-cost', '1', '--energy-size', '32'],

@@ -49,7 +49,7 @@ def without_size_keys(opt, teacher_replaced):
 
 
 def test_harness_trains_the_shipped_recipe_and_its_controls_at_equal_compute(tmp_path):
-    from spikerir_plugin.models.spikerir_distill_model import student_alone_options
+    from spikerir_plugin.utils.options import student_alone_options
     workdir = tmp_path / 'work'
     cmd = [PYTHON, os.path.join(REPO_ROOT, 'benchmarks', 'kd_ablation.py'), *TINY, '--workdir', str(workdir)]
     proc = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)

@@ -1,4 +1,4 @@
-"""spikerir_plugin.utils.recipes: the shipped options files found from the source checkout and from a wheel's build
+"""spikerir_plugin.recipes: the shipped options files found from the source checkout and from a wheel's build
 (setup.py's build_py copy), and the shipped files changed in size only."""
 import copy
 import os
@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT
-from spikerir_plugin.utils import recipes
+from spikerir_plugin import recipes
 
 TWIN = 'train_SpikerIR_twin_GaussianDenoise_sigma25.yml'
 STUDENT = 'train_SpikerIR_GaussianDenoise_sigma25.yml'
@@ -45,7 +45,7 @@ def test_a_wheel_build_carries_the_shipped_options_and_the_lookup_finds_them(tmp
     copied = sorted(os.listdir(build / 'spikerir_plugin' / 'shipped_options'))
     assert copied == sorted(n for n in os.listdir(os.path.join(REPO_ROOT, 'options')) if n.endswith('.yml'))
     env = dict(os.environ, PYTHONPATH=str(build), SPIKERIR_NO_AUTOLOAD='1')
-    code = ('from spikerir_plugin.utils import recipes; '
+    code = ('from spikerir_plugin import recipes; '
             f'print(recipes.__file__); print(recipes.shipped_options_path({TWIN!r}))')
     proc = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)
@@ -103,7 +103,7 @@ def test_equal_compute_iterations():
 
 def test_step_costs_time_the_sized_recipe_before_any_teacher_is_trained(tmp_path):
     from spikerir_plugin.demo import TEACHER_NET
-    from spikerir_plugin.models.spikerir_distill_model import student_alone_options
+    from spikerir_plugin.utils.options import student_alone_options
     size = dict(train_dir=str(tmp_path), val_dir=str(tmp_path), val_name='v', gt_size=16, batch=2)
     twin = recipes.resized(checkout_file(TWIN), 4, **size)
     twin['network_t'] = dict(TEACHER_NET)

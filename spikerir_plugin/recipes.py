@@ -10,7 +10,7 @@ import os
 
 import yaml
 
-PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 COPY_DIR_NAME = 'shipped_options'  # setup.py writes the wheel's copy under this name inside the package
 
 
