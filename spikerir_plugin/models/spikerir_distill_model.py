@@ -76,8 +76,6 @@ class SpikerIRDistillModel(SpikingSRModel):
         self._kd_weight = self._hint_weight = None
         self.kd_inputs = check_kd_inputs((opt.get('train') or {}).get('kd_inputs'))
         self.kd_generator = None
-        if opt.get('network_t'):
-            check_network_opt(opt['network_t'], 'network_t')
         super().__init__(opt)
 
     # ------------------------------------------------------------------ teacher and hints
@@ -334,11 +332,16 @@ class SpikerIRDistillModel(SpikingSRModel):
     reads_distillation_keys = True
 
     @classmethod
+    def check_model_options(cls, opt):
+        """network_t's type first (a teacher is what the distillation keys are about), then SpikingSRModel's."""
+        if opt.get('network_t'):
+            check_network_opt(opt['network_t'], 'network_t')
+        return super().check_model_options(opt)
+
+    @classmethod
     def launch_checks(cls, opt):
         """SpikingSRModel's checks, then the teacher: its checkpoint exists (or: which options file trains it) and
         fits network_t, and the hint layers exist in both networks; all before basicsr creates any folder."""
-        if opt.get('network_t'):
-            check_network_opt(opt['network_t'], 'network_t')
         super().launch_checks(opt)
         if opt.get('network_t') and opt.get('is_train', True):
             check_teacher(opt)

@@ -68,8 +68,6 @@ class SpikingSRModel(SRModel):
     cri_energy = energy_schedule = None  # train.energy_opt (build_energy_loss)
 
     def __init__(self, opt):
-        check_network_opt(opt.get('network_g'), 'network_g')
-        check_option_keys(opt, self.reads_distillation_keys)
         self.speed, self.tile = self.check_model_options(opt)
         run_checks.check_device(opt)
         self._step_losses = OrderedDict()
@@ -411,9 +409,12 @@ class SpikingSRModel(SRModel):
 
     @classmethod
     def check_model_options(cls, opt):
-        """(speed options, tile) of the options, or the error for a combination the model refuses: speed.cuda_graph,
-        DataParallel (num_gpu > 1 without a launcher), train.energy_opt with speed.compile, a bad val.tile. Run by
-        the launch checks and again when the model is built."""
+        """(speed options, tile) of the options, or the error for network_g's type, a misspelt key or a combination
+        the model refuses: speed.cuda_graph, DataParallel (num_gpu > 1 without a launcher), train.energy_opt with
+        speed.compile, a bad val.tile. The one option check, run by the launch checks and again when the model is
+        built (a model built in Python gets no launch checks)."""
+        check_network_opt(opt.get('network_g'), 'network_g')
+        check_option_keys(opt, cls.reads_distillation_keys)
         speed = train_speed.SpeedOptions.from_opt(opt)
         if speed.cuda_graph:
             raise ValueError('speed.cuda_graph is not supported by the training models (the training step logs '
@@ -437,8 +438,6 @@ class SpikingSRModel(SRModel):
     def launch_checks(cls, opt):
         """Option, device and data checks that need no network; run before basicsr creates (or moves aside) the
         experiment folder."""
-        check_network_opt(opt.get('network_g'), 'network_g')
-        check_option_keys(opt, cls.reads_distillation_keys)
         cls.check_model_options(opt)
         energy = (opt.get('train') or {}).get('energy_opt') if opt.get('is_train', True) else None
         if energy:  # its keys and schedule, before any folder exists
