@@ -33,9 +33,9 @@ network_g.neuron and step 2's network_t.neuron. Every other key (model_type, net
 L1 + 0.1 FFT, ema_decay 0.999 with the models' EMA warm-up, KD and hint keys, dataset_enlarge_ratio, flips and
 rotations) is the shipped file's.
 
-The teacher: an ANN the user is assumed to have, here NAFNet width 16 (spikerir_plugin.demo.TEACHER_NET) trained
-once by basicsr's SRModel on the same crops (--teacher-iters, batch 8, lr 2e-3); its training is not counted in the
-compute (the user has it). The twin's training is counted.
+The teacher: an ANN the user is assumed to have, here NAFNet width 16 (spikerir_plugin.demo.TEACHER_NET; another
+width with --teacher-width) trained once by basicsr's SRModel on the same crops (--teacher-iters, batch 8, lr 2e-3);
+its training is not counted in the compute (the user has it). The twin's training is counted.
 
 Data: clean 96x96 crops of four scikit-image photos (the demo's training photos), Gaussian noise sigma 25 drawn on
 the fly; two held-out sets of 96x96 crops with a fixed noise draw: `tune` (the demo's validation photos) and
@@ -268,11 +268,14 @@ def run_all(runs, jobs, work):
     return failed
 
 
-def train_teacher(workdir, iters, train_dir, val_dir, gt_size, device):
-    """The ANN teacher the user is assumed to have: NAFNet width 16 trained by basicsr's SRModel (once)."""
+def train_teacher(workdir, iters, train_dir, val_dir, gt_size, device, width=16):
+    """The ANN teacher the user is assumed to have: the demo's NAFNet (width 16, or ``width``) trained by basicsr's
+    SRModel (once)."""
     from spikerir_plugin import demo
     opt = demo.teacher_options(iters, train_dir, val_dir, gt_size=gt_size)
     opt['datasets']['train']['io_backend'] = {'type': 'disk'}
+    if width != opt['network_g']['width']:  # (the width-16 teacher keeps the options, and so the folder, it had)
+        opt['network_g'] = dict(opt['network_g'], width=int(width))
     name = f'teacher-{digest([opt["network_g"], opt["train"], opt["datasets"]["train"]])}'
     run_dir = os.path.join(workdir, 'teachers', name)
     ckpt = os.path.join(run_dir, 'experiments', name, 'models', 'net_g_latest.pth')
@@ -280,7 +283,7 @@ def train_teacher(workdir, iters, train_dir, val_dir, gt_size, device):
     if not os.path.isfile(info_path):
         opt = prepare_run_options(opt, name, 0, iters, 1, device)
         os.makedirs(run_dir, exist_ok=True)
-        console.status(f'training the teacher NAFNet-w16 for {iters} iterations -> {run_dir}')
+        console.status(f'training the teacher NAFNet-w{width} for {iters} iterations -> {run_dir}')
         wall_s = train(opt, run_dir, 1, device)
         write_json(info_path, {'iters': iters, 'wall_s': wall_s, 'checkpoint': ckpt})
     with open(info_path) as f:
@@ -539,6 +542,7 @@ def build_parser():
     parser.add_argument('--preset', help="the student's and its twin's SpikerIR preset (shipped: tiny)")
     parser.add_argument('--twin-neuron', help="the twin's neuron (shipped: the twin file's network_g.neuron)")
     parser.add_argument('--teacher-iters', type=int, default=2000, help='iterations of the NAFNet teacher')
+    parser.add_argument('--teacher-width', type=int, default=16, help='width of the NAFNet teacher (16: the demo\'s)')
     parser.add_argument('--gt-size', type=int, default=48, help='training crop side (shipped: 64)')
     parser.add_argument('--batch', type=int, default=8, help='training batch (shipped: 16)')
     parser.add_argument('--train-grid', type=int, default=4, help='training crops per photo side (4: 16 a photo)')
@@ -571,7 +575,7 @@ def main(argv=None):
     photos, size = harness_data(args, workdir)
     train_dir, val_dir = size['train_dir'], size['val_dir']
     teacher_net, teacher_ckpt, teacher_info = train_teacher(workdir, args.teacher_iters, train_dir, val_dir,
-                                                            args.gt_size, args.device)
+                                                            args.gt_size, args.device, args.teacher_width)
 
     twin_iters, student_opt, options, costs, compute, recipe_compute, eq_iters = arm_options(
         args, workdir, teacher_net, teacher_ckpt, size, extra)
@@ -589,7 +593,7 @@ def main(argv=None):
 
     fixed = {'noisy': evaluate(student_opt, None, None, None, args.device),
              'teacher': dict(evaluate(student_opt, teacher_net, teacher_ckpt, 'params', args.device),
-                             note=f'NAFNet-w16, {args.teacher_iters} it by SRModel (given: not in compute; '
+                             note=f'NAFNet-w{args.teacher_width}, {args.teacher_iters} it by SRModel (given: not in compute; '
                                   f'{teacher_info["wall_s"]:.0f} s)')}
     differences = DIFFERENCES + tuple((f'recipe - {arm} (the student alone, {n} it)', 'recipe', arm)
                                       for n, arm in zip(args.alone_iters, extra))
