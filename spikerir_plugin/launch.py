@@ -147,7 +147,9 @@ def allow_checkpoint_globals():
 
     import numpy as np
     import torch
-    safe = [argparse.Namespace, np.dtype, type(np.dtype(np.float64))]
+    # np.dtype and the class of each plain numeric dtype (numpy >= 1.25 pickles a dtype by its own class)
+    dtypes = (np.bool_, np.uint8, np.int8, np.int16, np.int32, np.int64, np.float16, np.float32, np.float64)
+    safe = [argparse.Namespace, np.dtype, *dict.fromkeys(type(np.dtype(t)) for t in dtypes)]
     scalar = getattr(getattr(np, '_core', None), 'multiarray', None)
     if scalar is not None and hasattr(scalar, 'scalar'):
         safe.append(scalar.scalar)
