@@ -419,7 +419,7 @@ def main(argv=None):
     finally:
         if sink:
             sink.close()
-    print_table(records, file=sys.stderr)
+    print_table(records)
     return records
 
 
@@ -433,12 +433,12 @@ def environment(device, lif_info):
     return env
 
 
-def print_table(records, file):
-    """The cases as a short table for a person (the JSON lines above are for machines)."""
-    print(f'{"case":15s} {"size":>7s} {"dtype":5s} {"step ms":>9s} {"peak MiB":>9s}', file=file)
+def print_table(records):
+    """The cases as a short table for a person, on stderr (stdout carries the JSON lines, for machines)."""
+    console.status(f'{"case":15s} {"size":>7s} {"dtype":5s} {"step ms":>9s} {"peak MiB":>9s}')
     for r in records:
-        print(f'{r["name"]:15s} {r["batch"]}x{r["size"]:<5d} {r["dtype"]:5s} {r["step_ms"]:9.1f} '
-              f'{r["peak_mem_mib"]:9.0f}', file=file)
+        console.status(f'{r["name"]:15s} {r["batch"]}x{r["size"]:<5d} {r["dtype"]:5s} {r["step_ms"]:9.1f} '
+                       f'{r["peak_mem_mib"]:9.0f}')
 
 
 def emit(record, sink):

@@ -22,7 +22,6 @@ import platform
 import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import warnings
@@ -230,7 +229,3 @@ def table_conv(packed, spike_table, stride, padding):
     if padded != spike_table.out_channels:  # padded output channels: a dense channels-last copy of the real ones
         out = out[..., :spike_table.out_channels].contiguous()
     return out.permute(0, 3, 1, 2).unflatten(0, (t, b))
-
-
-if __name__ == '__main__':  # python -m spikerir_plugin.ops.spike_conv: build (or find) the kernels and say where
-    print('spike-driven convolution kernels:', 'available' if kernels() else 'unavailable', file=sys.stderr)
