@@ -19,6 +19,7 @@ Single-step mode (``step_mode='s'``) is left as spikingjelly defines it: there t
 must persist between calls.
 """
 import contextlib
+import contextvars
 
 import torch
 from spikingjelly.activation_based import neuron
@@ -27,23 +28,24 @@ from torch import nn
 from spikerir_plugin.ops.neuron_loops import fused_cpu_eligible, fused_multi_step, multi_step_spikes, neuron_spec
 
 
-_fused_cpu_loops = [True]
+# a context variable, not a module flag: a block in one thread (or task) does not switch the neurons of another
+_FUSED_CPU_LOOPS = contextvars.ContextVar('spikerir_fused_cpu_loops', default=True)
 
 
 @contextlib.contextmanager
 def spikingjelly_loops():
     """Inside this block the neurons run spikingjelly's own multi-step code on the CPU too: the reference the fused
     loops are tested and benchmarked against."""
-    _fused_cpu_loops.append(False)
+    token = _FUSED_CPU_LOOPS.set(False)
     try:
         yield
     finally:
-        _fused_cpu_loops.pop()
+        _FUSED_CPU_LOOPS.reset(token)
 
 
 def fused_cpu_loops_active():
     """Whether multi-step neuron calls on the CPU run the fused loops (False inside ``spikingjelly_loops()``)."""
-    return _fused_cpu_loops[-1]
+    return _FUSED_CPU_LOOPS.get()
 
 
 def _rest(node):
