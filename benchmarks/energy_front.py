@@ -162,33 +162,23 @@ def plan_runs(args, workdir, size, settings):
 
 
 def run_worker(args, results):
-    """The function kd_ablation's run_all calls on each run: train it unless its result exists; score and measure a
-    student (once, cached in its result) into results[(preset-setting, seed)]."""
+    """The function kd_ablation's run_all calls on each run: kd_ablation's train_and_score (train unless trained,
+    score both weight sets, its result file, so that either benchmark reuses the other's runs), then a student's
+    energy (once, cached in its result) into results[(preset-setting, seed)]."""
     lock = threading.Lock()
 
     def work(run):
-        if not run.trained:
-            os.makedirs(run.dir, exist_ok=True)
-            console.status(f'{time.strftime("%H:%M:%S")} training {run.arm} seed {run.seed}')
-            wall_s = ka.train(run.opt, run.dir, args.threads, args.device)
-            result = {'arm': run.arm, 'seed': run.seed, 'iters': int(run.opt['train']['total_iter']),
-                      'wall_s': wall_s, 'checkpoint': run.ckpt, 'scores': {}}
-        else:
-            with open(run.result_path) as f:
-                result = json.load(f)
+        ka.train_and_score(run, args, lock, {})  # kd_ablation's training, scores and result file (shared runs)
         if run.setting is None:  # a twin: trained for the students, not on the front
-            ka.write_json(run.result_path, result)
             return
-        with lock:
-            if args.eval not in result['scores']:
-                result['scores'][args.eval] = ka.evaluate(run.opt, run.opt['network_g'], run.ckpt, 'params_ema',
-                                                          args.device)
-            key = f'energy_{args.energy_size}'
-            if key not in result:
+        with open(run.result_path) as f:
+            result = json.load(f)
+        key = f'energy_{args.energy_size}'
+        if key not in result:
+            with lock:
                 result[key] = measure(run.opt['network_g'], run.ckpt, args.energy_size)
-        ka.write_json(run.result_path, result)
-        scores = result['scores'][args.eval]
-        scores = scores.get('params_ema', scores)  # a run kd_ablation trained keeps both weight sets' scores
+            ka.write_json(run.result_path, result)
+        scores = result['scores'][args.eval]['params_ema']
         # keyed by preset and setting: the unpenalised run carries kd_ablation's arm name
         results[(f'{run.preset}-{run.setting}', run.seed)] = dict(result, preset=run.preset, setting=run.setting,
                                                                    scores=scores, energy=result[key])

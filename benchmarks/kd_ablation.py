@@ -54,6 +54,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -92,9 +93,10 @@ def prepare_run_options(opt, name, seed, iters, curve_points, device):
     opt['num_gpu'] = 1 if device == 'cuda' else 0
     val_freq = max(iters // curve_points, 1)
     opt['val'] = dict(opt.get('val') or {}, val_freq=val_freq, save_img=False)
-    # a checkpoint at every validation: a stopped run resumes (--auto_resume) from its last one
-    opt['logger'] = dict(opt.get('logger') or {}, print_freq=max(iters // 50, 1), save_checkpoint_freq=val_freq,
-                         use_tb_logger=False, wandb={'project': None, 'resume_id': None})
+    # checkpoints at least every tenth of the run: a stopped run resumes (--auto_resume) from its last one
+    opt['logger'] = dict(opt.get('logger') or {}, print_freq=max(iters // 50, 1),
+                         save_checkpoint_freq=min(val_freq, max(iters // 10, 1)), use_tb_logger=False,
+                         wandb={'project': None, 'resume_id': None})
     opt['path'] = dict(opt.get('path') or {}, resume_state=None)
     return opt
 
@@ -134,46 +136,82 @@ def child_env(threads, device):
     return env
 
 
+class LiveTrainings:
+    """The training processes running now, so that a stopped harness (Ctrl-C, SIGTERM) stops them too: they run in
+    a session of their own (a terminal's Ctrl-C does not reach them) from worker threads (where no
+    KeyboardInterrupt arrives)."""
+    lock = threading.Lock()
+    procs = set()
+
+    @classmethod
+    def stop_all(cls):
+        with cls.lock:
+            procs = list(cls.procs)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            proc.wait()
+
+
 def train(opt, run_dir, threads, device):
     """One training run through basicsr's pipeline (spikerir_plugin.train) in ``run_dir``; log in train.log.
 
-    A run stopped part-way (the harness killed, the machine gone) continues from its last checkpoint on the next
+    A run stopped part-way (the harness stopped, the machine gone) continues from its last checkpoint on the next
     call (basicsr's --auto_resume, exact in the plugin's models); its log is appended to, and the seconds spent in
-    each piece are summed in wall_s.json. Returns the measured wall time of the whole run."""
+    each piece are summed in wall_s.json. A run with no checkpoint to resume from starts afresh, its log and wall
+    time too. Returns the measured wall time of the whole run."""
     options = os.path.join(run_dir, 'options.yml')
     with open(options, 'w') as f:
         yaml.safe_dump(opt, f, sort_keys=False)
     wall_path = os.path.join(run_dir, 'wall_s.json')
+    states = os.path.join(run_dir, 'experiments', opt['name'], 'training_states')
+    resuming = os.path.isdir(states) and any(name.endswith('.state') for name in os.listdir(states))
     earlier = 0.0
-    if os.path.isfile(wall_path):
+    if resuming and os.path.isfile(wall_path):
         with open(wall_path) as f:
             earlier = float(json.load(f))
     start = time.time()
-    with open(os.path.join(run_dir, 'train.log'), 'a') as log:
+    with open(os.path.join(run_dir, 'train.log'), 'a' if resuming else 'w') as log:
         proc = subprocess.Popen([sys.executable, '-m', 'spikerir_plugin.train', '-opt', options, '--auto_resume'],
                                 cwd=run_dir, env=child_env(threads, device), stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+        with LiveTrainings.lock:
+            LiveTrainings.procs.add(proc)
         try:
             proc.wait()
         finally:
-            if proc.poll() is None:  # the harness itself was stopped: stop the child too, keep its checkpoints
+            if proc.poll() is None:  # stopped while waiting: stop the child too, keep its checkpoints
                 proc.terminate()
                 proc.wait()
+            with LiveTrainings.lock:
+                LiveTrainings.procs.discard(proc)
             write_json(wall_path, earlier + time.time() - start)
     if proc.returncode != 0:
         raise RuntimeError(f'training failed (exit {proc.returncode}); see {os.path.join(run_dir, "train.log")}')
     return earlier + time.time() - start
 
 
-_VALID = re.compile(r'Validation (\S+)\n\s+# psnr: ([\d.]+)')
+_PROGRESS_OR_VALIDATION = re.compile(r'\biter:\s*([\d,]+)|Validation \S+\n\s+# psnr: ([\d.]+)')
 
 
 def validation_curve(log_path, val_freq, iters):
-    """[(iteration, PSNR)] of the validations in a training log (every val_freq iterations, then the final one)."""
+    """[(iteration, PSNR)] of the validations in a training log (every val_freq iterations, then the final one).
+    A validation's iteration is the val_freq multiple at or after the last progress line before it, so a resumed
+    run's log (which may skip a validation its stopped piece did not reach) is read right."""
     with open(log_path, errors='replace') as f:
-        values = [float(v) for _, v in _VALID.findall(f.read())]
-    points = [(min((k + 1) * val_freq, iters), v) for k, v in enumerate(values)]
-    return [p for i, p in enumerate(points) if i == 0 or p[0] != points[i - 1][0]]
+        text = f.read()
+    points, last_iter = [], 0
+    for progress, psnr in _PROGRESS_OR_VALIDATION.findall(text):
+        if progress:
+            last_iter = int(progress.replace(',', ''))
+        else:
+            at = min(max(-(-last_iter // val_freq), 1) * val_freq, iters)
+            if points and points[-1][0] == at:
+                points[-1] = (at, float(psnr))  # a validation repeated at one iteration: the later one
+            else:
+                points.append((at, float(psnr)))
+    return points
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -260,12 +298,30 @@ def run_all(runs, jobs, work):
                 (done if ok else failed).add(run.key)
                 cond.notify_all()
 
-    threads = [threading.Thread(target=worker) for _ in range(max(int(jobs), 1))]
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(int(jobs), 1))]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # SIGTERM stops the runs as Ctrl-C does
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.5)  # (a bare join would keep Ctrl-C from reaching this thread)
+    except BaseException:  # Ctrl-C or SIGTERM: no new run starts, the running ones stop (their checkpoints stay)
+        with cond:
+            pending.clear()
+            cond.notify_all()
+        LiveTrainings.stop_all()
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return failed
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f'signal {signum}')
 
 
 def train_teacher(workdir, iters, train_dir, val_dir, gt_size, device, width=16):
@@ -518,10 +574,15 @@ def train_and_score(run, args, eval_lock, results):
                   'checkpoint': run.ckpt, 'scores': {},
                   'curve': validation_curve(os.path.join(run.dir, 'train.log'), run.opt['val']['val_freq'],
                                             iters), 'curve_set': args.eval}
-    if args.eval not in result['scores']:
+    scores = result['scores'].get(args.eval)
+    if not (isinstance(scores, dict) and all(key in scores for key in PARAM_KEYS)):  # (or scored for one key only)
         with eval_lock:
             result['scores'][args.eval] = {key: evaluate(run.opt, run.opt['network_g'], run.ckpt, key,
                                                          args.device) for key in PARAM_KEYS}
+        write_json(run.result_path, result)
+    if 'curve' not in result:  # a run another benchmark trained (energy_front, before it wrote this shape)
+        result.update(curve=validation_curve(os.path.join(run.dir, 'train.log'), run.opt['val']['val_freq'], iters),
+                      curve_set=None)
         write_json(run.result_path, result)
     results[run.key] = dict(result, scores=result['scores'][args.eval])
     console.status(f'{time.strftime("%H:%M:%S")} done {run.arm} seed {run.seed}: PSNR '

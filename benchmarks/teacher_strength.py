@@ -23,6 +23,7 @@ from spikerir_plugin.utils import console  # noqa: E402
 
 CONTRIBUTION = "recipe - chain_gt (the teacher's own contribution)"
 KEPT = 'recipe - teacher (teacher -> spiking student)'
+SET_HERE = ('--teacher-width', '--teacher-iters', '--arms', '--out')  # kd_ablation options this script sets
 
 
 def teacher_spec(text):
@@ -98,12 +99,21 @@ def plot(rows, path):
 
 
 def main(argv=None):
-    args, passed = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    args, passed = parser.parse_known_args(argv)
     harness = ka.build_parser().parse_args(passed)  # kd_ablation's own errors for a bad option, before any training
-    rows = []
+    for option in SET_HERE:
+        if any(a == option or a.startswith(option + '=') for a in passed):
+            parser.error(f'{option} is set per teacher here (--teachers WIDTH:ITERATIONS sets the teacher; the arms '
+                         'and results files are fixed)')
+    rows, failed = [], []
     for width, iters in args.teachers:
         console.status(f'teacher NAFNet-w{width}, {iters} it')
-        out = ka.main(harness_argv(passed, width, iters))
+        try:
+            out = ka.main(harness_argv(passed, width, iters))
+        except SystemExit as stop:  # a run failed: the other teachers still run; reported at the end
+            failed.append(f'NAFNet-w{width}, {iters} it: {stop}')
+            continue
         rows.append(teacher_row(width, iters, out))
     rows.sort(key=lambda r: r['teacher_psnr'])
     table = format_table(rows, harness.eval)
@@ -111,9 +121,12 @@ def main(argv=None):
     workdir = os.path.abspath(harness.workdir)
     ka.write_json(os.path.join(workdir, 'teacher_strength.json'), {'rows': rows, 'table': table,
                                                                    'seeds': harness.seeds, 'eval': harness.eval})
-    plot(rows, os.path.join(workdir, 'teacher_strength.png'))
+    if rows:
+        plot(rows, os.path.join(workdir, 'teacher_strength.png'))
     console.info(f'\nresults: {os.path.join(workdir, "teacher_strength.json")}; plot: '
                  f'{os.path.join(workdir, "teacher_strength.png")}')
+    if failed:
+        raise SystemExit('runs failed for ' + '; '.join(failed))
     return rows
 
 

@@ -147,9 +147,12 @@ def allow_checkpoint_globals():
 
     import numpy as np
     import torch
-    # np.dtype and the class of each plain numeric dtype (numpy >= 1.25 pickles a dtype by its own class)
-    dtypes = (np.bool_, np.uint8, np.int8, np.int16, np.int32, np.int64, np.float16, np.float32, np.float64)
-    safe = [argparse.Namespace, np.dtype, *dict.fromkeys(type(np.dtype(t)) for t in dtypes)]
+    # np.dtype and the class of every numeric dtype (numpy >= 1.25 pickles a dtype by its own class); not the
+    # object, string, bytes and void ones, which describe arbitrary data
+    numeric = (np.bool_, np.number, np.datetime64, np.timedelta64)
+    dtype_classes = [type(np.dtype(t)) for t in np.sctypeDict.values()
+                     if isinstance(t, type) and issubclass(t, numeric)]
+    safe = [argparse.Namespace, np.dtype, *dict.fromkeys(dtype_classes)]
     scalar = getattr(getattr(np, '_core', None), 'multiarray', None)
     if scalar is not None and hasattr(scalar, 'scalar'):
         safe.append(scalar.scalar)

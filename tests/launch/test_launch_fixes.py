@@ -72,7 +72,7 @@ def test_fix_model_to_device_gives_ddp_no_device_ids_on_the_cpu():
 def test_fix_weights_only_loads_the_globals_official_checkpoints_pickle(tmp_path):
     path = tmp_path / 'official.pth'
     torch.save({'params': {'w': torch.ones(2)}, 'args': argparse.Namespace(lr=1e-3), 'best': np.float64(30.5),
-                'dtype': np.dtype(np.float32)}, path)
+                'dtypes': [np.dtype(t) for t in (np.float32, np.uint16, np.int64, np.complex64, np.bool_)]}, path)
     code = f"""
     import torch, basicsr
     state = torch.load({str(path)!r}, weights_only=True)

@@ -159,3 +159,55 @@ def test_run_all_runs_dependencies_first_and_skips_what_a_failure_blocks():
     failed = kd_ablation.run_all(runs, 2, work)
     assert failed == {('twin_gt', 0), ('chain_gt', 0)}
     assert sorted(order) == ['alone', 'recipe', 'twin'] and order.index('twin') < order.index('recipe')
+
+
+def test_validation_curve_reads_each_validations_iteration_from_the_progress_before_it(tmp_path):
+    """A resumed run's log: the piece stopped after its checkpoint at 40 but before validating there, so the
+    resumed piece's first validation is at 60; a validation is placed by the last progress line before it."""
+    def progress(i):
+        return f'[run..][epoch:  0, iter: {i:>7,}, lr:(1e-3,)] l_pix: 0.1\n'
+
+    def validation(psnr):
+        return f'Validation photos\n\t # psnr: {psnr:.4f}\tBest: {psnr:.4f} @ 20 iter\n'
+
+    log = tmp_path / 'train.log'
+    log.write_text(progress(10) + progress(20) + validation(25.0) + progress(30) + progress(40)
+                   + 'Resuming training from epoch: 0, iter: 40.\n' + progress(50) + progress(60) + validation(26.0)
+                   + progress(1000) + validation(27.0) + validation(27.5))
+    assert kd_ablation.validation_curve(str(log), 20, 1000) == [(20, 25.0), (60, 26.0), (1000, 27.5)]
+
+
+def test_a_stopped_harness_stops_its_trainings_and_the_next_call_resumes_them(tmp_path):
+    """SIGTERM to the harness (as Ctrl-C): the training processes it started (their own session, run from worker
+    threads) stop too, keeping their checkpoints; the next call continues the run from the last one."""
+    import signal
+    import time
+    workdir = tmp_path / 'work'
+    args = list(TINY)
+    args[args.index('--iters') + 1] = '300'
+    cmd = [PYTHON, os.path.join(REPO_ROOT, 'benchmarks', 'kd_ablation.py'), *args, '--arms', 'alone',
+           '--curve-points', '30', '--workdir', str(workdir)]
+    harness = subprocess.Popen(cmd, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    states = []
+    while time.time() < deadline and not states:
+        time.sleep(0.5)
+        states = list(workdir.glob('runs/alone-s0-*/experiments/*/training_states/*.state'))
+    assert states, f'no checkpoint was written: {harness.poll()}'
+    harness.send_signal(signal.SIGTERM)
+    _, err = harness.communicate(timeout=120)
+    assert harness.returncode != 0
+    run_dir, = workdir.glob('runs/alone-s0-*')
+    time.sleep(1)
+    alive = [p for p in os.listdir('/proc') if p.isdigit()
+             and str(run_dir).encode() in open(f'/proc/{p}/cmdline', 'rb').read()] if os.path.isdir('/proc') else []
+    assert not alive, 'a training process outlived the harness'
+    assert not (run_dir / 'result.json').exists()
+
+    again = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    log = (run_dir / 'train.log').read_text()
+    assert 'Resuming training from epoch' in log and log.count('Start training from epoch: 0, iter: 0') == 1
+    result = json.loads((run_dir / 'result.json').read_text())
+    assert result['iters'] == 300 and result['curve'][-1][0] == 300

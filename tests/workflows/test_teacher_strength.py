@@ -37,7 +37,8 @@ def test_each_teacher_gets_its_own_twin_and_student_and_the_chain_without_teache
 
 def test_a_bad_teacher_or_harness_option_is_refused_before_training(tmp_path):
     script = os.path.join(REPO_ROOT, 'benchmarks', 'teacher_strength.py')
-    for extra, words in ((['--teachers', '32'], 'WIDTH:ITERATIONS'), (['--gt-sise', '16'], '--gt-sise')):
+    for extra, words in ((['--teachers', '32'], 'WIDTH:ITERATIONS'), (['--gt-sise', '16'], '--gt-sise'),
+                         (['--out', 'mine.json'], '--out is set per teacher')):
         proc = subprocess.run([PYTHON, script, *extra, '--workdir', str(tmp_path / 'w')], cwd=tmp_path,
                               env=subprocess_env(), capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and words in proc.stderr, proc.stderr
