@@ -255,13 +255,17 @@ def format_table(rows, args):
             f'{args.iters} it, {args.gt_size}x{args.gt_size} crops, batch {args.batch}; {args.eval} photos; energy '
             f'per {args.energy_size}x{args.energy_size} image, params_ema)')
     lines = [head, f'{"preset":7s} {"setting":9s} {"PSNR dB":>15s} {"vs w=0":>15s} {"mJ":>8s} {"x NAFNet-w32":>12s}'
-                   f' {"SynOps":>10s} {"rate":>6s}']
+                   f' {"SynOps":>10s} {"rate":>6s}  seeds']
     for r in rows:
-        diff = ka.fmt(r['psnr_vs_w0'], sign=True) if r['psnr_vs_w0'] else '-'
+        several = len(r['seeds']) > 1  # a std only over several seeds
+
+        def value(ms, sign=False):
+            return ka.fmt(ms, sign=sign) if several else f'{ms[0]:{"+" if sign else ""}6.2f}'
+        diff = value(r['psnr_vs_w0'], sign=True) if r['psnr_vs_w0'] else '-'
         frac = f'1/{1 / r["fraction_of_nafnet_w32"]:.0f}' if r['fraction_of_nafnet_w32'] else '-'
-        lines.append(f'{r["preset"]:7s} {r["setting"]:9s} {ka.fmt(r["psnr"]):>15s} {diff:>15s} '
+        lines.append(f'{r["preset"]:7s} {r["setting"]:9s} {value(r["psnr"]):>15s} {diff:>15s} '
                      f'{r["mJ_per_image"][0]:8.4f} {frac:>12s} {r["synops_per_image"][0] / 1e6:9.1f}M '
-                     f'{r["mean_firing_rate"][0]:6.3f}')
+                     f'{r["mean_firing_rate"][0]:6.3f}  {",".join(map(str, r["seeds"]))}')
     if args.energy_size != 128:
         lines.append('(x NAFNet-w32: only with --energy-size 128, the size of its figure)')
     return '\n'.join(lines)
