@@ -4,7 +4,8 @@ today's stack (torch 2.x, no CUDA), applied once by ``apply()`` when the plugin 
 - ``argv``: torch>=2 launchers pass ``--local-rank=N``; basicsr's argparse knows only ``--local_rank`` (only that
   exact option is rewritten);
 - ``dist``: the GPU is picked from ``LOCAL_RANK``; without CUDA the process group uses gloo (basicsr asks for nccl
-  and divides by the GPU count, 0 on the CPU) and DDP gets no ``device_ids``;
+  and divides by the GPU count, 0 on the CPU) and DDP gets no ``device_ids``; the group is destroyed at exit
+  (basicsr never does, and gloo can abort the process in the interpreter's teardown);
 - ``weights_only``: the numpy/argparse globals some official checkpoints pickle are allowed for
   ``torch.load(weights_only=True)``;
 - ``resume``: basicsr's train pipeline looks up ``load_resume_state`` and ``create_train_val_dataloader`` in its
@@ -116,7 +117,11 @@ def _with_launch_hooks(parse_options):
 
 def init_dist_pytorch(backend='nccl', **kwargs):
     """basicsr.utils.dist_util._init_dist_pytorch: LOCAL_RANK picks the GPU; without CUDA the process group uses
-    gloo."""
+    gloo. The group is destroyed at exit: basicsr never destroys it, and a gloo group left to the interpreter's
+    teardown can abort the process (SIGABRT, "terminate called without an active exception"; pytorch/pytorch
+    issue 190489), which torchrun reports as a failed run."""
+    import atexit
+
     import torch
     import torch.distributed as dist
     if torch.cuda.is_available() and torch.cuda.device_count() > 0:
@@ -125,6 +130,14 @@ def init_dist_pytorch(backend='nccl', **kwargs):
     else:
         backend = 'gloo'
     dist.init_process_group(backend=backend, **kwargs)
+    atexit.register(destroy_process_group_at_exit)
+
+
+def destroy_process_group_at_exit():
+    """Destroy the default process group while the interpreter is still whole (a no-op if the program did)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def model_to_device(self, net):

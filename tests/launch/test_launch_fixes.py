@@ -53,6 +53,19 @@ def test_fix_dist_uses_gloo_without_cuda():
     assert 'backend gloo' in fixed.stdout
 
 
+def test_fix_dist_destroys_the_process_group_before_the_interpreter_tears_down():
+    """basicsr never destroys its process group; a gloo group left to the teardown can abort a rank at exit."""
+    code = """
+    import atexit
+    import torch.distributed as dist
+    # registered first, so it runs after any exit handler registered later (atexit runs them last-in first-out)
+    atexit.register(lambda: print('group alive at exit:', dist.is_initialized(), flush=True))
+    """ + DIST_CODE
+    fixed = run_python(code, MASTER_PORT=free_port(), **DIST_ENV)
+    assert fixed.returncode == 0, fixed.stderr[-2000:]
+    assert 'backend gloo' in fixed.stdout and 'group alive at exit: False' in fixed.stdout
+
+
 def test_fix_model_to_device_gives_ddp_no_device_ids_on_the_cpu():
     code = DIST_CODE + """
     from basicsr.models.sr_model import SRModel
