@@ -29,7 +29,8 @@ num_worker_per_gpu 0, persistent_workers false}; datasets.val.{dataroot_gt, name
 checkpoint frequency, no tensorboard), manual_seed (the run's seed), num_gpu; and for step 1 network_t /
 path.pretrain_network_t (the teacher). Variants (named on the command line, in results.json and the table header):
 --preset sets network_g.preset in both files (and step 2's network_t.preset, its twin); --twin-neuron sets step 1's
-network_g.neuron and step 2's network_t.neuron. Every other key (model_type, networks, AdamW lr 1e-3 and weight decay 1e-4,
+network_g.neuron and step 2's network_t.neuron; --hints sets step 2's train.hint_layers (every neuron's rate or every
+tdBN's output, paired by name with the twin's). Every other key (model_type, networks, AdamW lr 1e-3 and weight decay 1e-4,
 L1 + 0.1 FFT, ema_decay 0.999 with the models' EMA warm-up, KD and hint keys, dataset_enlarge_ratio, flips and
 rotations) is the shipped file's.
 
@@ -506,6 +507,22 @@ def twin_iterations(args, shipped_twin, shipped_student):
     return args.twin_iters or int(round(ratio * args.iters))
 
 
+HINT_VARIANTS = ('shipped', 'rates', 'currents')
+
+
+def hint_layers(net_opt, kind):
+    """train.hint_layers pairing every layer of one kind of the student with the same-named layer of its twin (same
+    layers and names): 'rates', every spiking neuron (the student's spikes averaged over T, a firing rate, against
+    the twin's rate activation: layer-wise rate matching as in ANN->SNN conversion); 'currents', every tdBN (the
+    input current of the neuron that follows, a membrane-potential hint without the reset)."""
+    from spikingjelly.activation_based.layer import ThresholdDependentBatchNorm2d
+    from spikerir_plugin.losses.energy_loss import spiking_neuron_types
+    from spikerir_plugin.utils.options import network_from_options
+    types = {'rates': spiking_neuron_types(), 'currents': (ThresholdDependentBatchNorm2d,)}[kind]
+    names = [n for n, m in network_from_options(net_opt).named_modules() if isinstance(m, types)]
+    return [[n, n] for n in names]
+
+
 def arm_options(args, workdir, teacher_net, teacher_ckpt, size, extra):
     """Each arm's options (the shipped files sized by ``size``), the measured step costs and each arm's compute:
     (twin iterations, the student's options, {arm: options}, {arm: step s}, {arm: compute s}, the recipe's compute,
@@ -523,6 +540,8 @@ def arm_options(args, workdir, teacher_net, teacher_ckpt, size, extra):
     if args.twin_neuron:  # a variant of the twin's activation, in step 1's network_g and step 2's network_t
         for net in (twin_opt['network_g'], student_opt['network_t']):
             net['neuron'] = args.twin_neuron
+    if args.hints != 'shipped':  # a variant of step 2's hint layers (the student alone has none)
+        student_opt['train']['hint_layers'] = hint_layers(student_opt['network_g'], args.hints)
     options = {'twin': twin_opt, 'twin_gt': student_alone_options(twin_opt), 'recipe': student_opt,
                'chain_gt': student_opt, 'alone': student_alone_options(student_opt)}
     costs = measured_step_costs(workdir, {k: options[k] for k in ('twin', 'twin_gt', 'recipe', 'alone')},
@@ -602,6 +621,9 @@ def build_parser():
                                                        '900000 / 300000 = 3x --iters)')
     parser.add_argument('--preset', help="the student's and its twin's SpikerIR preset (shipped: tiny)")
     parser.add_argument('--twin-neuron', help="the twin's neuron (shipped: the twin file's network_g.neuron)")
+    parser.add_argument('--hints', choices=HINT_VARIANTS, default='shipped',
+                        help="step 2's hint layers: shipped (the decoder levels), rates (every neuron's firing rate) "
+                             "or currents (every tdBN's output, the next neuron's input)")
     parser.add_argument('--teacher-iters', type=int, default=2000, help='iterations of the NAFNet teacher')
     parser.add_argument('--teacher-width', type=int, default=16, help='width of the NAFNet teacher (16: the demo\'s)')
     parser.add_argument('--gt-size', type=int, default=48, help='training crop side (shipped: 64)')
@@ -665,7 +687,9 @@ def main(argv=None):
               f'{args.iters} it, twin {twin_iters} it, {args.gt_size}x{args.gt_size} crops, batch {args.batch}; '
               f'{args.eval} photos ({", ".join(photos)}, {len(os.listdir(val_dir))} crops), sigma {SIGMA}'
               + ''.join(f'; {flag} {value}' for flag, value in (('preset', args.preset),
-                                                                 ('twin neuron', args.twin_neuron)) if value))
+                                                                 ('twin neuron', args.twin_neuron),
+                                                                 ('hints', args.hints != 'shipped' and args.hints))
+                      if value))
     table = format_table(rows, diffs, fixed, header)
     console.info('\n' + table)
     out = {'iters': args.iters, 'twin_iters': twin_iters, 'alone_eq_iters': eq_iters, 'seeds': args.seeds,
