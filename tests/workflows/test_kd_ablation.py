@@ -211,3 +211,26 @@ def test_a_stopped_harness_stops_its_trainings_and_the_next_call_resumes_them(tm
     assert 'Resuming training from epoch' in log and log.count('Start training from epoch: 0, iter: 0') == 1
     result = json.loads((run_dir / 'result.json').read_text())
     assert result['iters'] == 300 and result['curve'][-1][0] == 300
+
+
+@pytest.mark.parametrize('kind', ['rates', 'currents'])
+def test_hint_variants_pair_every_layer_of_their_kind_with_the_twins_layer_of_the_same_name(kind):
+    import torch
+    from spikingjelly.activation_based.layer import ThresholdDependentBatchNorm2d
+
+    from spikerir_plugin.archs.neurons import RateActivation, StatelessLIFNode
+    from spikerir_plugin.models.feature_hints import FeatureTap
+    from spikerir_plugin.utils.options import network_from_options
+    from spikerir_plugin.utils.snn import time_mean
+    opt = shipped(kd_ablation.SHIPPED_STUDENT)
+    pairs = kd_ablation.hint_layers(opt['network_g'], kind)
+    student, twin = network_from_options(opt['network_g']), network_from_options(opt['network_t'], 'network_t')
+    want = {'rates': (StatelessLIFNode, RateActivation),
+            'currents': (ThresholdDependentBatchNorm2d, ThresholdDependentBatchNorm2d)}[kind]
+    assert [n for n, m in student.named_modules() if isinstance(m, want[0])] == [s for s, _ in pairs]
+    assert all(s == t and isinstance(dict(twin.named_modules())[t], want[1]) for s, t in pairs)
+    # the model's taps read every pair with the shapes of the twin's features (identity adapters, as shipped)
+    x = torch.rand(1, 3, 16, 16)
+    taps = FeatureTap(student, [s for s, _ in pairs], 'student'), FeatureTap(twin, [t for _, t in pairs], 'teacher')
+    (_, s_feats), (_, t_feats) = (tap.run(net, x) for tap, net in zip(taps, (student, twin)))
+    assert [time_mean(f).shape for f in s_feats] == [time_mean(f).shape for f in t_feats]  # (the twin: T = 1)
