@@ -29,9 +29,9 @@ num_worker_per_gpu 0, persistent_workers false}; datasets.val.{dataroot_gt, name
 checkpoint frequency, no tensorboard), manual_seed (the run's seed), num_gpu; and for step 1 network_t /
 path.pretrain_network_t (the teacher). Variants (named on the command line, in results.json and the table header):
 --preset sets network_g.preset in both files (and step 2's network_t.preset, its twin); --twin-neuron sets step 1's
-network_g.neuron and step 2's network_t.neuron; --hints sets step 2's train.hint_layers (every neuron's rate or every
-tdBN's output, paired by name with the twin's). Every other key (model_type, networks, AdamW lr 1e-3 and weight decay 1e-4,
-L1 + 0.1 FFT, ema_decay 0.999 with the models' EMA warm-up, KD and hint keys, dataset_enlarge_ratio, flips and
+network_g.neuron and step 2's network_t.neuron; --student-neuron sets step 2's network_g.neuron; --hints sets step
+2's train.hint_layers (every neuron's rate or every tdBN's output, paired by name with the twin's). Every other key
+(model_type, networks, AdamW lr 1e-3 and weight decay 1e-4, L1 + 0.1 FFT, ema_decay 0.999 with the models' EMA warm-up, KD and hint keys, dataset_enlarge_ratio, flips and
 rotations) is the shipped file's.
 
 The teacher: an ANN the user is assumed to have, here NAFNet width 16 (spikerir_plugin.demo.TEACHER_NET; another
@@ -540,6 +540,8 @@ def arm_options(args, workdir, teacher_net, teacher_ckpt, size, extra):
     if args.twin_neuron:  # a variant of the twin's activation, in step 1's network_g and step 2's network_t
         for net in (twin_opt['network_g'], student_opt['network_t']):
             net['neuron'] = args.twin_neuron
+    if args.student_neuron:  # a variant of the spiking student's neuron (step 2's network_g, and so the alone arms)
+        student_opt['network_g']['neuron'] = args.student_neuron
     if args.hints != 'shipped':  # a variant of step 2's hint layers (the student alone has none)
         student_opt['train']['hint_layers'] = hint_layers(student_opt['network_g'], args.hints)
     options = {'twin': twin_opt, 'twin_gt': student_alone_options(twin_opt), 'recipe': student_opt,
@@ -621,6 +623,7 @@ def build_parser():
                                                        '900000 / 300000 = 3x --iters)')
     parser.add_argument('--preset', help="the student's and its twin's SpikerIR preset (shipped: tiny)")
     parser.add_argument('--twin-neuron', help="the twin's neuron (shipped: the twin file's network_g.neuron)")
+    parser.add_argument('--student-neuron', help="the spiking student's neuron (shipped: lif; e.g. plif)")
     parser.add_argument('--hints', choices=HINT_VARIANTS, default='shipped',
                         help="step 2's hint layers: shipped (the decoder levels), rates (every neuron's firing rate) "
                              "or currents (every tdBN's output, the next neuron's input)")
@@ -676,8 +679,8 @@ def main(argv=None):
 
     fixed = {'noisy': evaluate(student_opt, None, None, None, args.device),
              'teacher': dict(evaluate(student_opt, teacher_net, teacher_ckpt, 'params', args.device),
-                             note=f'NAFNet-w{args.teacher_width}, {args.teacher_iters} it by SRModel (given: not in compute; '
-                                  f'{teacher_info["wall_s"]:.0f} s)')}
+                             note=f'NAFNet-w{args.teacher_width}, {args.teacher_iters} it by SRModel (given: not in '
+                                  f'compute; {teacher_info["wall_s"]:.0f} s)')}
     differences = DIFFERENCES + tuple((f'recipe - {arm} (the student alone, {n} it)', 'recipe', arm)
                                       for n, arm in zip(args.alone_iters, extra))
     rows, diffs = summarise(results, order, args.seeds, compute, fixed, differences)
@@ -688,6 +691,7 @@ def main(argv=None):
               f'{args.eval} photos ({", ".join(photos)}, {len(os.listdir(val_dir))} crops), sigma {SIGMA}'
               + ''.join(f'; {flag} {value}' for flag, value in (('preset', args.preset),
                                                                  ('twin neuron', args.twin_neuron),
+                                                                 ('student neuron', args.student_neuron),
                                                                  ('hints', args.hints != 'shipped' and args.hints))
                       if value))
     table = format_table(rows, diffs, fixed, header)

@@ -24,7 +24,7 @@ import kd_ablation as ka  # noqa: E402  (the harness: data, teacher, runs, evalu
 from spikerir_plugin.utils import console  # noqa: E402
 
 GAIN = 'recipe - alone_eq (equal compute: the headline)'
-SET_HERE = ('--iters', '--twin-iters', '--out', '--alone-iters')  # kd_ablation options set per budget (--seeds: the default)
+SET_HERE = ('--iters', '--twin-iters', '--out', '--alone-iters')  # set per budget (--seeds: the default)
 CURVE_ARMS = ('recipe', 'alone', 'alone_eq', 'chain_gt')  # the students (twins are a chain's first step)
 
 

@@ -84,6 +84,15 @@ class StatelessIFNode(neuron.IFNode):
         return multi_step_from_rest(self, super().multi_step_forward, x_seq, *args, **kwargs)
 
 
+class StatelessParametricLIFNode(neuron.ParametricLIFNode):
+    """spikingjelly's ParametricLIFNode (PLIF: the time constant learnt per layer, 1 / sigmoid(w), Fang et al.,
+    ICCV 2021); each multi-step call starts at rest (see the module docstring). Its learnt tau is not in the fused
+    CPU loops' arithmetic, so it runs spikingjelly's own multi-step code."""
+
+    def multi_step_forward(self, x_seq, *args, **kwargs):
+        return multi_step_from_rest(self, super().multi_step_forward, x_seq, *args, **kwargs)
+
+
 def check_stateless(net):
     """Raise if a neuron of ``net`` kept a membrane potential after a forward (a network built from spikingjelly's
     stateful neurons): results would depend on what the network saw before."""
