@@ -27,11 +27,10 @@ Size changes (the only keys changed in either file): train.total_iter with sched
 scaled by the same factor; datasets.train.{dataroot_gt, gt_size (--gt-size, 48), batch_size_per_gpu (--batch, 8),
 num_worker_per_gpu 0, persistent_workers false}; datasets.val.{dataroot_gt, name}; val.val_freq, logger (print and
 checkpoint frequency, no tensorboard), manual_seed (the run's seed), num_gpu; and for step 1 network_t /
-path.pretrain_network_t (the teacher). Variants (named on the command line, in results.json and the table header):
---preset sets network_g.preset in both files (and step 2's network_t.preset, its twin); --twin-neuron sets step 1's
-network_g.neuron and step 2's network_t.neuron; --student-neuron sets step 2's network_g.neuron; --hints sets step
-2's train.hint_layers (every neuron's rate or every tdBN's output, paired by name with the twin's). Every other key
-(model_type, networks, AdamW lr 1e-3 and weight decay 1e-4, L1 + 0.1 FFT, ema_decay 0.999 with the models' EMA warm-up, KD and hint keys, dataset_enlarge_ratio, flips and
+path.pretrain_network_t (the teacher). Variants (named on the command line, in results.json and the table header;
+apply_variants): --preset, --twin-neuron, --student-neuron and --hints (every neuron's rate or every tdBN's output,
+paired by name with the twin's layer). Every other key (model_type, networks, AdamW lr 1e-3 and weight decay 1e-4,
+L1 + 0.1 FFT, ema_decay 0.999 with the models' EMA warm-up, KD and hint keys, dataset_enlarge_ratio, flips and
 rotations) is the shipped file's.
 
 The teacher: an ANN the user is assumed to have, here NAFNet width 16 (spikerir_plugin.demo.TEACHER_NET; another
@@ -508,19 +507,37 @@ def twin_iterations(args, shipped_twin, shipped_student):
 
 
 HINT_VARIANTS = ('shipped', 'rates', 'currents')
+STUDENT_NEURONS = ('lif', 'plif', 'if')
 
 
 def hint_layers(net_opt, kind):
     """train.hint_layers pairing every layer of one kind of the student with the same-named layer of its twin (same
     layers and names): 'rates', every spiking neuron (the student's spikes averaged over T, a firing rate, against
-    the twin's rate activation: layer-wise rate matching as in ANN->SNN conversion); 'currents', every tdBN (the
-    input current of the neuron that follows, a membrane-potential hint without the reset)."""
+    the twin's rate activation: layer-wise rate matching as in ANN->SNN conversion); 'currents', every tdBN (most
+    are the input current of the neuron that follows; a block's last tdBN and its shortcut's feed the residual sum).
+    The hint term sums over the layers, so more layers weigh more (hint_opt.loss_weight is left as shipped)."""
     from spikingjelly.activation_based.layer import ThresholdDependentBatchNorm2d
     from spikerir_plugin.losses.energy_loss import spiking_neuron_types
     from spikerir_plugin.utils.options import network_from_options
     types = {'rates': spiking_neuron_types(), 'currents': (ThresholdDependentBatchNorm2d,)}[kind]
     names = [n for n, m in network_from_options(net_opt).named_modules() if isinstance(m, types)]
     return [[n, n] for n in names]
+
+
+def apply_variants(args, twin_opt, student_opt):
+    """The command line's variants, in place: --preset (both files, and step 2's twin), --twin-neuron (step 1's
+    network_g and step 2's network_t), --student-neuron (step 2's network_g, so the alone arms too), --hints (step
+    2's train.hint_layers; the alone arms drop them with the other distillation keys)."""
+    if args.preset:  # the student and its twin at another size
+        for net in (twin_opt['network_g'], student_opt['network_g'], student_opt['network_t']):
+            net['preset'] = args.preset
+    if args.twin_neuron:
+        for net in (twin_opt['network_g'], student_opt['network_t']):
+            net['neuron'] = args.twin_neuron
+    if args.student_neuron:
+        student_opt['network_g']['neuron'] = args.student_neuron
+    if args.hints != 'shipped':
+        student_opt['train']['hint_layers'] = hint_layers(student_opt['network_g'], args.hints)
 
 
 def arm_options(args, workdir, teacher_net, teacher_ckpt, size, extra):
@@ -534,16 +551,7 @@ def arm_options(args, workdir, teacher_net, teacher_ckpt, size, extra):
     twin_opt['network_t'] = copy.deepcopy(teacher_net)  # the user's teacher instead of the shipped Restormer
     twin_opt['path']['pretrain_network_t'] = teacher_ckpt
     student_opt = resized(shipped_student, args.iters, **size)
-    if args.preset:  # the student and its twin at another size
-        for net in (twin_opt['network_g'], student_opt['network_g'], student_opt['network_t']):
-            net['preset'] = args.preset
-    if args.twin_neuron:  # a variant of the twin's activation, in step 1's network_g and step 2's network_t
-        for net in (twin_opt['network_g'], student_opt['network_t']):
-            net['neuron'] = args.twin_neuron
-    if args.student_neuron:  # a variant of the spiking student's neuron (step 2's network_g, and so the alone arms)
-        student_opt['network_g']['neuron'] = args.student_neuron
-    if args.hints != 'shipped':  # a variant of step 2's hint layers (the student alone has none)
-        student_opt['train']['hint_layers'] = hint_layers(student_opt['network_g'], args.hints)
+    apply_variants(args, twin_opt, student_opt)
     options = {'twin': twin_opt, 'twin_gt': student_alone_options(twin_opt), 'recipe': student_opt,
                'chain_gt': student_opt, 'alone': student_alone_options(student_opt)}
     costs = measured_step_costs(workdir, {k: options[k] for k in ('twin', 'twin_gt', 'recipe', 'alone')},
@@ -623,7 +631,7 @@ def build_parser():
                                                        '900000 / 300000 = 3x --iters)')
     parser.add_argument('--preset', help="the student's and its twin's SpikerIR preset (shipped: tiny)")
     parser.add_argument('--twin-neuron', help="the twin's neuron (shipped: the twin file's network_g.neuron)")
-    parser.add_argument('--student-neuron', help="the spiking student's neuron (shipped: lif; e.g. plif)")
+    parser.add_argument('--student-neuron', choices=STUDENT_NEURONS, help="the spiking student's neuron (shipped: lif)")
     parser.add_argument('--hints', choices=HINT_VARIANTS, default='shipped',
                         help="step 2's hint layers: shipped (the decoder levels), rates (every neuron's firing rate) "
                              "or currents (every tdBN's output, the next neuron's input)")

@@ -24,7 +24,10 @@ import kd_ablation as ka  # noqa: E402  (the harness: data, teacher, runs, evalu
 from spikerir_plugin.utils import console  # noqa: E402
 
 GAIN = 'recipe - alone_eq (equal compute: the headline)'
-SET_HERE = ('--iters', '--twin-iters', '--out', '--alone-iters')  # set per budget (--seeds: the default)
+# kd_ablation options this script sets per budget (--iters, --out) or that would not scale with it (--twin-iters: the
+# twin keeps the shipped ratio; --alone-iters: the `alone` arm is each budget's point at the student's iterations);
+# --seeds is the default of the budgets that name none
+SET_HERE = ('iters', 'twin_iters', 'out', 'alone_iters')
 CURVE_ARMS = ('recipe', 'alone', 'alone_eq', 'chain_gt')  # the students (twins are a chain's first step)
 
 
@@ -121,13 +124,18 @@ def plot(rows, path, preset):
 def main(argv=None):
     parser = build_parser()
     args, passed = parser.parse_known_args(argv)
-    harness = ka.build_parser().parse_args(passed)  # kd_ablation's own errors for a bad option, before any training
-    for option in SET_HERE:
-        if any(a == option or a.startswith(option + '=') for a in passed):
-            parser.error(f'{option} is set per budget here (--budgets FACTOR[:SEEDS] and --base-iters set the '
-                         'iterations and seeds; the results files are fixed)')
+    harness_parser = ka.build_parser()
+    harness = harness_parser.parse_args(passed)  # kd_ablation's own errors for a bad option, before any training
+    for dest in SET_HERE:  # compared as parsed, so an abbreviation (--twin-it) is caught too
+        if getattr(harness, dest) != harness_parser.get_default(dest):
+            parser.error(f'--{dest.replace("_", "-")} is set per budget here or would not scale with the budget: '
+                         '--budgets FACTOR[:SEEDS] and --base-iters set the iterations (the twin at the shipped '
+                         'ratio) and seeds; add `alone` to --arms for the student-iterations point')
+    factors = [f for f, _ in args.budgets]
+    if len(set(factors)) != len(factors):
+        parser.error(f'--budgets names a factor twice: {" ".join(map(str, factors))}')
     rows, failed = [], []
-    for factor, seeds in sorted(args.budgets):
+    for factor, seeds in sorted(args.budgets, key=lambda b: b[0]):
         seeds = seeds if seeds is not None else harness.seeds
         console.status(f'budget {factor}x: student {factor * args.base_iters} it, seeds {seeds}')
         try:

@@ -103,8 +103,8 @@ def check_stateless(net):
         shown = ', '.join(stateful[:5]) + (f' ... ({len(stateful) - 5} more)' if len(stateful) > 5 else '')
         raise ValueError(f'{type(net).__name__} keeps neuron state between calls ({shown}): its output would depend '
                          'on earlier inputs. Build it from spikerir_plugin.archs.neurons.StatelessLIFNode / '
-                         'StatelessIFNode, or call spikingjelly.activation_based.functional.reset_net(self) at the '
-                         'end of its forward.')
+                         'StatelessParametricLIFNode / StatelessIFNode, or call '
+                         'spikingjelly.activation_based.functional.reset_net(self) at the end of its forward.')
 
 
 class RateActivation(nn.Module):

@@ -32,9 +32,10 @@ class SpikerIR(SpikingUNet):
         preset: 'tiny' (92,935 params, default) or 'base' (686,571 params).
         dim: level-1 width (levels use dim, 2*dim, 4*dim).
         enc_blocks, dec_blocks: spiking residual blocks per level, level 1 first.
-        T: time steps. neuron: 'lif' | 'if' | 'rate' (the analog twin: same layers, no spikes; a same-architecture
-            ANN teacher, see neurons.RateActivation) | 'rate<N>', e.g. 'rate4' (the twin with the LIF's rate
-            quantised to N steps, neurons.QuantizedRateActivation). attention: 'fast' | 'spikingjelly' | 'none'.
+        T: time steps. neuron: 'lif' | 'plif' (learnt time constant) | 'if' | 'rate' (the analog twin: same
+            layers, no spikes; a same-architecture ANN teacher, see neurons.RateActivation) | 'rate<N>', e.g.
+            'rate4' (the twin with the LIF's rate quantised to N steps, neurons.QuantizedRateActivation).
+            attention: 'fast' | 'spikingjelly' | 'none'.
         shortcut: 'spike' (default: block shortcut conv on spikes) | 'analog' (ESDNet's, on the block input).
         reduction_t, reduction_c: squeeze ratios of the attention's temporal and channel MLPs
             (need T >= reduction_t and dim >= reduction_c).

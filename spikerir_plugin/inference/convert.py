@@ -3,9 +3,9 @@
 
 The copy is the same arch (same class, same forward code, same module names) with its layers swapped for inference
 layers and its weights frozen (``requires_grad=False``):
-- spiking neurons -> ``InferenceNeuron``: the fused no-grad loop of ``ops/neuron_loops.py`` on the CPU (no autograd,
+- LIF/IF neurons -> ``InferenceNeuron``: the fused no-grad loop of ``ops/neuron_loops.py`` on the CPU (no autograd,
   no surrogate function, spikes written into one preallocated output; optionally compiled with torch.compile),
-  spikingjelly's fused kernels on CUDA;
+  spikingjelly's fused kernels on CUDA; other neurons (PLIF's learnt time constant) stay spikingjelly's, frozen;
 - multi-step convs and batch norms (tdBN, BN) -> plain 4-D calls on [T*B, C, H, W] without spikingjelly's wrappers;
 - each spiking residual block -> ``InferenceResidualBlock``: the same convs and norms, then the attention
   (``InferenceAttention``) and the block's residual applied in the block output's own storage: one plane

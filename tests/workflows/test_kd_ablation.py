@@ -213,8 +213,23 @@ def test_a_stopped_harness_stops_its_trainings_and_the_next_call_resumes_them(tm
     assert result['iters'] == 300 and result['curve'][-1][0] == 300
 
 
-@pytest.mark.parametrize('kind', ['rates', 'currents'])
-def test_hint_variants_pair_every_layer_of_their_kind_with_the_twins_layer_of_the_same_name(kind):
+def test_variants_reach_step_2_and_the_student_alone_keeps_the_neuron_but_not_the_hints():
+    from spikerir_plugin.utils.options import student_alone_options
+    args = kd_ablation.build_parser().parse_args(['--student-neuron', 'plif', '--hints', 'rates'])
+    twin, student = shipped(kd_ablation.SHIPPED_TWIN), shipped(kd_ablation.SHIPPED_STUDENT)
+    kd_ablation.apply_variants(args, twin, student)
+    assert twin == shipped(kd_ablation.SHIPPED_TWIN)  # step 1 untouched
+    assert student['network_g']['neuron'] == 'plif' and student['network_t'] == shipped(
+        kd_ablation.SHIPPED_STUDENT)['network_t']
+    assert student['train']['hint_layers'] == kd_ablation.hint_layers(student['network_g'], 'rates')
+    alone = student_alone_options(student)
+    assert alone['network_g']['neuron'] == 'plif' and 'hint_layers' not in alone['train']
+    with pytest.raises(SystemExit):  # a misspelt neuron is refused by the parser, before anything is trained
+        kd_ablation.build_parser().parse_args(['--student-neuron', 'pliff'])
+
+
+@pytest.mark.parametrize('kind, layers', [('rates', 17), ('currents', 23)])  # the counts benchmarks/README cites
+def test_hint_variants_pair_every_layer_of_their_kind_with_the_twins_layer_of_the_same_name(kind, layers):
     import torch
     from spikingjelly.activation_based.layer import ThresholdDependentBatchNorm2d
 
@@ -224,6 +239,7 @@ def test_hint_variants_pair_every_layer_of_their_kind_with_the_twins_layer_of_th
     from spikerir_plugin.utils.snn import time_mean
     opt = shipped(kd_ablation.SHIPPED_STUDENT)
     pairs = kd_ablation.hint_layers(opt['network_g'], kind)
+    assert len(pairs) == layers
     student, twin = network_from_options(opt['network_g']), network_from_options(opt['network_t'], 'network_t')
     want = {'rates': (StatelessLIFNode, RateActivation),
             'currents': (ThresholdDependentBatchNorm2d, ThresholdDependentBatchNorm2d)}[kind]
