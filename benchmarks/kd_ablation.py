@@ -28,10 +28,10 @@ scaled by the same factor; datasets.train.{dataroot_gt, gt_size (--gt-size, 48),
 num_worker_per_gpu 0, persistent_workers false}; datasets.val.{dataroot_gt, name}; val.val_freq, logger (print and
 checkpoint frequency, no tensorboard), manual_seed (the run's seed), num_gpu; and for step 1 network_t /
 path.pretrain_network_t (the teacher). Variants (named on the command line, in results.json and the table header;
-apply_variants): --preset, --twin-neuron, --student-neuron and --hints (every neuron's rate or every tdBN's output,
-paired by name with the twin's layer). Every other key (model_type, networks, AdamW lr 1e-3 and weight decay 1e-4,
-L1 + 0.1 FFT, ema_decay 0.999 with the models' EMA warm-up, KD and hint keys, dataset_enlarge_ratio, flips and
-rotations) is the shipped file's.
+apply_variants): --preset, --twin-neuron, --student-neuron, --hint-weight and --hints (every neuron's rate or every
+tdBN's output, paired by name with the twin's layer). Every other key (model_type, networks, AdamW lr 1e-3 and weight
+decay 1e-4, L1 + 0.1 FFT, ema_decay 0.999 with the models' EMA warm-up, KD and hint keys, dataset_enlarge_ratio,
+flips and rotations) is the shipped file's.
 
 The teacher: an ANN the user is assumed to have, here NAFNet width 16 (spikerir_plugin.demo.TEACHER_NET; another
 width with --teacher-width) trained once by basicsr's SRModel on the same crops (--teacher-iters, batch 8, lr 2e-3);
@@ -527,7 +527,8 @@ def hint_layers(net_opt, kind):
 def apply_variants(args, twin_opt, student_opt):
     """The command line's variants, in place: --preset (both files, and step 2's twin), --twin-neuron (step 1's
     network_g and step 2's network_t), --student-neuron (step 2's network_g, so the alone arms too), --hints (step
-    2's train.hint_layers; the alone arms drop them with the other distillation keys)."""
+    2's train.hint_layers; the alone arms drop them with the other distillation keys), --hint-weight (step 2's
+    train.hint_opt.loss_weight)."""
     if args.preset:  # the student and its twin at another size
         for net in (twin_opt['network_g'], student_opt['network_g'], student_opt['network_t']):
             net['preset'] = args.preset
@@ -538,6 +539,8 @@ def apply_variants(args, twin_opt, student_opt):
         student_opt['network_g']['neuron'] = args.student_neuron
     if args.hints != 'shipped':
         student_opt['train']['hint_layers'] = hint_layers(student_opt['network_g'], args.hints)
+    if args.hint_weight is not None:
+        student_opt['train']['hint_opt']['loss_weight'] = args.hint_weight
 
 
 def arm_options(args, workdir, teacher_net, teacher_ckpt, size, extra):
@@ -631,6 +634,8 @@ def build_parser():
                                                        '900000 / 300000 = 3x --iters)')
     parser.add_argument('--preset', help="the student's and its twin's SpikerIR preset (shipped: tiny)")
     parser.add_argument('--twin-neuron', help="the twin's neuron (shipped: the twin file's network_g.neuron)")
+    parser.add_argument('--hint-weight', type=float, help="step 2's hint_opt.loss_weight (shipped: 1; the term sums "
+                                                               'over the hint layers)')
     parser.add_argument('--student-neuron', choices=STUDENT_NEURONS, help="the spiking student's neuron (shipped: lif)")
     parser.add_argument('--hints', choices=HINT_VARIANTS, default='shipped',
                         help="step 2's hint layers: shipped (the decoder levels), rates (every neuron's firing rate) "
@@ -700,7 +705,8 @@ def main(argv=None):
               + ''.join(f'; {flag} {value}' for flag, value in (('preset', args.preset),
                                                                  ('twin neuron', args.twin_neuron),
                                                                  ('student neuron', args.student_neuron),
-                                                                 ('hints', args.hints != 'shipped' and args.hints))
+                                                                 ('hints', args.hints != 'shipped' and args.hints),
+                                                                 ('hint weight', args.hint_weight))
                       if value))
     table = format_table(rows, diffs, fixed, header)
     console.info('\n' + table)

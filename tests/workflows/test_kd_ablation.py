@@ -215,13 +215,15 @@ def test_a_stopped_harness_stops_its_trainings_and_the_next_call_resumes_them(tm
 
 def test_variants_reach_step_2_and_the_student_alone_keeps_the_neuron_but_not_the_hints():
     from spikerir_plugin.utils.options import student_alone_options
-    args = kd_ablation.build_parser().parse_args(['--student-neuron', 'plif', '--hints', 'rates'])
+    args = kd_ablation.build_parser().parse_args(['--student-neuron', 'plif', '--hints', 'rates', '--hint-weight',
+                                                  '0.25'])
     twin, student = shipped(kd_ablation.SHIPPED_TWIN), shipped(kd_ablation.SHIPPED_STUDENT)
     kd_ablation.apply_variants(args, twin, student)
     assert twin == shipped(kd_ablation.SHIPPED_TWIN)  # step 1 untouched
     assert student['network_g']['neuron'] == 'plif' and student['network_t'] == shipped(
         kd_ablation.SHIPPED_STUDENT)['network_t']
     assert student['train']['hint_layers'] == kd_ablation.hint_layers(student['network_g'], 'rates')
+    assert student['train']['hint_opt']['loss_weight'] == 0.25
     alone = student_alone_options(student)
     assert alone['network_g']['neuron'] == 'plif' and 'hint_layers' not in alone['train']
     with pytest.raises(SystemExit):  # a misspelt neuron is refused by the parser, before anything is trained
