@@ -659,6 +659,38 @@ def build_parser():
     return parser
 
 
+# ------------------------------------------------------------------ scripts that call this harness several times
+def driver_options(parser, argv, owned, why):
+    """(the script's args, the options it passes on to this harness, those options as the harness parses them) for
+    a script that calls main() once per configuration (teacher_strength.py, kd_scaling.py): the harness's own
+    errors for a bad option, and ``parser.error('--<option> <why>')`` for any of ``owned`` (the harness's dests the
+    script sets itself) given in any spelling argparse takes, an abbreviation or the default value included; all
+    before any training."""
+    args, passed = parser.parse_known_args(argv)
+    harness = build_parser().parse_args(passed)
+    unset = object()
+    probe = build_parser()
+    probe.set_defaults(**dict.fromkeys(owned, unset))
+    given = vars(probe.parse_args(passed))
+    for dest in owned:
+        if given[dest] is not unset:
+            parser.error(f'--{dest.replace("_", "-")} {why}')
+    return args, passed, harness
+
+
+def main_per_config(configs, label, argv):
+    """main(argv(config)) for each config in turn, announced as label(config): ([(config, its output)], the
+    failures as 'label: why'); a failed call does not stop the others."""
+    done, failed = [], []
+    for config in configs:
+        console.status(label(config))
+        try:
+            done.append((config, main(argv(config))))
+        except SystemExit as stop:
+            failed.append(f'{label(config)}: {stop}')
+    return done, failed
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
 

@@ -123,27 +123,19 @@ def plot(rows, path, preset):
 
 def main(argv=None):
     parser = build_parser()
-    args, passed = parser.parse_known_args(argv)
-    harness_parser = ka.build_parser()
-    harness = harness_parser.parse_args(passed)  # kd_ablation's own errors for a bad option, before any training
-    for dest in SET_HERE:  # compared as parsed, so an abbreviation (--twin-it) is caught too
-        if getattr(harness, dest) != harness_parser.get_default(dest):
-            parser.error(f'--{dest.replace("_", "-")} is set per budget here or would not scale with the budget: '
-                         '--budgets FACTOR[:SEEDS] and --base-iters set the iterations (the twin at the shipped '
-                         'ratio) and seeds; add `alone` to --arms for the student-iterations point')
+    args, passed, harness = ka.driver_options(
+        parser, argv, SET_HERE, 'is set per budget here or would not scale with the budget: --budgets '
+                                'FACTOR[:SEEDS] and --base-iters set the iterations (the twin at the shipped ratio) '
+                                'and seeds; add `alone` to --arms for the student-iterations point')
     factors = [f for f, _ in args.budgets]
     if len(set(factors)) != len(factors):
         parser.error(f'--budgets names a factor twice: {" ".join(map(str, factors))}')
-    rows, failed = [], []
-    for factor, seeds in sorted(args.budgets, key=lambda b: b[0]):
-        seeds = seeds if seeds is not None else harness.seeds
-        console.status(f'budget {factor}x: student {factor * args.base_iters} it, seeds {seeds}')
-        try:
-            out = ka.main(harness_argv(passed, factor, seeds, args.base_iters, harness.preset))
-        except SystemExit as stop:  # a run failed: the other budgets still run; reported at the end
-            failed.append(f'{factor}x: {stop}')
-            continue
-        rows.append(budget_row(factor, out))
+    budgets = [(factor, harness.seeds if seeds is None else seeds)
+               for factor, seeds in sorted(args.budgets, key=lambda b: b[0])]
+    done, failed = ka.main_per_config(
+        budgets, lambda b: f'budget {b[0]}x: student {b[0] * args.base_iters} it, seeds {b[1]}',
+        lambda b: harness_argv(passed, *b, args.base_iters, harness.preset))
+    rows = [budget_row(factor, out) for (factor, _), out in done]
     table = format_table(rows, harness.eval, harness.preset)
     console.info('\n' + table)
     workdir = os.path.abspath(harness.workdir)

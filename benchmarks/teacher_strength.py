@@ -23,7 +23,7 @@ from spikerir_plugin.utils import console  # noqa: E402
 
 CONTRIBUTION = "recipe - chain_gt (the teacher's own contribution)"
 KEPT = 'recipe - teacher (teacher -> spiking student)'
-SET_HERE = ('--teacher-width', '--teacher-iters', '--arms', '--out')  # kd_ablation options this script sets
+SET_HERE = ('teacher_width', 'teacher_iters', 'arms', 'out')  # kd_ablation options this script sets
 
 
 def teacher_spec(text):
@@ -99,22 +99,12 @@ def plot(rows, path):
 
 
 def main(argv=None):
-    parser = build_parser()
-    args, passed = parser.parse_known_args(argv)
-    harness = ka.build_parser().parse_args(passed)  # kd_ablation's own errors for a bad option, before any training
-    for option in SET_HERE:
-        if any(a == option or a.startswith(option + '=') for a in passed):
-            parser.error(f'{option} is set per teacher here (--teachers WIDTH:ITERATIONS sets the teacher; the arms '
-                         'and results files are fixed)')
-    rows, failed = [], []
-    for width, iters in args.teachers:
-        console.status(f'teacher NAFNet-w{width}, {iters} it')
-        try:
-            out = ka.main(harness_argv(passed, width, iters))
-        except SystemExit as stop:  # a run failed: the other teachers still run; reported at the end
-            failed.append(f'NAFNet-w{width}, {iters} it: {stop}')
-            continue
-        rows.append(teacher_row(width, iters, out))
+    args, passed, harness = ka.driver_options(
+        build_parser(), argv, SET_HERE, 'is set per teacher here (--teachers WIDTH:ITERATIONS sets the teacher; the '
+                                        'arms and results files are fixed)')
+    done, failed = ka.main_per_config(args.teachers, lambda t: f'teacher NAFNet-w{t[0]}, {t[1]} it',
+                                      lambda t: harness_argv(passed, *t))
+    rows = [teacher_row(width, iters, out) for (width, iters), out in done]
     rows.sort(key=lambda r: r['teacher_psnr'])
     table = format_table(rows, harness.eval)
     console.info('\n' + table)
