@@ -507,7 +507,7 @@ def twin_iterations(args, shipped_twin, shipped_student):
 
 
 HINT_VARIANTS = ('shipped', 'rates', 'currents')
-STUDENT_NEURONS = ('lif', 'plif', 'if')
+STUDENT_NEURONS = ('lif', 'plif', 'lif_vth', 'if')
 
 
 def hint_layers(net_opt, kind):

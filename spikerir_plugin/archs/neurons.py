@@ -93,6 +93,33 @@ class StatelessParametricLIFNode(neuron.ParametricLIFNode):
         return multi_step_from_rest(self, super().multi_step_forward, x_seq, *args, **kwargs)
 
 
+class StatelessLearntThresholdLIFNode(StatelessLIFNode):
+    """The blocks' LIF with a firing threshold learnt per layer (``neuron='lif_vth'``): theta = v_threshold *
+    exp(log_threshold), log_threshold starting at 0 (the shipped LIF). spikingjelly's multi-step LIF takes the
+    threshold as a Python number (a tensor threshold gets no gradient), so the threshold is learnt through the input
+    instead: with a hard reset to 0 and no input decay the potential is linear in the input, so a neuron driven by
+    x fires against theta exactly when one driven by x * v_threshold / theta fires against v_threshold. The spikes
+    are a true learnt threshold's; the surrogate's slope is scaled by v_threshold / theta (1 at the start). The
+    fused CPU loops run as for the LIF."""
+
+    learns_threshold = True  # inference.convert keeps it as it is (its threshold is not a number)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.log_threshold = nn.Parameter(torch.zeros(()))
+
+    @property
+    def threshold(self):
+        """The learnt threshold theta (a 0-dim tensor)."""
+        return self.v_threshold * self.log_threshold.exp()
+
+    def multi_step_forward(self, x_seq, *args, **kwargs):
+        return super().multi_step_forward(x_seq * torch.exp(-self.log_threshold), *args, **kwargs)
+
+    def single_step_forward(self, x, *args, **kwargs):
+        return super().single_step_forward(x * torch.exp(-self.log_threshold), *args, **kwargs)
+
+
 def check_stateless(net):
     """Raise if a neuron of ``net`` kept a membrane potential after a forward (a network built from spikingjelly's
     stateful neurons): results would depend on what the network saw before."""

@@ -13,16 +13,17 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from spikingjelly.activation_based import base, layer
 
-from spikerir_plugin.archs.neurons import (QuantizedRateActivation, RateActivation, StatelessIFNode, StatelessLIFNode,
+from spikerir_plugin.archs.neurons import (QuantizedRateActivation, RateActivation, StatelessIFNode,
+                                           StatelessLearntThresholdLIFNode, StatelessLIFNode,
                                            StatelessParametricLIFNode)
 from spikerir_plugin.archs.arch_util import pad_to_multiple
 from spikerir_plugin.utils.snn import time_mean
 
 V_TH = 0.15
 TDBN_ALPHA = 1 / math.sqrt(2)
-NEURONS = ('lif', 'plif', 'if', 'rate', 'rate<N>')  # 'plif': the LIF with a learnt time constant (starts at the
-#                                   LIF's tau 2); 'rate', 'rate<N>': the analog twin (neurons.RateActivation,
-#                                   QuantizedRateActivation at N levels), not spiking
+NEURONS = ('lif', 'plif', 'lif_vth', 'if', 'rate', 'rate<N>')  # 'plif': the LIF with a learnt time constant
+#          (starts at the LIF's tau 2); 'lif_vth': the LIF with a learnt threshold (starts at v_th); 'rate',
+#          'rate<N>': the analog twin (neurons.RateActivation, QuantizedRateActivation at N levels), not spiking
 ATTENTIONS = ('fast', 'spikingjelly', 'none')
 SHORTCUTS = ('analog', 'spike')
 
@@ -52,6 +53,8 @@ def make_neuron(kind='lif', v_threshold=V_TH):
         return StatelessLIFNode(tau=2.0, decay_input=False, v_threshold=v_threshold, step_mode='m')
     if kind == 'plif':
         return StatelessParametricLIFNode(init_tau=2.0, decay_input=False, v_threshold=v_threshold, step_mode='m')
+    if kind == 'lif_vth':
+        return StatelessLearntThresholdLIFNode(tau=2.0, decay_input=False, v_threshold=v_threshold, step_mode='m')
     if kind == 'rate':
         return RateActivation(v_threshold)
     if rate_steps(kind) is not None:

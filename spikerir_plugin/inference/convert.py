@@ -5,7 +5,8 @@ The copy is the same arch (same class, same forward code, same module names) wit
 layers and its weights frozen (``requires_grad=False``):
 - LIF/IF neurons -> ``InferenceNeuron``: the fused no-grad loop of ``ops/neuron_loops.py`` on the CPU (no autograd,
   no surrogate function, spikes written into one preallocated output; optionally compiled with torch.compile),
-  spikingjelly's fused kernels on CUDA; other neurons (PLIF's learnt time constant) stay spikingjelly's, frozen;
+  spikingjelly's fused kernels on CUDA; other neurons (PLIF's learnt time constant, a learnt threshold) stay the
+  arch's own, frozen;
 - multi-step convs and batch norms (tdBN, BN) -> plain 4-D calls on [T*B, C, H, W] without spikingjelly's wrappers;
 - each spiking residual block -> ``InferenceResidualBlock``: the same convs and norms, then the attention
   (``InferenceAttention``) and the block's residual applied in the block output's own storage: one plane
@@ -79,7 +80,8 @@ class _Converter:
 
     def __call__(self, module):
         if isinstance(module, BaseNode):
-            return InferenceNeuron(module, self.compiled, self.exact) if neuron_spec(module) else module
+            plain = neuron_spec(module) and not getattr(module, 'learns_threshold', False)
+            return InferenceNeuron(module, self.compiled, self.exact) if plain else module
         if isinstance(module, SpikingResidualBlock):
             return InferenceResidualBlock(module, self)
         # an attention whose block adds the residual after a plain attn(y) call (fuses_residual=False: VLIF) is
