@@ -29,7 +29,8 @@ num_worker_per_gpu 0, persistent_workers false}; datasets.val.{dataroot_gt, name
 checkpoint frequency, no tensorboard), manual_seed (the run's seed), num_gpu; and for step 1 network_t /
 path.pretrain_network_t (the teacher). Variants (named on the command line, in results.json and the table header;
 apply_variants): --preset, --twin-neuron, --student-neuron, --hint-weight and --hints (every neuron's rate or every
-tdBN's output, paired by name with the twin's layer). Every other key (model_type, networks, AdamW lr 1e-3 and weight
+tdBN's output, paired by name with the twin's layer); --twin-finetune adds arm twin_ft between the twin and step 2
+(finetune_options). Every other key (model_type, networks, AdamW lr 1e-3 and weight
 decay 1e-4, L1 + 0.1 FFT, ema_decay 0.999 with the models' EMA warm-up, KD and hint keys, dataset_enlarge_ratio,
 flips and rotations) is the shipped file's.
 
@@ -383,7 +384,7 @@ def fmt(ms, sign=False):
     return f'{ms[0]:+6.2f} +- {ms[1]:.2f}' if sign else f'{ms[0]:6.2f} +- {ms[1]:.2f}'
 
 
-def summarise(results, arms, seeds, compute, fixed, differences):
+def summarise(results, arms, seeds, compute, fixed, differences, chain=None):
     """Per arm: mean +- std over its seeds of PSNR/SSIM for both weight sets and of the measured wall time (a
     chain's twin included); the paired differences the table reports."""
     rows = {}
@@ -398,8 +399,7 @@ def summarise(results, arms, seeds, compute, fixed, differences):
                 values = [r['scores'][key][metric] for r in per_seed.values()]
                 row[f'{metric}_{key}'] = mean_std(values)
                 row[f'{metric}_{key}_per_seed'] = values
-        walls = [r['wall_s'] + (results[(CHAIN_TWIN[arm], s)]['wall_s'] if arm in CHAIN_TWIN else 0.0)
-                 for s, r in per_seed.items()]
+        walls = [sum(results[(a, s)]['wall_s'] for a in chain_of(arm, chain)) for s in per_seed]
         row['wall_s'] = mean_std(walls)
         row['curve'] = mean_curve([r['curve'] for r in per_seed.values()])
         rows[arm] = row
@@ -422,12 +422,32 @@ def summarise(results, arms, seeds, compute, fixed, differences):
 
 
 CHAIN_TWIN = {'recipe': 'twin', 'chain_gt': 'twin_gt'}  # a chain arm -> the twin it starts from
+
+
+def chain_twins(args):
+    """{arm: the run it starts from}, in the order their compute adds up: with --twin-finetune the recipe starts
+    from twin_ft, the twin fine-tuned with the student's quantisation, which starts from twin."""
+    if not getattr(args, 'twin_finetune', None):
+        return dict(CHAIN_TWIN)
+    return {'twin_ft': 'twin', 'recipe': 'twin_ft', 'chain_gt': 'twin_gt'}
+
+
+def chain_of(arm, chain=None):
+    """``arm`` and the runs it starts from, itself first (e.g. recipe, twin_ft, twin)."""
+    chain = CHAIN_TWIN if chain is None else chain
+    arms = [arm]
+    while arms[-1] in chain:
+        arms.append(chain[arms[-1]])
+    return arms
+
 DIFFERENCES = (  # (label, arm, minus arm or fixed row), paired by seed
     ('recipe - alone_eq (equal compute: the headline)', 'recipe', 'alone_eq'),
     ('recipe - alone (equal student iterations)', 'recipe', 'alone'),
     ('chain_gt - alone_eq (no teacher, vs equal compute)', 'chain_gt', 'alone_eq'),
     ("recipe - chain_gt (the teacher's own contribution)", 'recipe', 'chain_gt'),
     ('recipe - twin (twin -> spiking student)', 'recipe', 'twin'),
+    ('recipe - twin_ft (fine-tuned twin -> spiking student)', 'recipe', 'twin_ft'),
+    ('twin_ft - twin (the fine-tune)', 'twin_ft', 'twin'),
     ('recipe - teacher (teacher -> spiking student)', 'recipe', 'teacher'),
     ('alone_eq - alone (more iterations alone)', 'alone_eq', 'alone'),
 )
@@ -468,7 +488,7 @@ def plot_curves(rows, path):
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for arm, r in rows.items():
-        if arm in ('twin', 'twin_gt') or not r['curve']:
+        if arm in ('twin', 'twin_ft', 'twin_gt') or not r['curve']:
             continue
         per_iter = r['step_s']
         offset = r['compute_s'] - per_iter * r['iters']
@@ -556,11 +576,15 @@ def arm_options(args, workdir, teacher_net, teacher_ckpt, size, extra):
     student_opt = resized(shipped_student, args.iters, **size)
     apply_variants(args, twin_opt, student_opt)
     options = {'twin': twin_opt, 'twin_gt': student_alone_options(twin_opt), 'recipe': student_opt,
-               'chain_gt': student_opt, 'alone': student_alone_options(student_opt)}
-    costs = measured_step_costs(workdir, {k: options[k] for k in ('twin', 'twin_gt', 'recipe', 'alone')},
-                                args.step_cost, args.device)
+               'chain_gt': copy.deepcopy(student_opt), 'alone': student_alone_options(student_opt)}
+    timed = ['twin', 'twin_gt', 'recipe', 'alone']
+    if args.twin_finetune:
+        options['twin_ft'], options['recipe'] = finetune_options(twin_opt, student_opt, args.twin_finetune)
+        timed.append('twin_ft')
+    costs = measured_step_costs(workdir, {k: options[k] for k in timed}, args.step_cost, args.device)
     costs['chain_gt'] = costs['recipe']
-    recipe_compute = costs['twin'] * twin_iters + costs['recipe'] * args.iters
+    chain = chain_twins(args)
+    recipe_compute = sum(costs[a] * int(options[a]['train']['total_iter']) for a in chain_of('recipe', chain))
     eq_iters = max(int(round(recipe_compute / costs['alone'])), 1)
     options['alone_eq'] = rescale_iterations(copy.deepcopy(options['alone']), eq_iters)
     costs['alone_eq'] = costs['alone']
@@ -568,25 +592,41 @@ def arm_options(args, workdir, teacher_net, teacher_ckpt, size, extra):
         options[arm] = rescale_iterations(copy.deepcopy(options['alone']), n)
         costs[arm] = costs['alone']
     compute = {arm: costs[arm] * int(opt['train']['total_iter']) for arm, opt in options.items()}
-    for arm, twin in CHAIN_TWIN.items():
+    for arm, twin in chain.items():
         compute[arm] += compute[twin]
     return twin_iters, student_opt, options, costs, compute, recipe_compute, eq_iters
 
 
+def finetune_options(twin_opt, student_opt, iters):
+    """--twin-finetune: (twin_ft's options, step 2's options). twin_ft is step 1 again for ``iters`` iterations
+    (LR and schedules scaled), its network the twin with ``neuron: rate<T>`` (the LIF's rate quantised to the
+    student's T steps: a conversion-aware fine-tune), started from the twin's params_ema; step 2 then distils from
+    and starts from twin_ft (its network_t the same quantised twin)."""
+    steps = int(student_opt['network_g'].get('T', 4))
+    ft = rescale_iterations(copy.deepcopy(twin_opt), int(iters))
+    ft['network_g']['neuron'] = f'rate{steps}'
+    ft['path'].update(param_key_g='params_ema', strict_load_g=True)
+    student = copy.deepcopy(student_opt)
+    student['network_t']['neuron'] = f'rate{steps}'
+    return ft, student
+
+
 def plan_runs(workdir, options, needed, extra, args):
-    """{(arm, seed): Run}: every seed's main arms first (twin, recipe, alone, alone_eq), then the teacher-free
-    chain, then the extra students alone; a chain's student depends on its seed's twin."""
+    """{(arm, seed): Run}: every seed's main arms first (twin, twin_ft, recipe, alone, alone_eq), then the
+    teacher-free chain, then the extra students alone; a chain's run depends on the run it starts from (the twin's
+    checkpoint is step 2's network_t, twin_ft's network_g)."""
+    chain = chain_twins(args)
     runs = {}
-    for group in (('twin', 'recipe', 'alone', 'alone_eq'), ('twin_gt', 'chain_gt'), tuple(extra)):
+    for group in (('twin', 'twin_ft', 'recipe', 'alone', 'alone_eq'), ('twin_gt', 'chain_gt'), tuple(extra)):
         for seed in args.seeds:
             for arm in group:
                 if arm not in needed:
                     continue
                 opt = copy.deepcopy(options[arm])
                 deps = ()
-                if arm in CHAIN_TWIN:
-                    twin = runs[(CHAIN_TWIN[arm], seed)]
-                    opt['path']['pretrain_network_t'] = twin.ckpt
+                if arm in chain:
+                    twin = runs[(chain[arm], seed)]
+                    opt['path']['pretrain_network_g' if arm == 'twin_ft' else 'pretrain_network_t'] = twin.ckpt
                     deps = (twin.key,)
                 runs[(arm, seed)] = Run(workdir, arm, seed, opt, args.curve_points, args.device, deps)
     return runs
@@ -632,6 +672,9 @@ def build_parser():
     parser.add_argument('--iters', type=int, default=600, help="the student's iterations (the 1x budget: 600)")
     parser.add_argument('--twin-iters', type=int, help="the twin's iterations (default: the shipped files' ratio, "
                                                        '900000 / 300000 = 3x --iters)')
+    parser.add_argument('--twin-finetune', type=int, metavar='ITERS',
+                        help='fine-tune the twin for ITERS iterations with neuron rate<T> (its rate quantised to the '
+                             "student's T steps) before step 2 (arm twin_ft; its compute counts in the recipe's)")
     parser.add_argument('--preset', help="the student's and its twin's SpikerIR preset (shipped: tiny)")
     parser.add_argument('--twin-neuron', help="the twin's neuron (shipped: the twin file's network_g.neuron)")
     parser.add_argument('--hint-weight', type=float, help="step 2's hint_opt.loss_weight (shipped: 1; the term sums "
@@ -700,8 +743,9 @@ def main(argv=None):
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
     extra = [f'alone_{n}' for n in args.alone_iters]
-    needed = set(args.arms) | {CHAIN_TWIN[a] for a in args.arms if a in CHAIN_TWIN} | set(extra)
-    order = [a for a in ARMS if a in needed] + extra
+    chain = chain_twins(args)
+    needed = {run for a in args.arms for run in chain_of(a, chain)} | set(extra)
+    order = [a for a in ('twin', 'twin_ft') + ARMS[1:] if a in needed] + extra
 
     photos, size = harness_data(args, workdir)
     train_dir, val_dir = size['train_dir'], size['val_dir']
@@ -728,7 +772,7 @@ def main(argv=None):
                                   f'compute; {teacher_info["wall_s"]:.0f} s)')}
     differences = DIFFERENCES + tuple((f'recipe - {arm} (the student alone, {n} it)', 'recipe', arm)
                                       for n, arm in zip(args.alone_iters, extra))
-    rows, diffs = summarise(results, order, args.seeds, compute, fixed, differences)
+    rows, diffs = summarise(results, order, args.seeds, compute, fixed, differences, chain)
     for arm, r in rows.items():
         r['step_s'] = costs[arm]
     header = (f'KD at equal compute, shipped options ({SHIPPED_TWIN} -> {SHIPPED_STUDENT}), sized: student '
@@ -736,6 +780,7 @@ def main(argv=None):
               f'{args.eval} photos ({", ".join(photos)}, {len(os.listdir(val_dir))} crops), sigma {SIGMA}'
               + ''.join(f'; {flag} {value}' for flag, value in (('preset', args.preset),
                                                                  ('twin neuron', args.twin_neuron),
+                                                                 ('twin fine-tune it', args.twin_finetune),
                                                                  ('student neuron', args.student_neuron),
                                                                  ('hints', args.hints != 'shipped' and args.hints),
                                                                  ('hint weight', args.hint_weight))

@@ -252,3 +252,33 @@ def test_hint_variants_pair_every_layer_of_their_kind_with_the_twins_layer_of_th
     taps = FeatureTap(student, [s for s, _ in pairs], 'student'), FeatureTap(twin, [t for _, t in pairs], 'teacher')
     (_, s_feats), (_, t_feats) = (tap.run(net, x) for tap, net in zip(taps, (student, twin)))
     assert [time_mean(f).shape for f in s_feats] == [time_mean(f).shape for f in t_feats]  # (the twin: T = 1)
+
+
+def test_twin_finetune_quantises_the_twin_from_its_checkpoint_and_step_2_starts_from_it(tmp_path):
+    workdir = tmp_path / 'work'
+    cmd = [PYTHON, os.path.join(REPO_ROOT, 'benchmarks', 'kd_ablation.py'), *TINY, '--arms', 'recipe',
+           '--twin-finetune', '2', '--workdir', str(workdir)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = {}
+    for run in (workdir / 'runs').iterdir():
+        log, = run.glob('experiments/*/train_*.log')
+        runs[run.name.split('-s0-')[0]] = (yaml.safe_load((run / 'options.yml').read_text()), log.read_text(),
+                                           json.loads((run / 'result.json').read_text()))
+    assert set(runs) == {'twin', 'twin_ft', 'recipe'}
+    (twin, _, twin_result), (ft, ft_log, ft_result), (recipe, recipe_log, _) = (runs[a] for a in
+                                                                                ('twin', 'twin_ft', 'recipe'))
+    # twin_ft: step 1 again, the student's quantisation (T=4) in its neuron, from the twin's EMA weights
+    assert ft['network_g']['neuron'] == 'rate4' and twin['network_g']['neuron'] == 'rate'
+    assert ft['path']['pretrain_network_g'] == twin_result['checkpoint'] and ft['path']['param_key_g'] == 'params_ema'
+    assert ft['network_t'] == twin['network_t'] and ft['train']['total_iter'] == ft_result['iters'] == 2
+    assert f"Loaded network_g SpikerIR from {twin_result['checkpoint']} [params_ema]" in ft_log
+    # step 2 distils from and starts from the fine-tuned twin, with the same quantised network
+    assert recipe['path']['pretrain_network_t'] == ft_result['checkpoint']
+    assert recipe['network_t']['neuron'] == 'rate4' and 'Student initialised from the teacher' in recipe_log
+    result = json.loads((workdir / 'results.json').read_text())
+    step = result['step_s']
+    assert result['compute_s']['recipe'] == pytest.approx(step['twin'] * 12 + step['twin_ft'] * 2 + step['recipe'] * 4)
+    assert result['arms']['recipe']['wall_s'][0] == pytest.approx(
+        sum(runs[a][2]['wall_s'] for a in ('twin', 'twin_ft', 'recipe')))
+    assert 'twin_ft - twin (the fine-tune)' in result['differences']
