@@ -89,17 +89,25 @@ def resized(opt, iters, train_dir, val_dir, val_name, gt_size, batch, train_back
 
 def with_untrained_teachers(option_sets, folder):
     """Copies of ``option_sets`` whose every network_t loads freshly initialised weights saved under ``folder``:
-    a step costs the same with an untrained teacher, so steps can be timed before the teachers are trained."""
+    a step costs the same with an untrained teacher, so steps can be timed before the teachers are trained. Each
+    file is named by its network's options and written whole before it appears, so calls sharing ``folder`` (two
+    benchmarks on one work folder) never read another's network or a half-written file."""
+    import hashlib
+    import json
     import torch
     from basicsr.archs import build_network
     sets = copy.deepcopy(option_sets)
-    for key, opt in sets.items():
+    for opt in sets.values():
         if not opt.get('network_t'):
             continue
-        torch.manual_seed(0)
-        state = build_network(copy.deepcopy(opt['network_t'])).state_dict()
-        path = os.path.join(folder, f'untrained_teacher_{key}.pth')
-        torch.save({'params': state, 'params_ema': state}, path)
+        digest = hashlib.sha1(json.dumps(opt['network_t'], sort_keys=True).encode()).hexdigest()[:10]
+        path = os.path.join(folder, f'untrained_teacher_{digest}.pth')
+        if not os.path.isfile(path):
+            torch.manual_seed(0)
+            state = build_network(copy.deepcopy(opt['network_t'])).state_dict()
+            partial = f'{path}.{os.getpid()}.partial'
+            torch.save({'params': state, 'params_ema': state}, partial)
+            os.replace(partial, path)
         opt['path']['pretrain_network_t'] = path
     return sets
 

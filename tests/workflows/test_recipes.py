@@ -117,3 +117,18 @@ def test_step_costs_time_the_sized_recipe_before_any_teacher_is_trained(tmp_path
     assert 'network_t' not in ready['alone']
     costs = recipes.step_costs(ready, 1, 'cpu')
     assert set(costs) == set(sets) and all(c > 0 for c in costs.values())
+
+
+def test_untrained_teachers_of_two_calls_on_one_folder_never_overwrite_each_other(tmp_path):
+    import torch
+    size = dict(train_dir=str(tmp_path), val_dir=str(tmp_path), val_name='v', gt_size=16, batch=2)
+    tiny = recipes.resized(checkout_file(STUDENT), 4, **size)
+    base = copy.deepcopy(tiny)
+    base['network_t']['preset'] = 'base'
+    first = recipes.with_untrained_teachers({'recipe': tiny}, str(tmp_path))['recipe']['path']['pretrain_network_t']
+    second = recipes.with_untrained_teachers({'recipe': base}, str(tmp_path))['recipe']['path']['pretrain_network_t']
+    again = recipes.with_untrained_teachers({'student': tiny}, str(tmp_path))['student']['path']['pretrain_network_t']
+    assert first != second and again == first  # named by the network, not by the caller's key
+    sizes = [sum(v.numel() for v in torch.load(p, map_location='cpu')['params'].values()) for p in (first, second)]
+    assert sizes[0] < sizes[1]  # the tiny twin's weights stayed where the base call wrote its own
+    assert not [p for p in os.listdir(tmp_path) if p.endswith('.partial')]
