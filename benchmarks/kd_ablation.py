@@ -384,9 +384,9 @@ def fmt(ms, sign=False):
     return f'{ms[0]:+6.2f} +- {ms[1]:.2f}' if sign else f'{ms[0]:6.2f} +- {ms[1]:.2f}'
 
 
-def summarise(results, arms, seeds, compute, fixed, differences, chain=None):
+def summarise(results, arms, seeds, compute, fixed, differences, chain):
     """Per arm: mean +- std over its seeds of PSNR/SSIM for both weight sets and of the measured wall time (a
-    chain's twin included); the paired differences the table reports."""
+    chain's twins included, ``chain`` as chain_twins gives it); the paired differences the table reports."""
     rows = {}
     for arm in arms:
         per_seed = {s: results[(arm, s)] for s in seeds if (arm, s) in results}
@@ -432,9 +432,8 @@ def chain_twins(args):
     return {'twin_ft': 'twin', 'recipe': 'twin_ft', 'chain_gt': 'twin_gt'}
 
 
-def chain_of(arm, chain=None):
-    """``arm`` and the runs it starts from, itself first (e.g. recipe, twin_ft, twin)."""
-    chain = CHAIN_TWIN if chain is None else chain
+def chain_of(arm, chain):
+    """``arm`` and the runs it starts from in ``chain`` (chain_twins), itself first (e.g. recipe, twin_ft, twin)."""
     arms = [arm]
     while arms[-1] in chain:
         arms.append(chain[arms[-1]])
@@ -563,7 +562,7 @@ def apply_variants(args, twin_opt, student_opt):
         student_opt['train']['hint_opt']['loss_weight'] = args.hint_weight
 
 
-def arm_options(args, workdir, teacher_net, teacher_ckpt, size, extra):
+def arm_options(args, workdir, teacher_net, teacher_ckpt, size, extra, chain):
     """Each arm's options (the shipped files sized by ``size``), the measured step costs and each arm's compute:
     (twin iterations, the student's options, {arm: options}, {arm: step s}, {arm: compute s}, the recipe's compute,
     alone_eq's iterations)."""
@@ -583,7 +582,6 @@ def arm_options(args, workdir, teacher_net, teacher_ckpt, size, extra):
         timed.append('twin_ft')
     costs = measured_step_costs(workdir, {k: options[k] for k in timed}, args.step_cost, args.device)
     costs['chain_gt'] = costs['recipe']
-    chain = chain_twins(args)
     recipe_compute = sum(costs[a] * int(options[a]['train']['total_iter']) for a in chain_of('recipe', chain))
     eq_iters = max(int(round(recipe_compute / costs['alone'])), 1)
     options['alone_eq'] = rescale_iterations(copy.deepcopy(options['alone']), eq_iters)
@@ -611,11 +609,10 @@ def finetune_options(twin_opt, student_opt, iters):
     return ft, student
 
 
-def plan_runs(workdir, options, needed, extra, args):
+def plan_runs(workdir, options, needed, extra, args, chain):
     """{(arm, seed): Run}: every seed's main arms first (twin, twin_ft, recipe, alone, alone_eq), then the
     teacher-free chain, then the extra students alone; a chain's run depends on the run it starts from (the twin's
     checkpoint is step 2's network_t, twin_ft's network_g)."""
-    chain = chain_twins(args)
     runs = {}
     for group in (('twin', 'twin_ft', 'recipe', 'alone', 'alone_eq'), ('twin_gt', 'chain_gt'), tuple(extra)):
         for seed in args.seeds:
@@ -753,11 +750,11 @@ def main(argv=None):
                                                             args.gt_size, args.device, args.teacher_width)
 
     twin_iters, student_opt, options, costs, compute, recipe_compute, eq_iters = arm_options(
-        args, workdir, teacher_net, teacher_ckpt, size, extra)
+        args, workdir, teacher_net, teacher_ckpt, size, extra, chain)
     console.status('step s: ' + ', '.join(f'{k} {v:.3f}' for k, v in costs.items()) +
                    f'; alone_eq: {eq_iters} iterations (the recipe\'s {recipe_compute:.0f} s)')
 
-    runs = plan_runs(workdir, options, needed, extra, args)
+    runs = plan_runs(workdir, options, needed, extra, args, chain)
     todo = [r for r in runs.values() if not r.trained]
     console.status(f'{len(runs)} runs ({len(runs) - len(todo)} already trained); student {args.iters} it, '
                    f'twin {twin_iters} it; logs under {os.path.join(workdir, "runs")}')

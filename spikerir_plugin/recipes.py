@@ -102,12 +102,11 @@ def with_untrained_teachers(option_sets, folder):
             continue
         digest = hashlib.sha1(json.dumps(opt['network_t'], sort_keys=True).encode()).hexdigest()[:10]
         path = os.path.join(folder, f'untrained_teacher_{digest}.pth')
-        if not os.path.isfile(path):
-            torch.manual_seed(0)
-            state = build_network(copy.deepcopy(opt['network_t'])).state_dict()
-            partial = f'{path}.{os.getpid()}.partial'
-            torch.save({'params': state, 'params_ema': state}, partial)
-            os.replace(partial, path)
+        torch.manual_seed(0)
+        state = build_network(copy.deepcopy(opt['network_t'])).state_dict()
+        partial = f'{path}.{os.getpid()}.partial'
+        torch.save({'params': state, 'params_ema': state}, partial)
+        os.replace(partial, path)
         opt['path']['pretrain_network_t'] = path
     return sets
 
